@@ -1,0 +1,84 @@
+// save(), load() and the Checkpointer: the entry points of the DCP protocol.
+//
+// save() runs on every rank (in one process: no process group) in two
+// rounds: local plans -> global plan on the coordinator -> final plans; then
+// writes -> results -> metadata on the coordinator. load() mirrors it.
+// Any failure on any rank surfaces as a CheckpointError naming the failed
+// ranks and steps; a failed save never writes metadata.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dcp/default_planner.h"
+#include "dcp/metadata.h"
+#include "dcp/planner.h"
+#include "dcp/storage.h"
+#include "dcp/value.h"
+
+namespace dcp {
+
+struct SaveOptions {
+  // Where to save: a directory path, or "memory://name". Used to create a
+  // writer when `storage_writer` is null; otherwise passed to its reset().
+  std::string checkpoint_id;
+  std::shared_ptr<StorageWriter> storage_writer;  // default: from checkpoint_id
+  std::shared_ptr<SavePlanner> planner;           // default: DefaultSavePlanner
+  int coordinator_rank = 0;
+};
+
+struct LoadOptions {
+  std::string checkpoint_id;
+  std::shared_ptr<StorageReader> storage_reader;  // default: from checkpoint_id
+  // default: DefaultLoadPlanner with `strict`.
+  std::shared_ptr<LoadPlanner> planner;
+  // Used when `planner` is null: missing/unexpected keys are an error
+  // (true, default) or are reported in LoadResult (false).
+  bool strict = true;
+  int coordinator_rank = 0;
+};
+
+struct LoadResult {
+  std::vector<std::string> missing_keys;     // wanted but not in the checkpoint
+  std::vector<std::string> unexpected_keys;  // in the checkpoint but not wanted
+};
+
+// Saves `state_dict`. Stateful objects in it are asked for state_dict()
+// first. Returns the metadata that was committed.
+Metadata save(const StateDict& state_dict, const SaveOptions& options);
+Metadata save(const StateDict& state_dict, const std::string& checkpoint_id);
+
+// Loads into `state_dict` in place: every tensor receives the saved values
+// (same dtype and shape, or a PlanMismatchError naming the key), plain
+// values are replaced, Stateful objects get load_state_dict().
+LoadResult load(StateDict& state_dict, const LoadOptions& options);
+LoadResult load(StateDict& state_dict, const std::string& checkpoint_id);
+
+// Loads a whole checkpoint without a template: tensors are allocated from
+// the metadata, nested dicts rebuilt as saved.
+StateDict load_all(const LoadOptions& options);
+StateDict load_all(const std::string& checkpoint_id);
+
+// Reads only the metadata of a checkpoint.
+Metadata read_metadata(const std::string& checkpoint_id);
+
+// Holds a writer, a reader and planners, as DCP's Checkpointer.
+class Checkpointer {
+ public:
+  Checkpointer(std::shared_ptr<StorageWriter> writer, std::shared_ptr<StorageReader> reader,
+               std::shared_ptr<SavePlanner> save_planner = nullptr,
+               std::shared_ptr<LoadPlanner> load_planner = nullptr, int coordinator_rank = 0);
+
+  Metadata save(const StateDict& state_dict);
+  LoadResult load(StateDict& state_dict);
+
+ private:
+  std::shared_ptr<StorageWriter> writer_;
+  std::shared_ptr<StorageReader> reader_;
+  std::shared_ptr<SavePlanner> save_planner_;
+  std::shared_ptr<LoadPlanner> load_planner_;
+  int coordinator_rank_;
+};
+
+}  // namespace dcp

@@ -1,0 +1,14 @@
+// Everything a user of dcp++ core needs.
+#pragma once
+
+#include "dcp/checkpoint.h"
+#include "dcp/default_planner.h"
+#include "dcp/error.h"
+#include "dcp/filesystem.h"
+#include "dcp/logging.h"
+#include "dcp/memory_storage.h"
+#include "dcp/metadata.h"
+#include "dcp/planner.h"
+#include "dcp/storage.h"
+#include "dcp/value.h"
+#include "dcp/version.h"

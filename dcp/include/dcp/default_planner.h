@@ -1,0 +1,136 @@
+// The default planners: what save() and load() use unless told otherwise.
+// Subclass them and override one method to change one thing (see the
+// rename and float16 planners in tests/dcp/planner_test.cpp).
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "dcp/planner.h"
+
+namespace dcp {
+
+// One step of the path from the top of a nested state dict to a leaf: a dict
+// key or a list index.
+struct PathElement {
+  bool is_index = false;
+  std::string key;
+  int64_t index = 0;
+  bool operator==(const PathElement& o) const {
+    return is_index == o.is_index && key == o.key && index == o.index;
+  }
+};
+using ObjectPath = std::vector<PathElement>;
+
+// The flattening map: flat key -> path in the original nested state dict.
+using FlattenMapping = std::map<std::string, ObjectPath>;
+
+// Flattens nested dicts (and lists that hold tensors) to dotted keys:
+// {"model": {"w": t}} -> {"model.w": t}. Lists of plain values, empty dicts
+// and every non-container value are leaves. Throws InvalidArgumentError when
+// two paths give the same flat key or when a Stateful object is found.
+std::pair<Dict, FlattenMapping> flatten_state_dict(const StateDict& state_dict);
+
+// Rebuilds the nested state dict from flat values and the mapping.
+StateDict unflatten_state_dict(const Dict& flat, const FlattenMapping& mapping);
+
+// The mapping as stored in Metadata::planner_data by DefaultSavePlanner.
+std::string encode_flatten_mapping(const FlattenMapping& mapping);
+FlattenMapping decode_flatten_mapping(std::string_view bytes);
+
+// Plain values (none, bool, int, double, string, bytes, and lists/dicts of
+// them) as stored in BYTE_IO items: a small tagged binary encoding
+// (docs/FORMAT.md). decode throws CorruptionError on malformed input.
+Bytes encode_plain_value(const Value& value);
+Value decode_plain_value(std::string_view bytes, const std::string& what);
+
+struct SavePlannerOptions {
+  // Flatten nested dicts to dotted keys (and record the mapping). Default on;
+  // off requires a flat state dict.
+  bool flatten_state_dict = true;
+  // A tensor or value saved under the same key (and chunk) by several ranks
+  // is written once. Default on.
+  bool dedup_replicated = true;
+  // Which rank writes a replicated item: false (default) spreads them to
+  // balance bytes per rank; true always picks the lowest rank holding it.
+  bool dedup_to_lowest_rank = false;
+};
+
+class DefaultSavePlanner : public SavePlanner {
+ public:
+  explicit DefaultSavePlanner(SavePlannerOptions options = {});
+
+  void set_up_planner(const StateDict& state_dict, const std::optional<StorageMeta>& storage_meta,
+                      bool is_coordinator) override;
+  SavePlan create_local_plan() override;
+  std::pair<std::vector<SavePlan>, Metadata> create_global_plan(
+      std::vector<SavePlan> all_plans) override;
+  SavePlan finish_plan(SavePlan central_plan) override;
+  WriteData resolve_data(const WriteItem& item) override;
+
+ protected:
+  // The value (tensor, sharded tensor or plain value) behind `index`; for a
+  // shard, the shard's tensor. Throws InvalidArgumentError when absent.
+  Value lookup_object(const MetadataIndex& index) const;
+
+  const SavePlannerOptions options_;
+  Dict flat_;  // flattened state dict (tensor handles alias the caller's)
+  FlattenMapping mapping_;
+  std::optional<StorageMeta> storage_meta_;
+  bool is_coordinator_ = false;
+  SavePlan plan_;
+  Metadata metadata_;
+};
+
+struct LoadPlannerOptions {
+  // Missing keys (wanted, not in the checkpoint) and unexpected keys (in the
+  // checkpoint, not wanted) are an error listing them. When false they are
+  // skipped and reported by missing_keys() / unexpected_keys().
+  bool strict = true;
+  // Load a tensor saved with another dtype by converting it. Default off: a
+  // dtype mismatch is an error naming the key.
+  bool allow_dtype_conversion = false;
+};
+
+class DefaultLoadPlanner : public LoadPlanner {
+ public:
+  explicit DefaultLoadPlanner(LoadPlannerOptions options = {});
+
+  void set_up_planner(StateDict& state_dict, const Metadata& metadata,
+                      bool is_coordinator) override;
+  LoadPlan create_local_plan() override;
+  std::vector<LoadPlan> create_global_plan(std::vector<LoadPlan> all_plans) override;
+  LoadPlan finish_plan(LoadPlan central_plan) override;
+  void load_bytes(const ReadItem& item, const Bytes& value) override;
+  at::Tensor resolve_tensor(const ReadItem& item) override;
+  void commit_tensor(const ReadItem& item, at::Tensor& tensor) override;
+
+  // Keys of the destination absent from the checkpoint, and keys of the
+  // checkpoint absent from the destination (after create_local_plan).
+  const std::vector<std::string>& missing_keys() const { return missing_; }
+  const std::vector<std::string>& unexpected_keys() const { return unexpected_; }
+
+ protected:
+  // The destination tensor region an item loads into (a view of the
+  // destination, in the destination's dtype).
+  at::Tensor destination_view(const ReadItem& item) const;
+
+  const LoadPlannerOptions options_;
+  // Flat key -> the leaf Value inside the caller's state dict (in place).
+  std::map<std::string, Value*> flat_;
+  const Metadata* metadata_ = nullptr;
+  bool is_coordinator_ = false;
+  std::vector<std::string> missing_, unexpected_;
+  LoadPlan plan_;
+  // Keys whose saved dtype differs from the destination (with
+  // allow_dtype_conversion): resolve_tensor hands out a temporary.
+  std::map<std::string, at::ScalarType> converted_;
+};
+
+// A state dict with freshly allocated tensors (full global size, saved dtype)
+// and placeholders for plain values, nested as saved: the template for
+// loading a checkpoint without one of your own.
+StateDict state_dict_from_metadata(const Metadata& metadata);
+
+}  // namespace dcp

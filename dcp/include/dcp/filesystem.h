@@ -1,0 +1,63 @@
+// The file-system backend: a checkpoint is a directory.
+//
+//   <dir>/__<rank>_<n>.distcp   data files: raw tensor bytes, items aligned
+//   <dir>/.metadata             written last, by atomic rename: the commit point
+//
+// Writes go from tensor memory to the file with no serialisation copy, in
+// large sequential writes (small items are coalesced into one buffer); reads
+// land directly in the destination tensor when its memory is contiguous.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "dcp/storage.h"
+
+namespace dcp {
+
+struct FileSystemWriterOptions {
+  // Worker threads (TBB) writing data files in parallel. Default 2; more
+  // threads help only when the storage is not already the bound.
+  int threads = 2;
+  // true (default): each thread writes one file (__<rank>_<thread>.distcp).
+  // false: one file per item (many small files; useful for object-store-like
+  // file systems, slower on local disks).
+  bool file_per_thread = true;
+  // fdatasync every data file and the metadata, and fsync the directory.
+  // Default on: without it a crash after save() returned can lose data.
+  bool sync_files = true;
+  // Write over a committed checkpoint in the same directory. Default off: a
+  // committed checkpoint is an AlreadyExistsError. When on, the old metadata
+  // is removed (and the removal made durable) before any data is written, so
+  // a failed overwrite never leaves old metadata over new data.
+  bool overwrite = false;
+  // An XXH3-64 checksum per item, recorded in the metadata. Default on (cost:
+  // a few percent of write time).
+  bool checksums = true;
+  // Items smaller than this are copied into a buffer and written together;
+  // larger ones are written straight from tensor memory. Default 1 MiB.
+  size_t coalesce_below_bytes = size_t{1} << 20;
+  // Size of the coalescing buffer per thread. Default 8 MiB.
+  size_t buffer_bytes = size_t{8} << 20;
+};
+
+struct FileSystemReaderOptions {
+  // Worker threads (TBB) reading in parallel. Default 2.
+  int threads = 2;
+  // Check every item's checksum after reading it. Default on.
+  bool verify_checksums = true;
+  // Neighbouring small items of one file are read together in one request of
+  // at most this many bytes. Default 8 MiB.
+  size_t coalesce_bytes = size_t{8} << 20;
+};
+
+std::shared_ptr<StorageWriter> make_filesystem_writer(const std::string& path,
+                                                      FileSystemWriterOptions options = {});
+std::shared_ptr<StorageReader> make_filesystem_reader(const std::string& path,
+                                                      FileSystemReaderOptions options = {});
+
+// True when `path` holds a committed checkpoint (its metadata file exists).
+bool is_committed_checkpoint(const std::string& path);
+
+}  // namespace dcp

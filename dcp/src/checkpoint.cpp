@@ -1,0 +1,319 @@
+#include "dcp/checkpoint.h"
+
+#include <spdlog/spdlog.h>
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <set>
+
+#include "dcp/logging.h"
+#include "dist.h"
+
+namespace dcp {
+
+DistWrapper::DistWrapper(std::string operation, int coordinator_rank)
+    : operation_(std::move(operation)), coordinator_rank_(coordinator_rank) {
+  if (coordinator_rank != 0)
+    throw InvalidArgumentError("coordinator rank " + std::to_string(coordinator_rank) +
+                               " does not exist in a single process (world size 1)");
+}
+
+void DistWrapper::fail(const std::string& step, ErrorCode code, const std::string& message) {
+  throw CheckpointError(operation_, {RankFailure{rank_, step, code, message}});
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// A copy of `v` in which every Stateful object is replaced by its state dict.
+Value resolve_for_save(const Value& v) {
+  switch (v.kind()) {
+    case Value::Kind::kStateful: return resolve_for_save(Value(v.stateful()->state_dict()));
+    case Value::Kind::kDict: {
+      Dict out;
+      for (const auto& kv : v.dict()) out.emplace(kv.first, resolve_for_save(kv.second));
+      return out;
+    }
+    case Value::Kind::kList: {
+      List out;
+      out.reserve(v.list().size());
+      for (const auto& e : v.list()) out.push_back(resolve_for_save(e));
+      return out;
+    }
+    default: return v;
+  }
+}
+
+// Load side: a working copy of the destination in which Stateful objects are
+// replaced by their state dicts (whose tensors alias the objects' own), and
+// the objects to call load_state_dict() on afterwards, innermost first.
+struct Fixup {
+  std::shared_ptr<Stateful> object;
+  ObjectPath path;  // where its state dict is in the working copy
+};
+
+Value resolve_for_load(const Value& v, ObjectPath& path, std::vector<Fixup>& fixups) {
+  switch (v.kind()) {
+    case Value::Kind::kStateful: {
+      Value inner = resolve_for_load(Value(v.stateful()->state_dict()), path, fixups);
+      fixups.push_back(Fixup{v.stateful(), path});
+      return inner;
+    }
+    case Value::Kind::kDict: {
+      Dict out;
+      for (const auto& kv : v.dict()) {
+        path.push_back(PathElement{false, kv.first, 0});
+        out.emplace(kv.first, resolve_for_load(kv.second, path, fixups));
+        path.pop_back();
+      }
+      return out;
+    }
+    case Value::Kind::kList: {
+      List out;
+      for (size_t i = 0; i < v.list().size(); ++i) {
+        path.push_back(PathElement{true, "", static_cast<int64_t>(i)});
+        out.push_back(resolve_for_load(v.list()[i], path, fixups));
+        path.pop_back();
+      }
+      return out;
+    }
+    default: return v;
+  }
+}
+
+Value& at_path(Dict& root, const ObjectPath& path) {
+  Value* node = &root.at(path.at(0).key);
+  for (size_t i = 1; i < path.size(); ++i)
+    node = path[i].is_index ? &node->list().at(path[i].index) : &node->dict().at(path[i].key);
+  return *node;
+}
+
+// Copies loaded plain values back into the caller's tree; Stateful objects
+// there were given theirs by load_state_dict().
+void copy_back(Value& user, const Value& working) {
+  if (user.is_stateful()) return;
+  if (user.is_dict() && working.is_dict()) {
+    for (auto& kv : user.dict()) {
+      auto it = working.dict().find(kv.first);
+      if (it != working.dict().end()) copy_back(kv.second, it->second);
+    }
+  } else if (user.is_list() && working.is_list() && user.list().size() == working.list().size()) {
+    for (size_t i = 0; i < user.list().size(); ++i) copy_back(user.list()[i], working.list()[i]);
+  } else {
+    user = working;
+  }
+}
+
+std::string throughput(uint64_t bytes, double secs) {
+  char buf[128];
+  std::snprintf(buf, sizeof buf, "%.1f MiB in %.3f s (%.2f GB/s)", bytes / 1048576.0, secs,
+                secs > 0 ? bytes / secs / 1e9 : 0.0);
+  return buf;
+}
+
+}  // namespace
+
+Metadata save(const StateDict& state_dict, const SaveOptions& options) {
+  const auto t0 = Clock::now();
+  std::shared_ptr<StorageWriter> writer = options.storage_writer;
+  if (writer) {
+    writer->reset(options.checkpoint_id);
+  } else {
+    writer = make_storage_writer(options.checkpoint_id);
+  }
+  std::shared_ptr<SavePlanner> planner =
+      options.planner ? options.planner : std::make_shared<DefaultSavePlanner>();
+  DistWrapper dist("save of '" + writer->checkpoint_id() + "'", options.coordinator_rank);
+
+  StateDict resolved;
+  for (const auto& kv : state_dict) resolved.emplace(kv.first, resolve_for_save(kv.second));
+
+  Metadata global_metadata;
+  std::function<SavePlan()> local_step = [&] {
+    const auto meta = writer->storage_meta();
+    planner->set_up_planner(resolved, meta, dist.is_coordinator());
+    writer->set_up_storage_writer(dist.is_coordinator(), dist.rank());
+    return writer->prepare_local_plan(planner->create_local_plan());
+  };
+  std::function<std::vector<SavePlan>(std::vector<SavePlan>)> global_step =
+      [&](std::vector<SavePlan> all) {
+        auto [plans, md] = planner->create_global_plan(std::move(all));
+        global_metadata = std::move(md);
+        return writer->prepare_global_plan(std::move(plans));
+      };
+  SavePlan central = dist.reduce_scatter<SavePlan>("plan", local_step, global_step);
+
+  std::function<std::vector<WriteResult>()> write_step = [&] {
+    SavePlan final_plan = planner->finish_plan(std::move(central));
+    return writer->write_data(final_plan, *planner).get();
+  };
+  std::function<Metadata(std::vector<std::vector<WriteResult>>)> finish_step =
+      [&](std::vector<std::vector<WriteResult>> all) {
+        writer->finish(global_metadata, all);
+        for (const auto& rank_results : all)
+          for (const auto& r : rank_results) global_metadata.storage_data[r.index] = r.storage_data;
+        global_metadata.storage_meta = writer->storage_meta();
+        return global_metadata;
+      };
+  Metadata md = dist.all_reduce<std::vector<WriteResult>, Metadata>("write", write_step,
+                                                                   finish_step);
+  const double secs = seconds_since(t0);
+  logger().info("saved checkpoint '{}': {} items, {}", writer->checkpoint_id(),
+                md.storage_data.size(), throughput(md.total_bytes(), secs));
+  return md;
+}
+
+Metadata save(const StateDict& state_dict, const std::string& checkpoint_id) {
+  SaveOptions options;
+  options.checkpoint_id = checkpoint_id;
+  return save(state_dict, options);
+}
+
+LoadResult load(StateDict& state_dict, const LoadOptions& options) {
+  const auto t0 = Clock::now();
+  std::shared_ptr<StorageReader> reader = options.storage_reader;
+  if (reader) {
+    reader->reset(options.checkpoint_id);
+  } else {
+    reader = make_storage_reader(options.checkpoint_id);
+  }
+  std::shared_ptr<LoadPlanner> planner = options.planner;
+  if (!planner) {
+    LoadPlannerOptions po;
+    po.strict = options.strict;
+    planner = std::make_shared<DefaultLoadPlanner>(po);
+  }
+  DistWrapper dist("load of '" + reader->checkpoint_id() + "'", options.coordinator_rank);
+
+  StateDict working;
+  std::vector<Fixup> fixups;
+  ObjectPath path;
+  for (const auto& kv : state_dict) {
+    path.push_back(PathElement{false, kv.first, 0});
+    working.emplace(kv.first, resolve_for_load(kv.second, path, fixups));
+    path.pop_back();
+  }
+
+  std::function<Metadata()> read_md = [&] { return reader->read_metadata(); };
+  Metadata md = dist.broadcast<Metadata>("read_metadata", read_md);
+
+  std::function<LoadPlan()> local_step = [&] {
+    reader->set_up_storage_reader(md, dist.is_coordinator());
+    planner->set_up_planner(working, md, dist.is_coordinator());
+    return reader->prepare_local_plan(planner->create_local_plan());
+  };
+  std::function<std::vector<LoadPlan>(std::vector<LoadPlan>)> global_step =
+      [&](std::vector<LoadPlan> all) {
+        return reader->prepare_global_plan(planner->create_global_plan(std::move(all)));
+      };
+  LoadPlan central = dist.reduce_scatter<LoadPlan>("plan", local_step, global_step);
+
+  uint64_t bytes = 0;
+  size_t items = 0;
+  std::function<int()> read_step = [&] {
+    LoadPlan final_plan = planner->finish_plan(std::move(central));
+    std::set<MetadataIndex> seen;
+    for (const auto& ri : final_plan.items)
+      if (seen.insert(ri.storage_index).second) {
+        auto it = md.storage_data.find(ri.storage_index);
+        if (it != md.storage_data.end()) bytes += it->second.length;
+      }
+    items = seen.size();
+    reader->read_data(final_plan, *planner).get();
+    return 0;
+  };
+  std::function<int(std::vector<int>)> done = [](std::vector<int>) { return 0; };
+  dist.all_reduce<int, int>("read", read_step, done);
+
+  // Hand the loaded values back: Stateful objects (innermost first), then the rest.
+  std::function<int()> apply = [&] {
+    for (const Fixup& f : fixups) {
+      Value& v = at_path(working, f.path);
+      f.object->load_state_dict(v.is_dict() ? v.dict() : Dict{});
+    }
+    for (auto& kv : state_dict) copy_back(kv.second, working.at(kv.first));
+    return 0;
+  };
+  dist.broadcast<int>("load_state_dict", apply);
+
+  LoadResult result;
+  if (auto* dp = dynamic_cast<DefaultLoadPlanner*>(planner.get())) {
+    result.missing_keys = dp->missing_keys();
+    result.unexpected_keys = dp->unexpected_keys();
+  }
+  logger().info("loaded checkpoint '{}': {} items, {}", reader->checkpoint_id(), items,
+                throughput(bytes, seconds_since(t0)));
+  return result;
+}
+
+LoadResult load(StateDict& state_dict, const std::string& checkpoint_id) {
+  LoadOptions options;
+  options.checkpoint_id = checkpoint_id;
+  return load(state_dict, options);
+}
+
+StateDict load_all(const LoadOptions& options) {
+  std::shared_ptr<StorageReader> reader = options.storage_reader;
+  if (reader) {
+    reader->reset(options.checkpoint_id);
+  } else {
+    reader = make_storage_reader(options.checkpoint_id);
+  }
+  Metadata md;
+  try {
+    md = reader->read_metadata();
+  } catch (const Error& e) {
+    throw CheckpointError("load of '" + reader->checkpoint_id() + "'",
+                          {RankFailure{0, "read_metadata", e.code(), e.what()}});
+  }
+  StateDict sd = state_dict_from_metadata(md);
+  LoadOptions o = options;
+  o.storage_reader = reader;
+  o.checkpoint_id.clear();
+  load(sd, o);
+  return sd;
+}
+
+StateDict load_all(const std::string& checkpoint_id) {
+  LoadOptions options;
+  options.checkpoint_id = checkpoint_id;
+  return load_all(options);
+}
+
+Metadata read_metadata(const std::string& checkpoint_id) {
+  return make_storage_reader(checkpoint_id)->read_metadata();
+}
+
+Checkpointer::Checkpointer(std::shared_ptr<StorageWriter> writer,
+                           std::shared_ptr<StorageReader> reader,
+                           std::shared_ptr<SavePlanner> save_planner,
+                           std::shared_ptr<LoadPlanner> load_planner, int coordinator_rank)
+    : writer_(std::move(writer)),
+      reader_(std::move(reader)),
+      save_planner_(std::move(save_planner)),
+      load_planner_(std::move(load_planner)),
+      coordinator_rank_(coordinator_rank) {}
+
+Metadata Checkpointer::save(const StateDict& state_dict) {
+  SaveOptions o;
+  o.storage_writer = writer_;
+  o.planner = save_planner_;
+  o.coordinator_rank = coordinator_rank_;
+  return dcp::save(state_dict, o);
+}
+
+LoadResult Checkpointer::load(StateDict& state_dict) {
+  LoadOptions o;
+  o.storage_reader = reader_;
+  o.planner = load_planner_;
+  o.coordinator_rank = coordinator_rank_;
+  return dcp::load(state_dict, o);
+}
+
+}  // namespace dcp

@@ -1,0 +1,216 @@
+#include "dcp/metadata.h"
+
+#include <xxhash.h>
+
+#include <unordered_map>
+
+#include "codec.h"
+#include "dcp/error.h"
+#include "dcp/version.h"
+
+namespace dcp {
+
+namespace {
+
+struct DtypeName {
+  at::ScalarType dtype;
+  const char* name;
+};
+
+// The names are part of the on-disk format: never change one.
+constexpr DtypeName kDtypes[] = {
+    {at::kFloat, "float32"},        {at::kDouble, "float64"},
+    {at::kHalf, "float16"},         {at::kBFloat16, "bfloat16"},
+    {at::kChar, "int8"},            {at::kShort, "int16"},
+    {at::kInt, "int32"},            {at::kLong, "int64"},
+    {at::kByte, "uint8"},           {at::kBool, "bool"},
+    {at::kComplexHalf, "complex32"}, {at::kComplexFloat, "complex64"},
+    {at::kComplexDouble, "complex128"},
+};
+
+constexpr char kMagic[8] = {'D', 'C', 'P', 'P', 'M', 'E', 'T', 'A'};
+constexpr size_t kHeaderSize = 8 + 4 + 4 + 8 + 8;
+
+}  // namespace
+
+const char* dtype_name(at::ScalarType dtype) {
+  for (const auto& d : kDtypes)
+    if (d.dtype == dtype) return d.name;
+  return c10::toString(dtype);
+}
+
+at::ScalarType dtype_from_name(std::string_view name) {
+  for (const auto& d : kDtypes)
+    if (name == d.name) return d.dtype;
+  throw InvalidArgumentError("unknown dtype '" + std::string(name) + "'");
+}
+
+void check_supported_dtype(at::ScalarType dtype, const std::string& what) {
+  for (const auto& d : kDtypes)
+    if (d.dtype == dtype) return;
+  throw InvalidArgumentError(what + ": dtype " + c10::toString(dtype) +
+                             " is not supported by dcp++ (quantized and bit types are not)");
+}
+
+std::string to_string(const MetadataIndex& index) {
+  if (index.offset.empty()) return "'" + index.fqn + "'";
+  std::string s = "'" + index.fqn + "' chunk at [";
+  for (size_t i = 0; i < index.offset.size(); ++i)
+    s += (i ? ", " : "") + std::to_string(index.offset[i]);
+  return s + "]";
+}
+
+uint64_t Metadata::total_bytes() const {
+  uint64_t n = 0;
+  for (const auto& kv : storage_data) n += kv.second.length;
+  return n;
+}
+
+std::string serialize_metadata(const Metadata& md) {
+  codec::Encoder body;
+  body.str(md.library_version.empty() ? std::string(kVersion) : md.library_version);
+  body.svarint(md.world_size);
+  body.u8(md.storage_meta ? 1 : 0);
+  if (md.storage_meta) {
+    body.str(md.storage_meta->checkpoint_id);
+    body.str(md.storage_meta->save_id);
+  }
+  body.str(md.planner_data);
+
+  body.varint(md.state_dict_metadata.size());
+  for (const auto& [fqn, entry] : md.state_dict_metadata) {
+    body.str(fqn);
+    if (const auto* t = std::get_if<TensorStorageMetadata>(&entry)) {
+      body.u8(0);
+      body.str(dtype_name(t->properties.dtype));
+      body.u8(t->properties.requires_grad ? 1 : 0);
+      body.ints(t->size);
+      body.varint(t->chunks.size());
+      for (const auto& c : t->chunks) {
+        body.ints(c.offsets);
+        body.ints(c.sizes);
+      }
+    } else {
+      body.u8(1);
+    }
+  }
+
+  // File names repeat across items: store each once and refer to it by number.
+  std::unordered_map<std::string, uint64_t> file_ids;
+  std::vector<const std::string*> files;
+  for (const auto& kv : md.storage_data) {
+    if (file_ids.emplace(kv.second.relative_path, files.size()).second)
+      files.push_back(&kv.second.relative_path);
+  }
+  body.varint(files.size());
+  for (const auto* f : files) body.str(*f);
+  body.varint(md.storage_data.size());
+  for (const auto& [index, info] : md.storage_data) {
+    body.str(index.fqn);
+    body.ints(index.offset);
+    body.varint(file_ids.at(info.relative_path));
+    body.varint(info.offset);
+    body.varint(info.length);
+    body.u8(static_cast<uint8_t>(info.checksum_type));
+    body.u64(info.checksum);
+  }
+
+  const std::string& b = body.buffer();
+  codec::Encoder out;
+  out.raw(kMagic, sizeof kMagic);
+  out.u32(kFormatVersion);
+  out.u32(0);  // flags, reserved
+  out.u64(b.size());
+  out.u64(XXH3_64bits(b.data(), b.size()));
+  out.buffer().reserve(kHeaderSize + b.size());
+  out.raw(b.data(), b.size());
+  return out.take();
+}
+
+Metadata deserialize_metadata(std::string_view bytes, const std::string& source) {
+  if (bytes.empty()) throw CorruptionError(source + ": metadata file is empty");
+  if (bytes.size() < kHeaderSize || std::memcmp(bytes.data(), kMagic, sizeof kMagic) != 0)
+    throw CorruptionError(source + ": not a dcp++ metadata file (bad magic or too short: " +
+                          std::to_string(bytes.size()) + " bytes)");
+  codec::Decoder header(bytes.substr(sizeof kMagic, kHeaderSize - sizeof kMagic), source);
+  const uint32_t version = header.u32();
+  header.u32();  // flags
+  const uint64_t body_len = header.u64();
+  const uint64_t checksum = header.u64();
+  if (version == 0 || version > kFormatVersion)
+    throw InvalidArgumentError(source + ": metadata format version " + std::to_string(version) +
+                               " is not supported; this build of dcp++ reads versions 1 to " +
+                               std::to_string(kFormatVersion));
+  if (bytes.size() - kHeaderSize != body_len)
+    throw CorruptionError(source + ": metadata is truncated or has trailing bytes (body of " +
+                          std::to_string(bytes.size() - kHeaderSize) + " bytes, header says " +
+                          std::to_string(body_len) + ")");
+  std::string_view b = bytes.substr(kHeaderSize);
+  if (XXH3_64bits(b.data(), b.size()) != checksum)
+    throw CorruptionError(source + ": metadata checksum mismatch (the file is corrupt)");
+
+  codec::Decoder d(b, source);
+  Metadata md;
+  md.version = version;
+  md.library_version = d.str();
+  md.world_size = static_cast<int32_t>(d.svarint());
+  if (d.u8()) {
+    StorageMeta sm;
+    sm.checkpoint_id = d.str();
+    sm.save_id = d.str();
+    md.storage_meta = std::move(sm);
+  }
+  md.planner_data = d.str();
+
+  const size_t n_entries = d.count("entry");
+  for (size_t i = 0; i < n_entries; ++i) {
+    std::string fqn = d.str();
+    const uint8_t kind = d.u8();
+    if (kind == 0) {
+      TensorStorageMetadata t;
+      try {
+        t.properties.dtype = dtype_from_name(d.str_view());
+      } catch (const InvalidArgumentError& e) {
+        d.fail("key '" + fqn + "': " + e.what());
+      }
+      t.properties.requires_grad = d.u8() != 0;
+      t.size = d.ints();
+      const size_t n_chunks = d.count("chunk");
+      t.chunks.resize(n_chunks);
+      for (auto& c : t.chunks) {
+        c.offsets = d.ints();
+        c.sizes = d.ints();
+        if (c.offsets.size() != t.size.size() || c.sizes.size() != t.size.size())
+          d.fail("key '" + fqn + "': chunk rank differs from tensor rank");
+      }
+      md.state_dict_metadata.emplace(std::move(fqn), std::move(t));
+    } else if (kind == 1) {
+      md.state_dict_metadata.emplace(std::move(fqn), BytesStorageMetadata{});
+    } else {
+      d.fail("key '" + fqn + "': unknown entry kind " + std::to_string(kind));
+    }
+  }
+
+  const size_t n_files = d.count("file");
+  std::vector<std::string> files(n_files);
+  for (auto& f : files) f = d.str();
+  const size_t n_items = d.count("item");
+  for (size_t i = 0; i < n_items; ++i) {
+    MetadataIndex index;
+    index.fqn = d.str();
+    index.offset = d.ints();
+    StorageInfo info;
+    const uint64_t file = d.varint();
+    if (file >= files.size()) d.fail("item " + to_string(index) + ": bad file number");
+    info.relative_path = files[file];
+    info.offset = d.varint();
+    info.length = d.varint();
+    info.checksum_type = static_cast<ChecksumType>(d.u8());
+    info.checksum = d.u64();
+    md.storage_data.emplace_hint(md.storage_data.end(), std::move(index), std::move(info));
+  }
+  if (!d.done()) d.fail("trailing bytes after the metadata body");
+  return md;
+}
+
+}  // namespace dcp

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs every Debian package dcp++ needs to build, test and run its examples.
+# Idempotent: does nothing (and needs no root) when everything is already installed.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config git
+  libtorch-dev          # LibTorch 1.13 (CPU): ATen, c10d, Gloo
+  libtbb-dev            # worker threads for storage I/O
+  libspdlog-dev libfmt-dev
+  libyaml-cpp-dev       # manager configuration
+  libxxhash-dev         # per-item checksums (XXH3)
+  libgtest-dev libgmock-dev
+  python3-torch         # interop tests read our exports with Python's torch
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "install-deps: missing packages (${missing[*]}) and not root; run as root" >&2
+    exit 1
+  fi
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,160 @@
+// The planner extension points, proven with the two planners of DCP's docs:
+// one that renames keys, one that saves float32 as float16.
+#include <gtest/gtest.h>
+
+#include "common/test_util.h"
+
+namespace dcp {
+namespace {
+
+using testing::make_tensor;
+
+// Saves every top-level key with a "foo_" prefix.
+class RenameSavePlanner : public DefaultSavePlanner {
+ public:
+  void set_up_planner(const StateDict& sd, const std::optional<StorageMeta>& meta,
+                      bool is_coordinator) override {
+    StateDict renamed;
+    for (const auto& [k, v] : sd) renamed.emplace("foo_" + k, v);
+    DefaultSavePlanner::set_up_planner(renamed, meta, is_coordinator);
+  }
+};
+
+// Loads keys saved with the "foo_" prefix into unprefixed destinations.
+class RenameLoadPlanner : public DefaultLoadPlanner {
+ public:
+  void set_up_planner(StateDict& sd, const Metadata& md, bool is_coordinator) override {
+    DefaultLoadPlanner::set_up_planner(sd, md, is_coordinator);
+    std::map<std::string, Value*> renamed;
+    for (auto& [k, v] : flat_) renamed.emplace("foo_" + k, v);
+    flat_ = std::move(renamed);
+  }
+};
+
+// Stores float32 tensors as float16 (halving the checkpoint).
+class Fp16SavePlanner : public DefaultSavePlanner {
+ public:
+  SavePlan create_local_plan() override {
+    SavePlan plan = DefaultSavePlanner::create_local_plan();
+    for (auto& item : plan.items)
+      if (item.tensor_data && item.tensor_data->properties.dtype == at::kFloat)
+        item.tensor_data->properties.dtype = at::kHalf;
+    return plan;
+  }
+  WriteData resolve_data(const WriteItem& item) override {
+    WriteData d = DefaultSavePlanner::resolve_data(item);
+    if (auto* t = std::get_if<at::Tensor>(&d))
+      if (t->scalar_type() == at::kFloat) return t->to(at::kHalf);
+    return d;
+  }
+};
+
+TEST(PlannerTest, RenameKeys) {
+  testing::TempDir dir;
+  at::Tensor w = make_tensor(at::kFloat, {3, 3}, 1);
+  SaveOptions so;
+  so.checkpoint_id = dir.sub("ck");
+  so.planner = std::make_shared<RenameSavePlanner>();
+  Metadata md = save({{"w", w}, {"step", 5}}, so);
+  EXPECT_TRUE(md.state_dict_metadata.count("foo_w"));
+  EXPECT_TRUE(md.state_dict_metadata.count("foo_step"));
+  EXPECT_FALSE(md.state_dict_metadata.count("w"));
+
+  // The renamed keys load as they are...
+  StateDict prefixed{{"foo_w", at::zeros({3, 3})}, {"foo_step", 0}};
+  load(prefixed, dir.sub("ck"));
+  EXPECT_TRUE(at::equal(prefixed["foo_w"].tensor(), w));
+  EXPECT_EQ(prefixed["foo_step"].to_int(), 5);
+
+  // ...and a renaming load planner maps them back.
+  StateDict plain{{"w", at::zeros({3, 3})}, {"step", 0}};
+  LoadOptions lo;
+  lo.checkpoint_id = dir.sub("ck");
+  lo.planner = std::make_shared<RenameLoadPlanner>();
+  load(plain, lo);
+  EXPECT_TRUE(at::equal(plain["w"].tensor(), w));
+  EXPECT_EQ(plain["step"].to_int(), 5);
+}
+
+TEST(PlannerTest, SaveFloat32AsFloat16) {
+  testing::TempDir dir;
+  at::Tensor w = make_tensor(at::kFloat, {64, 64}, 2);
+  at::Tensor ids = make_tensor(at::kLong, {10}, 3);
+  SaveOptions so;
+  so.checkpoint_id = dir.sub("ck");
+  so.planner = std::make_shared<Fp16SavePlanner>();
+  Metadata md = save({{"w", w}, {"ids", ids}}, so);
+  const auto& wm = std::get<TensorStorageMetadata>(md.state_dict_metadata.at("w"));
+  EXPECT_EQ(wm.properties.dtype, at::kHalf);
+  EXPECT_EQ(md.storage_data.at(MetadataIndex("w", {0, 0})).length, 64u * 64u * 2u);
+
+  // A float16 destination loads it as is.
+  StateDict half{{"w", at::zeros({64, 64}, at::kHalf)}, {"ids", at::zeros({10}, at::kLong)}};
+  load(half, dir.sub("ck"));
+  EXPECT_TRUE(at::equal(half["w"].tensor(), w.to(at::kHalf)));
+  EXPECT_TRUE(at::equal(half["ids"].tensor(), ids));
+
+  // A float32 destination is a dtype mismatch by default...
+  StateDict full{{"w", at::zeros({64, 64})}, {"ids", at::zeros({10}, at::kLong)}};
+  EXPECT_THROW(load(full, dir.sub("ck")), CheckpointError);
+  // ...and loads with conversion when asked (resolve_tensor / commit_tensor).
+  LoadPlannerOptions po;
+  po.allow_dtype_conversion = true;
+  LoadOptions lo;
+  lo.checkpoint_id = dir.sub("ck");
+  lo.planner = std::make_shared<DefaultLoadPlanner>(po);
+  load(full, lo);
+  EXPECT_TRUE(at::equal(full["w"].tensor(), w.to(at::kHalf).to(at::kFloat)));
+  EXPECT_TRUE(at::equal(full["ids"].tensor(), ids));
+}
+
+TEST(PlannerTest, GlobalPlanValidatesChunks) {
+  DefaultSavePlanner planner;
+  auto plan_with = [](std::vector<std::pair<std::vector<int64_t>, std::vector<int64_t>>> chunks) {
+    SavePlan p;
+    for (auto& [off, size] : chunks) {
+      WriteItem it;
+      it.index = MetadataIndex("t", off);
+      it.type = WriteItemType::kShard;
+      it.tensor_data = TensorWriteData{ChunkStorageMetadata{off, size}, {}, {4, 4}};
+      p.items.push_back(it);
+    }
+    return p;
+  };
+  // Two ranks, rows: fine.
+  EXPECT_NO_THROW(planner.create_global_plan({plan_with({{{0, 0}, {2, 4}}}), plan_with({{{2, 0}, {2, 4}}})}));
+  // Overlap.
+  EXPECT_THROW(planner.create_global_plan({plan_with({{{0, 0}, {3, 4}}}), plan_with({{{2, 0}, {2, 4}}})}),
+               InvalidArgumentError);
+  // A hole.
+  EXPECT_THROW(planner.create_global_plan({plan_with({{{0, 0}, {1, 4}}}), plan_with({{{2, 0}, {2, 4}}})}),
+               InvalidArgumentError);
+  // Out of bounds.
+  EXPECT_THROW(planner.create_global_plan({plan_with({{{0, 0}, {2, 4}}}), plan_with({{{2, 1}, {2, 4}}})}),
+               InvalidArgumentError);
+}
+
+TEST(PlannerTest, DedupSpreadsReplicatedItems) {
+  // Four equal tensors replicated on two ranks: each written once, two per rank.
+  SavePlan p;
+  for (int i = 0; i < 4; ++i) {
+    WriteItem it;
+    it.index = MetadataIndex("t" + std::to_string(i), {0});
+    it.type = WriteItemType::kTensor;
+    it.tensor_data = TensorWriteData{ChunkStorageMetadata{{0}, {100}}, {}, {100}};
+    p.items.push_back(it);
+  }
+  DefaultSavePlanner balanced;
+  auto [plans, md] = balanced.create_global_plan({p, p});
+  EXPECT_EQ(plans[0].items.size(), 2u);
+  EXPECT_EQ(plans[1].items.size(), 2u);
+  SavePlannerOptions lowest;
+  lowest.dedup_to_lowest_rank = true;
+  DefaultSavePlanner low(lowest);
+  auto [plans2, md2] = low.create_global_plan({p, p});
+  EXPECT_EQ(plans2[0].items.size(), 4u);
+  EXPECT_EQ(plans2[1].items.size(), 0u);
+}
+
+}  // namespace
+}  // namespace dcp

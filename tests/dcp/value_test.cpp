@@ -1,0 +1,49 @@
+#include <gtest/gtest.h>
+
+#include "common/test_util.h"
+
+namespace dcp {
+namespace {
+
+TEST(ValueTest, KindsAndAccessors) {
+  EXPECT_TRUE(Value().is_none());
+  EXPECT_EQ(Value(true).to_bool(), true);
+  EXPECT_EQ(Value(3).to_int(), 3);
+  EXPECT_EQ(Value(int64_t{1} << 40).to_int(), int64_t{1} << 40);
+  EXPECT_DOUBLE_EQ(Value(2.5).to_double(), 2.5);
+  EXPECT_DOUBLE_EQ(Value(7).to_double(), 7.0);
+  EXPECT_EQ(Value("abc").to_string(), "abc");
+  EXPECT_EQ(Value(Bytes{"\x01\x02"}).to_bytes().data, "\x01\x02");
+  EXPECT_TRUE(Value(at::ones({2})).is_tensor());
+  EXPECT_TRUE(Value(List{1, 2}).is_list());
+  EXPECT_TRUE(Value(Dict{{"a", 1}}).is_dict());
+  EXPECT_TRUE(Value(std::make_shared<testing::Counter>()).is_stateful());
+}
+
+TEST(ValueTest, WrongKindNamesBoth) {
+  try {
+    Value(3).to_string();
+    FAIL() << "expected an error";
+  } catch (const InvalidArgumentError& e) {
+    EXPECT_NE(std::string(e.what()).find("int"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("string"), std::string::npos);
+  }
+}
+
+TEST(ValueTest, EqualsIsStructuralAndBitExact) {
+  at::Tensor t = testing::make_tensor(at::kFloat, {3, 4}, 1);
+  EXPECT_TRUE(Value(t).equals(Value(t.clone())));
+  EXPECT_FALSE(Value(t).equals(Value(t + 1)));
+  EXPECT_FALSE(Value(t).equals(Value(t.to(at::kDouble))));
+  at::Tensor nan = at::full({2}, std::nan(""));
+  EXPECT_TRUE(Value(nan).equals(Value(nan.clone())));
+  Dict a{{"x", List{1, "s", 2.0}}, {"y", Dict{{"z", t}}}};
+  Dict b{{"x", List{1, "s", 2.0}}, {"y", Dict{{"z", t.clone()}}}};
+  EXPECT_TRUE(Value(a).equals(Value(b)));
+  b["x"].list()[1] = "other";
+  EXPECT_FALSE(Value(a).equals(Value(b)));
+  EXPECT_FALSE(Value(1).equals(Value(1.0)));
+}
+
+}  // namespace
+}  // namespace dcp

@@ -34,7 +34,8 @@ double seconds_since(Clock::time_point t0) {
 // A copy of `v` in which every Stateful object is replaced by its state dict.
 Value resolve_for_save(const Value& v) {
   switch (v.kind()) {
-    case Value::Kind::kStateful: return resolve_for_save(Value(v.stateful()->state_dict()));
+    case Value::Kind::kStateful:
+      return resolve_for_save(Value(v.stateful()->state_dict()));
     case Value::Kind::kDict: {
       Dict out;
       for (const auto& kv : v.dict()) out.emplace(kv.first, resolve_for_save(kv.second));
@@ -46,7 +47,8 @@ Value resolve_for_save(const Value& v) {
       for (const auto& e : v.list()) out.push_back(resolve_for_save(e));
       return out;
     }
-    default: return v;
+    default:
+      return v;
   }
 }
 
@@ -83,7 +85,8 @@ Value resolve_for_load(const Value& v, ObjectPath& path, std::vector<Fixup>& fix
       }
       return out;
     }
-    default: return v;
+    default:
+      return v;
   }
 }
 
@@ -161,8 +164,8 @@ Metadata save(const StateDict& state_dict, const SaveOptions& options) {
         global_metadata.storage_meta = writer->storage_meta();
         return global_metadata;
       };
-  Metadata md = dist.all_reduce<std::vector<WriteResult>, Metadata>("write", write_step,
-                                                                   finish_step);
+  Metadata md =
+      dist.all_reduce<std::vector<WriteResult>, Metadata>("write", write_step, finish_step);
   const double secs = seconds_since(t0);
   logger().info("saved checkpoint '{}': {} items, {}", writer->checkpoint_id(),
                 md.storage_data.size(), throughput(md.total_bytes(), secs));

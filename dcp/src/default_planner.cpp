@@ -19,7 +19,8 @@ namespace {
 bool contains_tensor(const Value& v) {
   switch (v.kind()) {
     case Value::Kind::kTensor:
-    case Value::Kind::kSharded: return true;
+    case Value::Kind::kSharded:
+      return true;
     case Value::Kind::kList:
       for (const auto& e : v.list())
         if (contains_tensor(e)) return true;
@@ -28,7 +29,8 @@ bool contains_tensor(const Value& v) {
       for (const auto& kv : v.dict())
         if (contains_tensor(kv.second)) return true;
       return false;
-    default: return false;
+    default:
+      return false;
   }
 }
 
@@ -77,10 +79,12 @@ void walk_dict(D& state_dict, const Leaf& leaf) {
   }
 }
 
-[[noreturn]] void throw_collision(const std::string& key, const ObjectPath& a, const ObjectPath& b) {
+[[noreturn]] void throw_collision(const std::string& key, const ObjectPath& a,
+                                  const ObjectPath& b) {
   auto show = [](const ObjectPath& p) {
     std::string s;
-    for (const auto& e : p) s += e.is_index ? "[" + std::to_string(e.index) + "]" : "['" + e.key + "']";
+    for (const auto& e : p)
+      s += e.is_index ? "[" + std::to_string(e.index) + "]" : "['" + e.key + "']";
     return s;
   };
   throw InvalidArgumentError("flattened key '" + key + "' comes from two places: " + show(a) +
@@ -116,7 +120,8 @@ StateDict unflatten_state_dict(const Dict& flat, const FlattenMapping& mapping) 
         child = &out[e.key];
       } else if (e.is_index) {
         if (node->is_none()) *node = List{};
-        if (!node->is_list()) throw CorruptionError("flatten mapping of key '" + key + "' is inconsistent");
+        if (!node->is_list())
+          throw CorruptionError("flatten mapping of key '" + key + "' is inconsistent");
         auto& list = node->list();
         if (e.index < 0 || e.index > (1 << 30))
           throw CorruptionError("flatten mapping of key '" + key + "' has a bad list index");
@@ -124,7 +129,8 @@ StateDict unflatten_state_dict(const Dict& flat, const FlattenMapping& mapping) 
         child = &list[e.index];
       } else {
         if (node->is_none()) *node = Dict{};
-        if (!node->is_dict()) throw CorruptionError("flatten mapping of key '" + key + "' is inconsistent");
+        if (!node->is_dict())
+          throw CorruptionError("flatten mapping of key '" + key + "' is inconsistent");
         child = &node->dict()[e.key];
       }
       if (last) *child = value;
@@ -149,7 +155,10 @@ std::string encode_flatten_mapping(const FlattenMapping& mapping) {
     e.varint(path.size());
     for (const auto& p : path) {
       e.u8(p.is_index ? 1 : 0);
-      if (p.is_index) e.svarint(p.index); else e.str(p.key);
+      if (p.is_index)
+        e.svarint(p.index);
+      else
+        e.str(p.key);
     }
   }
   return e.take();
@@ -171,7 +180,10 @@ FlattenMapping decode_flatten_mapping(std::string_view bytes) {
       path.resize(len);
       for (auto& p : path) {
         p.is_index = d.u8() != 0;
-        if (p.is_index) p.index = d.svarint(); else p.key = d.str();
+        if (p.is_index)
+          p.index = d.svarint();
+        else
+          p.key = d.str();
       }
     }
     mapping.emplace_hint(mapping.end(), std::move(key), std::move(path));
@@ -188,12 +200,28 @@ constexpr uint8_t kPlainMarker = 0xD1;  // first byte of every encoded plain val
 
 void encode_plain(codec::Encoder& e, const Value& v, const std::string& what) {
   switch (v.kind()) {
-    case Value::Kind::kNone: e.u8(kNone); break;
-    case Value::Kind::kBool: e.u8(v.to_bool() ? kTrue : kFalse); break;
-    case Value::Kind::kInt: e.u8(kInt); e.svarint(v.to_int()); break;
-    case Value::Kind::kDouble: e.u8(kDouble); e.f64(v.to_double()); break;
-    case Value::Kind::kString: e.u8(kString); e.str(v.to_string()); break;
-    case Value::Kind::kBytes: e.u8(kBytes); e.str(v.to_bytes().data); break;
+    case Value::Kind::kNone:
+      e.u8(kNone);
+      break;
+    case Value::Kind::kBool:
+      e.u8(v.to_bool() ? kTrue : kFalse);
+      break;
+    case Value::Kind::kInt:
+      e.u8(kInt);
+      e.svarint(v.to_int());
+      break;
+    case Value::Kind::kDouble:
+      e.u8(kDouble);
+      e.f64(v.to_double());
+      break;
+    case Value::Kind::kString:
+      e.u8(kString);
+      e.str(v.to_string());
+      break;
+    case Value::Kind::kBytes:
+      e.u8(kBytes);
+      e.str(v.to_bytes().data);
+      break;
     case Value::Kind::kList:
       e.u8(kList);
       e.varint(v.list().size());
@@ -216,13 +244,20 @@ void encode_plain(codec::Encoder& e, const Value& v, const std::string& what) {
 Value decode_plain(codec::Decoder& d, int depth) {
   if (depth > 256) d.fail("plain value nested too deeply");
   switch (d.u8()) {
-    case kNone: return Value();
-    case kFalse: return Value(false);
-    case kTrue: return Value(true);
-    case kInt: return Value(d.svarint());
-    case kDouble: return Value(d.f64());
-    case kString: return Value(d.str());
-    case kBytes: return Value(Bytes{d.str()});
+    case kNone:
+      return Value();
+    case kFalse:
+      return Value(false);
+    case kTrue:
+      return Value(true);
+    case kInt:
+      return Value(d.svarint());
+    case kDouble:
+      return Value(d.f64());
+    case kString:
+      return Value(d.str());
+    case kBytes:
+      return Value(Bytes{d.str()});
     case kList: {
       List list(d.count("list"));
       for (auto& x : list) x = decode_plain(d, depth + 1);
@@ -237,7 +272,8 @@ Value decode_plain(codec::Decoder& d, int depth) {
       }
       return Value(std::move(dict));
     }
-    default: d.fail("unknown plain value tag");
+    default:
+      d.fail("unknown plain value tag");
   }
 }
 }  // namespace
@@ -298,8 +334,8 @@ void validate_chunks(const std::string& fqn, const TensorStorageMetadata& t) {
     for (size_t d = 0; d < ndim; ++d) {
       if (c.offsets[d] < 0 || c.sizes[d] < 0 || c.offsets[d] + c.sizes[d] > t.size[d])
         throw InvalidArgumentError("key '" + fqn + "': chunk at " + shape_str(c.offsets) +
-                                   " of size " + shape_str(c.sizes) +
-                                   " lies outside the tensor " + shape_str(t.size));
+                                   " of size " + shape_str(c.sizes) + " lies outside the tensor " +
+                                   shape_str(t.size));
     }
     const int64_t v = volume(c.sizes);
     covered += v;
@@ -435,8 +471,10 @@ std::pair<std::vector<SavePlan>, Metadata> DefaultSavePlanner::create_global_pla
       for (const auto& item : all_plans[r].items) {
         const auto& h = holders[item.index];
         const int64_t bytes = item.tensor_storage_size().value_or(64);
-        if (h.size() == 1) load[r] += bytes;
-        else if (h.front() == r) dups.push_back({&holders.find(item.index)->first, bytes, &h});
+        if (h.size() == 1)
+          load[r] += bytes;
+        else if (h.front() == r)
+          dups.push_back({&holders.find(item.index)->first, bytes, &h});
       }
     // Largest first onto the least-loaded holder: greedy balancing.
     std::stable_sort(dups.begin(), dups.end(),
@@ -500,8 +538,7 @@ std::pair<std::vector<SavePlan>, Metadata> DefaultSavePlanner::create_global_pla
         throw InvalidArgumentError(
             "key '" + key + "' differs between ranks: " + dtype_name(t->properties.dtype) +
             shape_str(t->size) + " on rank " + std::to_string(fr->second) + ", " +
-            dtype_name(td.properties.dtype) + shape_str(td.size) + " on rank " +
-            std::to_string(r));
+            dtype_name(td.properties.dtype) + shape_str(td.size) + " on rank " + std::to_string(r));
       t->chunks.push_back(td.chunk);
     }
   }
@@ -575,7 +612,8 @@ LoadPlan DefaultLoadPlanner::create_local_plan() {
     }
     if (std::holds_alternative<BytesStorageMetadata>(it->second)) {
       if (dest->is_tensor() || dest->is_sharded()) {
-        problems.push_back("'" + key + "': the checkpoint holds a plain value, the destination is a " +
+        problems.push_back("'" + key +
+                           "': the checkpoint holds a plain value, the destination is a " +
                            describe(*dest));
         continue;
       }
@@ -674,15 +712,17 @@ LoadPlan DefaultLoadPlanner::create_local_plan() {
     return s;
   };
   if (!problems.empty()) {
-    std::string msg = std::to_string(problems.size()) +
-                      " key(s) of the state dict do not match the checkpoint:";
-    for (size_t i = 0; i < std::min<size_t>(problems.size(), 20); ++i) msg += "\n    " + problems[i];
+    std::string msg =
+        std::to_string(problems.size()) + " key(s) of the state dict do not match the checkpoint:";
+    for (size_t i = 0; i < std::min<size_t>(problems.size(), 20); ++i)
+      msg += "\n    " + problems[i];
     throw PlanMismatchError(msg);
   }
   if (options_.strict && (!missing_.empty() || !unexpected_.empty())) {
     std::string msg = "the state dict and the checkpoint have different keys (strict load)";
     if (!missing_.empty()) msg += "; missing from the checkpoint: " + list(missing_);
-    if (!unexpected_.empty()) msg += "; in the checkpoint but not in the state dict: " + list(unexpected_);
+    if (!unexpected_.empty())
+      msg += "; in the checkpoint but not in the state dict: " + list(unexpected_);
     throw PlanMismatchError(msg);
   }
   return plan;
@@ -712,7 +752,8 @@ at::Tensor DefaultLoadPlanner::destination_view(const ReadItem& item) const {
   if (it->second->is_sharded()) {
     for (const Shard& s : it->second->sharded().local_shards)
       if (s.offsets == item.dest_index.offset) t = s.tensor;
-    if (!t.defined()) throw InvalidArgumentError("no local shard for " + to_string(item.dest_index));
+    if (!t.defined())
+      throw InvalidArgumentError("no local shard for " + to_string(item.dest_index));
   } else {
     t = it->second->tensor();
   }

@@ -32,8 +32,8 @@ class DistWrapper {
     all.push_back(std::move(mine));
     std::vector<T> out = run_step(step + ":global", [&] { return global(std::move(all)); });
     if (out.size() != static_cast<size_t>(world_size_))
-      fail(step + ":global", ErrorCode::kInternal, "global step returned a plan per rank count " +
-                                                      std::to_string(out.size()));
+      fail(step + ":global", ErrorCode::kInternal,
+           "global step returned a plan per rank count " + std::to_string(out.size()));
     return std::move(out[static_cast<size_t>(rank_)]);
   }
 

@@ -17,7 +17,7 @@ namespace {
 struct MemoryStore {
   std::mutex mu;
   std::map<std::string, std::shared_ptr<std::string>> files;  // GUARDED_BY(mu)
-  std::set<std::string> dirs;                                  // GUARDED_BY(mu)
+  std::set<std::string> dirs;                                 // GUARDED_BY(mu)
 };
 
 MemoryStore& store() {
@@ -166,7 +166,8 @@ void clear_memory_checkpoints(const std::string& prefix) {
   for (auto it = store().files.begin(); it != store().files.end();)
     it = it->first.compare(0, p.size(), p) == 0 ? store().files.erase(it) : std::next(it);
   for (auto it = store().dirs.begin(); it != store().dirs.end();)
-    it = (!it->empty() && it->compare(0, p.size(), p) == 0) ? store().dirs.erase(it) : std::next(it);
+    it =
+        (!it->empty() && it->compare(0, p.size(), p) == 0) ? store().dirs.erase(it) : std::next(it);
 }
 
 }  // namespace dcp

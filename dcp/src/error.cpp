@@ -7,16 +7,26 @@ namespace dcp {
 
 const char* error_code_name(ErrorCode code) {
   switch (code) {
-    case ErrorCode::kInternal: return "internal";
-    case ErrorCode::kInvalidArgument: return "invalid argument";
-    case ErrorCode::kNotFound: return "not found";
-    case ErrorCode::kAlreadyExists: return "already exists";
-    case ErrorCode::kStorage: return "storage";
-    case ErrorCode::kCorruption: return "corruption";
-    case ErrorCode::kPlanMismatch: return "plan mismatch";
-    case ErrorCode::kConfig: return "config";
-    case ErrorCode::kTimeout: return "timeout";
-    case ErrorCode::kCheckpoint: return "checkpoint";
+    case ErrorCode::kInternal:
+      return "internal";
+    case ErrorCode::kInvalidArgument:
+      return "invalid argument";
+    case ErrorCode::kNotFound:
+      return "not found";
+    case ErrorCode::kAlreadyExists:
+      return "already exists";
+    case ErrorCode::kStorage:
+      return "storage";
+    case ErrorCode::kCorruption:
+      return "corruption";
+    case ErrorCode::kPlanMismatch:
+      return "plan mismatch";
+    case ErrorCode::kConfig:
+      return "config";
+    case ErrorCode::kTimeout:
+      return "timeout";
+    case ErrorCode::kCheckpoint:
+      return "checkpoint";
   }
   return "unknown";
 }
@@ -26,20 +36,22 @@ std::string summarize(const std::string& operation, const std::vector<RankFailur
   std::string s = operation + " failed on " + std::to_string(failures.size()) +
                   (failures.size() == 1 ? " rank" : " ranks");
   for (const auto& f : failures) {
-    s += "\n  rank " + std::to_string(f.rank) + " in " + f.step + " (" +
-         error_code_name(f.code) + "): " + f.message;
+    s += "\n  rank " + std::to_string(f.rank) + " in " + f.step + " (" + error_code_name(f.code) +
+         "): " + f.message;
   }
   return s;
 }
 }  // namespace
 
 CheckpointError::CheckpointError(std::string operation, std::vector<RankFailure> failures)
-    : Error(ErrorCode::kCheckpoint, summarize(operation, failures),
-            !failures.empty() && [&] {
-              for (const auto& f : failures)
-                if (f.code != ErrorCode::kTimeout && f.code != ErrorCode::kStorage) return false;
-              return true;
-            }()),
+    : Error(
+          ErrorCode::kCheckpoint, summarize(operation, failures),
+          !failures.empty() &&
+              [&] {
+                for (const auto& f : failures)
+                  if (f.code != ErrorCode::kTimeout && f.code != ErrorCode::kStorage) return false;
+                return true;
+              }()),
       operation_(std::move(operation)),
       failures_(std::move(failures)) {}
 

@@ -34,7 +34,7 @@ namespace dcp {
 
 namespace {
 
-constexpr size_t kAlign = 64;                   // every item starts at a multiple of this
+constexpr size_t kAlign = 64;                    // every item starts at a multiple of this
 constexpr size_t kPieceBytes = size_t{4} << 20;  // hash-then-write granularity of large items
 constexpr uint64_t kWritebackBytes = uint64_t{64} << 20;
 constexpr char kDataSuffix[] = ".distcp";
@@ -71,11 +71,12 @@ void run_parallel(int threads, size_t n, const Fn& fn) {
   } else {
     tbb::task_arena arena(threads);
     arena.execute([&] {
-      tbb::parallel_for(tbb::blocked_range<size_t>(0, n, 1),
-                        [&](const tbb::blocked_range<size_t>& r) {
-                          for (size_t i = r.begin(); i != r.end(); ++i) body(i);
-                        },
-                        tbb::simple_partitioner());
+      tbb::parallel_for(
+          tbb::blocked_range<size_t>(0, n, 1),
+          [&](const tbb::blocked_range<size_t>& r) {
+            for (size_t i = r.begin(); i != r.end(); ++i) body(i);
+          },
+          tbb::simple_partitioner());
     });
   }
   for (auto& e : errors)
@@ -172,7 +173,8 @@ class FileSystemWriter final : public StorageWriter {
  public:
   FileSystemWriter(Env* env, std::string scheme, std::string path, FileSystemWriterOptions opt)
       : env_(env), scheme_(std::move(scheme)), path_(std::move(path)), opt_(opt) {
-    if (opt_.threads < 1) throw InvalidArgumentError("FileSystemWriterOptions.threads must be >= 1");
+    if (opt_.threads < 1)
+      throw InvalidArgumentError("FileSystemWriterOptions.threads must be >= 1");
     if (opt_.buffer_bytes < kAlign)
       throw InvalidArgumentError("FileSystemWriterOptions.buffer_bytes is too small");
     save_id_ = random_id();
@@ -206,7 +208,8 @@ class FileSystemWriter final : public StorageWriter {
   SavePlan prepare_local_plan(SavePlan plan) override { return plan; }
 
   std::vector<SavePlan> prepare_global_plan(std::vector<SavePlan> plans) override {
-    for (size_t r = 0; r < plans.size(); ++r) plans[r].storage_data = "__" + std::to_string(r) + "_";
+    for (size_t r = 0; r < plans.size(); ++r)
+      plans[r].storage_data = "__" + std::to_string(r) + "_";
     return plans;
   }
 
@@ -334,9 +337,9 @@ class FileSystemWriter final : public StorageWriter {
         WriteResult r;
         r.index = item.index;
         r.size_in_bytes = static_cast<int64_t>(n);
-        r.storage_data = StorageInfo{name, offset, n,
-                                     opt_.checksums ? ChecksumType::kXXH3_64 : ChecksumType::kNone,
-                                     checksum};
+        r.storage_data =
+            StorageInfo{name, offset, n,
+                        opt_.checksums ? ChecksumType::kXXH3_64 : ChecksumType::kNone, checksum};
         results.push_back(std::move(r));
       }
       out.finish();
@@ -363,7 +366,8 @@ class FileSystemReader final : public StorageReader {
  public:
   FileSystemReader(Env* env, std::string scheme, std::string path, FileSystemReaderOptions opt)
       : env_(env), scheme_(std::move(scheme)), path_(std::move(path)), opt_(opt) {
-    if (opt_.threads < 1) throw InvalidArgumentError("FileSystemReaderOptions.threads must be >= 1");
+    if (opt_.threads < 1)
+      throw InvalidArgumentError("FileSystemReaderOptions.threads must be >= 1");
   }
 
   void reset(const std::string& checkpoint_id) override {
@@ -373,7 +377,8 @@ class FileSystemReader final : public StorageReader {
   Metadata read_metadata() override {
     if (path_.empty()) throw InvalidArgumentError("no checkpoint path was given to the reader");
     if (!env_->dir_exists(path_))
-      throw NotFoundError("no checkpoint at '" + display(path_) + "': the directory does not exist");
+      throw NotFoundError("no checkpoint at '" + display(path_) +
+                          "': the directory does not exist");
     const std::string md_path = join_path(path_, kMetadataFileName);
     if (!env_->file_exists(md_path))
       throw NotFoundError("'" + display(path_) + "' is not a committed checkpoint: it has no " +
@@ -513,12 +518,12 @@ class FileSystemReader final : public StorageReader {
                                 to_string(index));
         int64_t numel = 1;
         for (int64_t s : u.chunk->sizes) numel *= s;
-        const uint64_t expect = static_cast<uint64_t>(numel) *
-                                c10::elementSize(t->properties.dtype);
+        const uint64_t expect =
+            static_cast<uint64_t>(numel) * c10::elementSize(t->properties.dtype);
         if (expect != u.info->length)
           throw CorruptionError("item " + to_string(index) + " has " +
-                                std::to_string(u.info->length) + " bytes in storage, its shape needs " +
-                                std::to_string(expect));
+                                std::to_string(u.info->length) +
+                                " bytes in storage, its shape needs " + std::to_string(expect));
       }
       auto& f = files[u.info->relative_path];
       if (!f) {

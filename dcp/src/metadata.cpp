@@ -19,12 +19,18 @@ struct DtypeName {
 
 // The names are part of the on-disk format: never change one.
 constexpr DtypeName kDtypes[] = {
-    {at::kFloat, "float32"},        {at::kDouble, "float64"},
-    {at::kHalf, "float16"},         {at::kBFloat16, "bfloat16"},
-    {at::kChar, "int8"},            {at::kShort, "int16"},
-    {at::kInt, "int32"},            {at::kLong, "int64"},
-    {at::kByte, "uint8"},           {at::kBool, "bool"},
-    {at::kComplexHalf, "complex32"}, {at::kComplexFloat, "complex64"},
+    {at::kFloat, "float32"},
+    {at::kDouble, "float64"},
+    {at::kHalf, "float16"},
+    {at::kBFloat16, "bfloat16"},
+    {at::kChar, "int8"},
+    {at::kShort, "int16"},
+    {at::kInt, "int32"},
+    {at::kLong, "int64"},
+    {at::kByte, "uint8"},
+    {at::kBool, "bool"},
+    {at::kComplexHalf, "complex32"},
+    {at::kComplexFloat, "complex64"},
     {at::kComplexDouble, "complex128"},
 };
 

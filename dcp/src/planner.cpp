@@ -6,9 +6,12 @@ namespace dcp {
 
 const char* to_string(WriteItemType type) {
   switch (type) {
-    case WriteItemType::kTensor: return "tensor";
-    case WriteItemType::kShard: return "shard";
-    case WriteItemType::kByteIO: return "bytes";
+    case WriteItemType::kTensor:
+      return "tensor";
+    case WriteItemType::kShard:
+      return "shard";
+    case WriteItemType::kByteIO:
+      return "bytes";
   }
   return "unknown";
 }

@@ -84,9 +84,8 @@ Registry& registry() {
     auto* reg = new Registry();
     reg->backends["fs"] = Backend{[](const std::string& id) { return make_filesystem_writer(id); },
                                   [](const std::string& id) { return make_filesystem_reader(id); }};
-    reg->backends["memory"] =
-        Backend{[](const std::string& id) { return make_memory_writer(id); },
-                [](const std::string& id) { return make_memory_reader(id); }};
+    reg->backends["memory"] = Backend{[](const std::string& id) { return make_memory_writer(id); },
+                                      [](const std::string& id) { return make_memory_reader(id); }};
     return reg;
   }();
   return *r;

@@ -11,17 +11,28 @@ namespace dcp {
 
 const char* Value::kind_name(Kind kind) {
   switch (kind) {
-    case Kind::kNone: return "none";
-    case Kind::kBool: return "bool";
-    case Kind::kInt: return "int";
-    case Kind::kDouble: return "double";
-    case Kind::kString: return "string";
-    case Kind::kBytes: return "bytes";
-    case Kind::kTensor: return "tensor";
-    case Kind::kSharded: return "sharded tensor";
-    case Kind::kList: return "list";
-    case Kind::kDict: return "dict";
-    case Kind::kStateful: return "stateful";
+    case Kind::kNone:
+      return "none";
+    case Kind::kBool:
+      return "bool";
+    case Kind::kInt:
+      return "int";
+    case Kind::kDouble:
+      return "double";
+    case Kind::kString:
+      return "string";
+    case Kind::kBytes:
+      return "bytes";
+    case Kind::kTensor:
+      return "tensor";
+    case Kind::kSharded:
+      return "sharded tensor";
+    case Kind::kList:
+      return "list";
+    case Kind::kDict:
+      return "dict";
+    case Kind::kStateful:
+      return "stateful";
   }
   return "unknown";
 }
@@ -33,8 +44,10 @@ bool Value::is_plain_scalar() const {
     case Kind::kInt:
     case Kind::kDouble:
     case Kind::kString:
-    case Kind::kBytes: return true;
-    default: return false;
+    case Kind::kBytes:
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -85,16 +98,22 @@ bool tensors_equal(const at::Tensor& a, const at::Tensor& b) {
 bool Value::equals(const Value& other) const {
   if (kind() != other.kind()) return false;
   switch (kind()) {
-    case Kind::kNone: return true;
-    case Kind::kBool: return to_bool() == other.to_bool();
-    case Kind::kInt: return to_int() == other.to_int();
+    case Kind::kNone:
+      return true;
+    case Kind::kBool:
+      return to_bool() == other.to_bool();
+    case Kind::kInt:
+      return to_int() == other.to_int();
     case Kind::kDouble: {
       double a = std::get<double>(v_), b = std::get<double>(other.v_);
       return std::memcmp(&a, &b, sizeof a) == 0;
     }
-    case Kind::kString: return to_string() == other.to_string();
-    case Kind::kBytes: return to_bytes() == other.to_bytes();
-    case Kind::kTensor: return tensors_equal(tensor(), other.tensor());
+    case Kind::kString:
+      return to_string() == other.to_string();
+    case Kind::kBytes:
+      return to_bytes() == other.to_bytes();
+    case Kind::kTensor:
+      return tensors_equal(tensor(), other.tensor());
     case Kind::kSharded: {
       const auto &a = sharded(), &b = other.sharded();
       if (a.global_size != b.global_size || a.local_shards.size() != b.local_shards.size())
@@ -119,7 +138,8 @@ bool Value::equals(const Value& other) const {
         if (ia->first != ib->first || !ia->second.equals(ib->second)) return false;
       return true;
     }
-    case Kind::kStateful: return stateful() == other.stateful();
+    case Kind::kStateful:
+      return stateful() == other.stateful();
   }
   return false;
 }
@@ -143,11 +163,16 @@ std::string describe(const Value& v) {
       return "sharded tensor " + shape_string(s.global_size) + " with " +
              std::to_string(s.local_shards.size()) + " local shards";
     }
-    case Value::Kind::kInt: return "int " + std::to_string(v.to_int());
-    case Value::Kind::kString: return "string \"" + v.to_string() + "\"";
-    case Value::Kind::kList: return "list of " + std::to_string(v.list().size());
-    case Value::Kind::kDict: return "dict of " + std::to_string(v.dict().size());
-    default: return v.kind_name();
+    case Value::Kind::kInt:
+      return "int " + std::to_string(v.to_int());
+    case Value::Kind::kString:
+      return "string \"" + v.to_string() + "\"";
+    case Value::Kind::kList:
+      return "list of " + std::to_string(v.list().size());
+    case Value::Kind::kDict:
+      return "dict of " + std::to_string(v.dict().size());
+    default:
+      return v.kind_name();
   }
 }
 

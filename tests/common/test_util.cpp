@@ -40,8 +40,8 @@ at::Tensor make_tensor(at::ScalarType dtype, at::IntArrayRef sizes, int64_t seed
 }
 
 std::vector<at::ScalarType> all_dtypes() {
-  return {at::kFloat, at::kDouble, at::kHalf,  at::kBFloat16, at::kChar,
-          at::kShort, at::kInt,    at::kLong,  at::kByte,     at::kBool,
+  return {at::kFloat,       at::kDouble,       at::kHalf,         at::kBFloat16, at::kChar,
+          at::kShort,       at::kInt,          at::kLong,         at::kByte,     at::kBool,
           at::kComplexHalf, at::kComplexFloat, at::kComplexDouble};
 }
 

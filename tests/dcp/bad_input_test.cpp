@@ -20,8 +20,10 @@ class BadInputTest : public ::testing::Test {
     save(sd_, path_);
   }
   StateDict fresh() {
-    return {{"model.w", at::zeros({256, 64})}, {"model.b", at::zeros({64})},
-            {"big", at::zeros({512, 1024})}, {"step", 0}};
+    return {{"model.w", at::zeros({256, 64})},
+            {"model.b", at::zeros({64})},
+            {"big", at::zeros({512, 1024})},
+            {"step", 0}};
   }
   // Loads and returns the error message; fails the test when there is none.
   std::string load_error(const std::string& path, ErrorCode expected_code) {
@@ -86,7 +88,8 @@ TEST_F(BadInputTest, MissingEmptyOrCorruptMetadata) {
   const std::string good = testing::read_file(md_path);
 
   testing::write_file(md_path, "");
-  EXPECT_NE(load_error(path_, ErrorCode::kCorruption).find("metadata file is empty"), std::string::npos);
+  EXPECT_NE(load_error(path_, ErrorCode::kCorruption).find("metadata file is empty"),
+            std::string::npos);
 
   std::string bad = good;
   bad[bad.size() / 2] ^= 0x40;
@@ -115,7 +118,8 @@ TEST_F(BadInputTest, FailedSaveLeavesNoMetadata) {
   for (int fail_after : {0, 1, 2, 3}) {
     const std::string path = dir_.sub("failing" + std::to_string(fail_after));
     SaveOptions o;
-    o.storage_writer = std::make_shared<testing::FailingWriter>(make_filesystem_writer(path), fail_after);
+    o.storage_writer =
+        std::make_shared<testing::FailingWriter>(make_filesystem_writer(path), fail_after);
     try {
       save(sd_, o);
       FAIL() << "save should fail";
@@ -145,8 +149,9 @@ TEST_F(BadInputTest, FailedSaveIntoSameDirectoryKeepsCommittedCheckpoint) {
 }
 
 TEST_F(BadInputTest, UnsupportedValues) {
-  EXPECT_THROW(save({{"q", at::quantize_per_tensor(at::ones({2}), 0.1, 0, at::kQInt8)}}, dir_.sub("q")),
-               CheckpointError);
+  EXPECT_THROW(
+      save({{"q", at::quantize_per_tensor(at::ones({2}), 0.1, 0, at::kQInt8)}}, dir_.sub("q")),
+      CheckpointError);
   EXPECT_THROW(save({{"u", at::Tensor()}}, dir_.sub("u")), CheckpointError);
   EXPECT_FALSE(is_committed_checkpoint(dir_.sub("q")));
 }

@@ -7,11 +7,11 @@ namespace {
 
 TEST(FlattenTest, NestedDictsAndListsWithTensors) {
   at::Tensor a = at::ones({2}), b = at::zeros({3});
-  StateDict sd{{"model", Dict{{"layer1", Dict{{"weight", a}}}, {"bias", b}}},
-               {"opt", Dict{{"groups", List{Dict{{"lr", 0.1}}, Dict{{"lr", 0.2}}}},
-                            {"state", List{a, b}}}},
-               {"step", 7},
-               {"empty", Dict{}}};
+  StateDict sd{
+      {"model", Dict{{"layer1", Dict{{"weight", a}}}, {"bias", b}}},
+      {"opt", Dict{{"groups", List{Dict{{"lr", 0.1}}, Dict{{"lr", 0.2}}}}, {"state", List{a, b}}}},
+      {"step", 7},
+      {"empty", Dict{}}};
   auto [flat, mapping] = flatten_state_dict(sd);
   EXPECT_TRUE(flat.count("model.layer1.weight"));
   EXPECT_TRUE(flat.count("model.bias"));
@@ -45,8 +45,18 @@ TEST(FlattenTest, CollisionIsAnError) {
 }
 
 TEST(PlainValueTest, RoundTrip) {
-  List values{Value(), true, false, 0, -1, int64_t{1} << 62, 3.25, -0.0, "", "text",
-              Bytes{std::string("\0\xff", 2)}, List{1, List{2, "x"}},
+  List values{Value(),
+              true,
+              false,
+              0,
+              -1,
+              int64_t{1} << 62,
+              3.25,
+              -0.0,
+              "",
+              "text",
+              Bytes{std::string("\0\xff", 2)},
+              List{1, List{2, "x"}},
               Dict{{"k", Dict{{"n", 1.5}}}, {"l", List{}}}};
   for (const auto& v : values) {
     Bytes b = encode_plain_value(v);

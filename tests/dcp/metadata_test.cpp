@@ -26,7 +26,8 @@ Metadata sample_metadata(int n) {
                       ChecksumType::kXXH3_64, uint64_t(i) * 7919};
   }
   md.state_dict_metadata["step"] = BytesStorageMetadata{};
-  md.storage_data[MetadataIndex("step")] = StorageInfo{"__0_0.distcp", 1, 2, ChecksumType::kNone, 0};
+  md.storage_data[MetadataIndex("step")] =
+      StorageInfo{"__0_0.distcp", 1, 2, ChecksumType::kNone, 0};
   return md;
 }
 

@@ -122,16 +122,20 @@ TEST(PlannerTest, GlobalPlanValidatesChunks) {
     return p;
   };
   // Two ranks, rows: fine.
-  EXPECT_NO_THROW(planner.create_global_plan({plan_with({{{0, 0}, {2, 4}}}), plan_with({{{2, 0}, {2, 4}}})}));
+  EXPECT_NO_THROW(
+      planner.create_global_plan({plan_with({{{0, 0}, {2, 4}}}), plan_with({{{2, 0}, {2, 4}}})}));
   // Overlap.
-  EXPECT_THROW(planner.create_global_plan({plan_with({{{0, 0}, {3, 4}}}), plan_with({{{2, 0}, {2, 4}}})}),
-               InvalidArgumentError);
+  EXPECT_THROW(
+      planner.create_global_plan({plan_with({{{0, 0}, {3, 4}}}), plan_with({{{2, 0}, {2, 4}}})}),
+      InvalidArgumentError);
   // A hole.
-  EXPECT_THROW(planner.create_global_plan({plan_with({{{0, 0}, {1, 4}}}), plan_with({{{2, 0}, {2, 4}}})}),
-               InvalidArgumentError);
+  EXPECT_THROW(
+      planner.create_global_plan({plan_with({{{0, 0}, {1, 4}}}), plan_with({{{2, 0}, {2, 4}}})}),
+      InvalidArgumentError);
   // Out of bounds.
-  EXPECT_THROW(planner.create_global_plan({plan_with({{{0, 0}, {2, 4}}}), plan_with({{{2, 1}, {2, 4}}})}),
-               InvalidArgumentError);
+  EXPECT_THROW(
+      planner.create_global_plan({plan_with({{{0, 0}, {2, 4}}}), plan_with({{{2, 1}, {2, 4}}})}),
+      InvalidArgumentError);
 }
 
 TEST(PlannerTest, DedupSpreadsReplicatedItems) {

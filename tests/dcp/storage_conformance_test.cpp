@@ -56,7 +56,8 @@ class ConformanceTest : public ::testing::TestWithParam<BackendCase> {
   std::shared_ptr<StorageWriter> writer(const std::string& name, bool overwrite = false) {
     auto opt = GetParam().writer;
     opt.overwrite = overwrite;
-    return GetParam().memory ? make_memory_writer(id(name), opt) : make_filesystem_writer(id(name), opt);
+    return GetParam().memory ? make_memory_writer(id(name), opt)
+                             : make_filesystem_writer(id(name), opt);
   }
   std::shared_ptr<StorageReader> reader(const std::string& name) {
     return GetParam().memory ? make_memory_reader(id(name), GetParam().reader)
@@ -81,7 +82,8 @@ class ConformanceTest : public ::testing::TestWithParam<BackendCase> {
   void round_trip(const StateDict& sd, const std::string& name) {
     save_to(sd, name);
     StateDict dest;
-    for (const auto& [k, v] : sd) dest[k] = v.is_tensor() ? Value(scrambled_like(v.tensor())) : Value();
+    for (const auto& [k, v] : sd)
+      dest[k] = v.is_tensor() ? Value(scrambled_like(v.tensor())) : Value();
     load_from(dest, name);
     for (const auto& [k, v] : sd) EXPECT_TRUE(v.equals(dest.at(k))) << "key " << k;
   }
@@ -132,7 +134,8 @@ TEST_P(ConformanceTest, ZeroDimAndEmpty) {
 
 TEST_P(ConformanceTest, LargeAndSmallItemsTogether) {
   StateDict sd;
-  for (int i = 0; i < 50; ++i) sd["small" + std::to_string(i)] = make_tensor(at::kFloat, {i + 1}, i);
+  for (int i = 0; i < 50; ++i)
+    sd["small" + std::to_string(i)] = make_tensor(at::kFloat, {i + 1}, i);
   sd["big"] = make_tensor(at::kFloat, {1024, 768}, 99);  // 3 MiB: written directly
   sd["big_bf16"] = make_tensor(at::kBFloat16, {1024, 1024}, 98);
   round_trip(sd, "mixed");
@@ -141,24 +144,30 @@ TEST_P(ConformanceTest, LargeAndSmallItemsTogether) {
 TEST_P(ConformanceTest, NestedDictsAndPlainValuesInPlace) {
   at::Tensor w = make_tensor(at::kFloat, {2, 3}, 4);
   at::Tensor m = make_tensor(at::kFloat, {2, 3}, 5);
-  StateDict sd{{"model", Dict{{"layer", Dict{{"weight", w}}}}},
-               {"optim", Dict{{"state", List{m}},
-                              {"param_groups", List{Dict{{"lr", 0.01}, {"betas", List{0.9, 0.99}}}}}}},
-               {"step", 42},
-               {"epoch_fraction", 0.25},
-               {"done", false},
-               {"tag", "run-7"},
-               {"blob", Bytes{std::string("\0\1\2", 3)}},
-               {"nothing", Value()},
-               {"empty", Dict{}}};
+  StateDict sd{
+      {"model", Dict{{"layer", Dict{{"weight", w}}}}},
+      {"optim", Dict{{"state", List{m}},
+                     {"param_groups", List{Dict{{"lr", 0.01}, {"betas", List{0.9, 0.99}}}}}}},
+      {"step", 42},
+      {"epoch_fraction", 0.25},
+      {"done", false},
+      {"tag", "run-7"},
+      {"blob", Bytes{std::string("\0\1\2", 3)}},
+      {"nothing", Value()},
+      {"empty", Dict{}}};
   save_to(sd, "nested");
 
   at::Tensor w2 = at::zeros({2, 3}), m2 = at::zeros({2, 3});
   void* w2_ptr = w2.data_ptr();
   StateDict dest{{"model", Dict{{"layer", Dict{{"weight", w2}}}}},
                  {"optim", Dict{{"state", List{m2}}, {"param_groups", List{}}}},
-                 {"step", 0}, {"epoch_fraction", 0.0}, {"done", true}, {"tag", ""},
-                 {"blob", Bytes{}}, {"nothing", 1}, {"empty", Dict{}}};
+                 {"step", 0},
+                 {"epoch_fraction", 0.0},
+                 {"done", true},
+                 {"tag", ""},
+                 {"blob", Bytes{}},
+                 {"nothing", 1},
+                 {"empty", Dict{}}};
   load_from(dest, "nested");
   EXPECT_TRUE(Value(dest).equals(Value(sd)));
   // Tensors were filled in place, not replaced.
@@ -191,7 +200,8 @@ TEST_P(ConformanceTest, StatefulObjects) {
 }
 
 TEST_P(ConformanceTest, LoadWithoutTemplate) {
-  StateDict sd{{"model", Dict{{"a", make_tensor(at::kHalf, {3, 2}, 7)}, {"b", make_tensor(at::kLong, {4}, 8)}}},
+  StateDict sd{{"model", Dict{{"a", make_tensor(at::kHalf, {3, 2}, 7)},
+                              {"b", make_tensor(at::kLong, {4}, 8)}}},
                {"list", List{make_tensor(at::kFloat, {1}, 9), make_tensor(at::kFloat, {2}, 10)}},
                {"meta", Dict{{"step", 3}, {"names", List{"a", "b"}}}}};
   save_to(sd, "notemplate");
@@ -204,7 +214,8 @@ TEST_P(ConformanceTest, LoadWithoutTemplate) {
 TEST_P(ConformanceTest, ShardedTensorsReshardInProcess) {
   at::Tensor full = make_tensor(at::kFloat, {8, 6}, 11);
   ShardedTensor rows{{8, 6}, {}};
-  for (int r = 0; r < 4; ++r) rows.local_shards.push_back(Shard{full.narrow(0, 2 * r, 2).clone(), {2 * r, 0}});
+  for (int r = 0; r < 4; ++r)
+    rows.local_shards.push_back(Shard{full.narrow(0, 2 * r, 2).clone(), {2 * r, 0}});
   save_to({{"w", rows}}, "sharded");
 
   // Sharded by rows -> one full tensor.
@@ -223,7 +234,8 @@ TEST_P(ConformanceTest, ShardedTensorsReshardInProcess) {
   save_to({{"w", full}}, "full");
   ShardedTensor blocks{{8, 6}, {}};
   for (int i = 0; i < 2; ++i)
-    for (int j = 0; j < 2; ++j) blocks.local_shards.push_back(Shard{at::zeros({4, 3}), {4 * i, 3 * j}});
+    for (int j = 0; j < 2; ++j)
+      blocks.local_shards.push_back(Shard{at::zeros({4, 3}), {4 * i, 3 * j}});
   StateDict as_blocks{{"w", blocks}};
   load_from(as_blocks, "full");
   for (const auto& s : as_blocks["w"].sharded().local_shards)
@@ -252,7 +264,8 @@ TEST_P(ConformanceTest, StrictAndNonStrictKeys) {
 
 TEST_P(ConformanceTest, ShapeAndDtypeMismatchNameTheKey) {
   save_to({{"layer.w", at::ones({2, 3})}, {"layer.b", at::ones({3})}, {"n", 1}}, "mismatch");
-  StateDict dest{{"layer.w", at::zeros({3, 2})}, {"layer.b", at::zeros({3}, at::kDouble)},
+  StateDict dest{{"layer.w", at::zeros({3, 2})},
+                 {"layer.b", at::zeros({3}, at::kDouble)},
                  {"n", at::zeros({1})}};
   try {
     load_from(dest, "mismatch");
@@ -260,9 +273,11 @@ TEST_P(ConformanceTest, ShapeAndDtypeMismatchNameTheKey) {
   } catch (const CheckpointError& e) {
     const std::string msg = e.what();
     EXPECT_NE(msg.find("'layer.w': shape mismatch: checkpoint float32[2, 3], destination [3, 2]"),
-              std::string::npos) << msg;
+              std::string::npos)
+        << msg;
     EXPECT_NE(msg.find("'layer.b': dtype mismatch: checkpoint float32[3], destination float64[3]"),
-              std::string::npos) << msg;
+              std::string::npos)
+        << msg;
     EXPECT_NE(msg.find("'n': the checkpoint holds a plain value"), std::string::npos) << msg;
   }
   // Nothing was loaded.

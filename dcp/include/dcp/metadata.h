@@ -104,8 +104,8 @@ struct Metadata {
   // (flat key -> original nested path) so load can rebuild nested dicts.
   std::string planner_data;
   std::optional<StorageMeta> storage_meta;
-  int32_t world_size = 1;        // ranks that saved the checkpoint
-  std::string library_version;   // dcp++ version that wrote it
+  int32_t world_size = 1;       // ranks that saved the checkpoint
+  std::string library_version;  // dcp++ version that wrote it
 
   // Total bytes of all items.
   uint64_t total_bytes() const;

@@ -67,7 +67,19 @@ class Stateful {
 
 class Value {
  public:
-  enum class Kind { kNone, kBool, kInt, kDouble, kString, kBytes, kTensor, kSharded, kList, kDict, kStateful };
+  enum class Kind {
+    kNone,
+    kBool,
+    kInt,
+    kDouble,
+    kString,
+    kBytes,
+    kTensor,
+    kSharded,
+    kList,
+    kDict,
+    kStateful
+  };
 
   Value() = default;
   Value(std::nullptr_t) {}

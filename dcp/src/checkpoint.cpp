@@ -159,10 +159,7 @@ Metadata save(const StateDict& state_dict, const SaveOptions& options) {
   std::function<Metadata(std::vector<std::vector<WriteResult>>)> finish_step =
       [&](std::vector<std::vector<WriteResult>> all) {
         writer->finish(global_metadata, all);
-        for (const auto& rank_results : all)
-          for (const auto& r : rank_results) global_metadata.storage_data[r.index] = r.storage_data;
-        global_metadata.storage_meta = writer->storage_meta();
-        return global_metadata;
+        return std::move(global_metadata);
       };
   Metadata md =
       dist.all_reduce<std::vector<WriteResult>, Metadata>("write", write_step, finish_step);
@@ -178,14 +175,23 @@ Metadata save(const StateDict& state_dict, const std::string& checkpoint_id) {
   return save(state_dict, options);
 }
 
-LoadResult load(StateDict& state_dict, const LoadOptions& options) {
-  const auto t0 = Clock::now();
+namespace {
+
+std::shared_ptr<StorageReader> reader_for(const LoadOptions& options) {
   std::shared_ptr<StorageReader> reader = options.storage_reader;
   if (reader) {
     reader->reset(options.checkpoint_id);
   } else {
     reader = make_storage_reader(options.checkpoint_id);
   }
+  return reader;
+}
+
+// load() with the reader chosen and, when `known` is set, the metadata
+// already read (load_all reads it first to build its template).
+LoadResult load_with(StateDict& state_dict, const LoadOptions& options,
+                     const std::shared_ptr<StorageReader>& reader, std::optional<Metadata> known) {
+  const auto t0 = Clock::now();
   std::shared_ptr<LoadPlanner> planner = options.planner;
   if (!planner) {
     LoadPlannerOptions po;
@@ -204,7 +210,7 @@ LoadResult load(StateDict& state_dict, const LoadOptions& options) {
   }
 
   std::function<Metadata()> read_md = [&] { return reader->read_metadata(); };
-  Metadata md = dist.broadcast<Metadata>("read_metadata", read_md);
+  Metadata md = known ? std::move(*known) : dist.broadcast<Metadata>("read_metadata", read_md);
 
   std::function<LoadPlan()> local_step = [&] {
     reader->set_up_storage_reader(md, dist.is_coordinator());
@@ -255,6 +261,12 @@ LoadResult load(StateDict& state_dict, const LoadOptions& options) {
   return result;
 }
 
+}  // namespace
+
+LoadResult load(StateDict& state_dict, const LoadOptions& options) {
+  return load_with(state_dict, options, reader_for(options), std::nullopt);
+}
+
 LoadResult load(StateDict& state_dict, const std::string& checkpoint_id) {
   LoadOptions options;
   options.checkpoint_id = checkpoint_id;
@@ -262,12 +274,7 @@ LoadResult load(StateDict& state_dict, const std::string& checkpoint_id) {
 }
 
 StateDict load_all(const LoadOptions& options) {
-  std::shared_ptr<StorageReader> reader = options.storage_reader;
-  if (reader) {
-    reader->reset(options.checkpoint_id);
-  } else {
-    reader = make_storage_reader(options.checkpoint_id);
-  }
+  std::shared_ptr<StorageReader> reader = reader_for(options);
   Metadata md;
   try {
     md = reader->read_metadata();
@@ -276,10 +283,7 @@ StateDict load_all(const LoadOptions& options) {
                           {RankFailure{0, "read_metadata", e.code(), e.what()}});
   }
   StateDict sd = state_dict_from_metadata(md);
-  LoadOptions o = options;
-  o.storage_reader = reader;
-  o.checkpoint_id.clear();
-  load(sd, o);
+  load_with(sd, options, reader, std::move(md));
   return sd;
 }
 

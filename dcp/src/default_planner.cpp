@@ -502,42 +502,44 @@ std::pair<std::vector<SavePlan>, Metadata> DefaultSavePlanner::create_global_pla
   Metadata md;
   md.world_size = static_cast<int32_t>(world);
   md.storage_meta = storage_meta_;
-  std::map<std::string, size_t> first_rank;
+  // The first rank that has `key`, for error messages.
+  auto first_rank = [&](const std::string& key) {
+    for (size_t r = 0; r < world; ++r)
+      for (const auto& item : all_plans[r].items)
+        if (item.index.fqn == key) return std::to_string(r);
+    return std::string("?");
+  };
   for (size_t r = 0; r < world; ++r) {
+    // Plans list keys in order: the hint makes insertion O(1) for rank 0.
+    auto hint = md.state_dict_metadata.end();
     for (const auto& item : all_plans[r].items) {
       const std::string& key = item.index.fqn;
-      auto [fr, fresh] = first_rank.emplace(key, r);
-      auto it = md.state_dict_metadata.find(key);
-      if (item.type == WriteItemType::kByteIO) {
-        if (it == md.state_dict_metadata.end()) {
-          md.state_dict_metadata.emplace(key, BytesStorageMetadata{});
-        } else if (!std::holds_alternative<BytesStorageMetadata>(it->second)) {
-          throw InvalidArgumentError("key '" + key + "' is a tensor on rank " +
-                                     std::to_string(fr->second) + " but a plain value on rank " +
-                                     std::to_string(r));
-        } else if (!options_.dedup_replicated || world == 1) {
+      const bool is_bytes = item.type == WriteItemType::kByteIO;
+      auto before = md.state_dict_metadata.size();
+      auto it = md.state_dict_metadata.emplace_hint(
+          hint, key,
+          is_bytes ? StorageMetadata(BytesStorageMetadata{})
+                   : StorageMetadata(TensorStorageMetadata{
+                         item.tensor_data->properties, item.tensor_data->size, {}}));
+      hint = std::next(it);
+      const bool fresh = md.state_dict_metadata.size() != before;
+      if (is_bytes) {
+        if (!std::holds_alternative<BytesStorageMetadata>(it->second))
+          throw InvalidArgumentError("key '" + key + "' is a tensor on rank " + first_rank(key) +
+                                     " but a plain value on rank " + std::to_string(r));
+        if (!fresh && (!options_.dedup_replicated || world == 1))
           throw InvalidArgumentError("key '" + key + "' is saved twice");
-        }
         continue;
       }
       const TensorWriteData& td = *item.tensor_data;
-      if (it == md.state_dict_metadata.end()) {
-        TensorStorageMetadata t;
-        t.properties = td.properties;
-        t.size = td.size;
-        t.chunks.push_back(td.chunk);
-        md.state_dict_metadata.emplace(key, std::move(t));
-        continue;
-      }
       auto* t = std::get_if<TensorStorageMetadata>(&it->second);
       if (!t)
-        throw InvalidArgumentError("key '" + key + "' is a plain value on rank " +
-                                   std::to_string(fr->second) + " but a tensor on rank " +
-                                   std::to_string(r));
+        throw InvalidArgumentError("key '" + key + "' is a plain value on rank " + first_rank(key) +
+                                   " but a tensor on rank " + std::to_string(r));
       if (t->properties.dtype != td.properties.dtype || t->size != td.size)
         throw InvalidArgumentError(
             "key '" + key + "' differs between ranks: " + dtype_name(t->properties.dtype) +
-            shape_str(t->size) + " on rank " + std::to_string(fr->second) + ", " +
+            shape_str(t->size) + " on rank " + first_rank(key) + ", " +
             dtype_name(td.properties.dtype) + shape_str(td.size) + " on rank " + std::to_string(r));
       t->chunks.push_back(td.chunk);
     }
@@ -546,14 +548,17 @@ std::pair<std::vector<SavePlan>, Metadata> DefaultSavePlanner::create_global_pla
     if (auto* t = std::get_if<TensorStorageMetadata>(&entry)) validate_chunks(key, *t);
 
   // Merge every rank's flattening map.
-  FlattenMapping merged;
-  for (const auto& plan : all_plans)
-    for (auto& [key, path] : decode_flatten_mapping(plan.planner_data)) {
-      auto [it, inserted] = merged.emplace(key, path);
-      if (!inserted && !(it->second == path)) throw_collision(key, it->second, path);
-    }
-  md.planner_data = encode_flatten_mapping(merged);
-  metadata_ = md;
+  if (world == 1) {
+    md.planner_data = all_plans[0].planner_data;
+  } else {
+    FlattenMapping merged;
+    for (const auto& plan : all_plans)
+      for (auto& [key, path] : decode_flatten_mapping(plan.planner_data)) {
+        auto [it, inserted] = merged.emplace(key, path);
+        if (!inserted && !(it->second == path)) throw_collision(key, it->second, path);
+      }
+    md.planner_data = encode_flatten_mapping(merged);
+  }
   return {std::move(all_plans), std::move(md)};
 }
 

@@ -224,9 +224,7 @@ class FileSystemWriter final : public StorageWriter {
     return promise.get_future();
   }
 
-  void finish(const Metadata& metadata,
-              const std::vector<std::vector<WriteResult>>& results) override {
-    Metadata md = metadata;
+  void finish(Metadata& md, const std::vector<std::vector<WriteResult>>& results) override {
     for (const auto& rank_results : results)
       for (const auto& r : rank_results) md.storage_data[r.index] = r.storage_data;
     // Never commit a checkpoint with an item that was not written.
@@ -386,7 +384,7 @@ class FileSystemReader final : public StorageReader {
     return deserialize_metadata(env_->read_file(md_path), display(md_path));
   }
 
-  void set_up_storage_reader(const Metadata& metadata, bool) override { md_ = metadata; }
+  void set_up_storage_reader(const Metadata& metadata, bool) override { md_ = &metadata; }
   LoadPlan prepare_local_plan(LoadPlan plan) override { return plan; }
   std::vector<LoadPlan> prepare_global_plan(std::vector<LoadPlan> plans) override { return plans; }
 
@@ -499,14 +497,14 @@ class FileSystemReader final : public StorageReader {
     std::vector<Unit*> units;
     units.reserve(by_index.size());
     for (auto& [index, u] : by_index) {
-      auto info = md_.storage_data.find(index);
-      if (info == md_.storage_data.end())
+      auto info = md_->storage_data.find(index);
+      if (info == md_->storage_data.end())
         throw CorruptionError("the metadata of '" + display(path_) +
                               "' has no storage location for item " + to_string(index));
       u.index = &info->first;
       u.info = &info->second;
-      auto entry = md_.state_dict_metadata.find(index.fqn);
-      if (entry == md_.state_dict_metadata.end())
+      auto entry = md_->state_dict_metadata.find(index.fqn);
+      if (entry == md_->state_dict_metadata.end())
         throw CorruptionError("the metadata of '" + display(path_) + "' has no entry for key '" +
                               index.fqn + "'");
       if (auto* t = std::get_if<TensorStorageMetadata>(&entry->second)) {
@@ -583,8 +581,8 @@ class FileSystemReader final : public StorageReader {
   const std::string scheme_;
   std::string path_;
   const FileSystemReaderOptions opt_;
-  Metadata md_;
-  std::mutex bytes_mu_;  // serializes planner.load_bytes
+  const Metadata* md_ = nullptr;  // set_up_storage_reader's; outlives read_data
+  std::mutex bytes_mu_;           // serializes planner.load_bytes
 };
 
 }  // namespace

@@ -27,7 +27,7 @@ std::future<std::vector<WriteResult>> StorageWriterWrapper::write_data(const Sav
                                                                        SavePlanner& planner) {
   return target_->write_data(plan, planner);
 }
-void StorageWriterWrapper::finish(const Metadata& md,
+void StorageWriterWrapper::finish(Metadata& md,
                                   const std::vector<std::vector<WriteResult>>& results) {
   target_->finish(md, results);
 }

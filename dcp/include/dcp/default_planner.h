@@ -80,7 +80,6 @@ class DefaultSavePlanner : public SavePlanner {
   std::optional<StorageMeta> storage_meta_;
   bool is_coordinator_ = false;
   SavePlan plan_;
-  Metadata metadata_;
 };
 
 struct LoadPlannerOptions {

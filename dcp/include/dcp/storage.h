@@ -49,9 +49,10 @@ class StorageWriter {
   // lazily. The future holds one WriteResult per item, or the error.
   virtual std::future<std::vector<WriteResult>> write_data(const SavePlan& plan,
                                                            SavePlanner& planner) = 0;
-  // Writes `metadata` (with every rank's results folded in) and commits.
-  virtual void finish(const Metadata& metadata,
-                      const std::vector<std::vector<WriteResult>>& results) = 0;
+  // Folds every rank's results into metadata.storage_data (and sets
+  // metadata.storage_meta), writes the metadata and commits. save() returns
+  // the metadata as finish() left it.
+  virtual void finish(Metadata& metadata, const std::vector<std::vector<WriteResult>>& results) = 0;
   // Whether this writer can write to `checkpoint_id`.
   virtual bool validate_checkpoint_id(const std::string& checkpoint_id) const = 0;
   virtual std::optional<StorageMeta> storage_meta() const { return std::nullopt; }
@@ -80,6 +81,7 @@ class StorageReader {
   virtual void set_up_storage_reader(const Metadata& metadata, bool is_coordinator) = 0;
   virtual LoadPlan prepare_local_plan(LoadPlan plan) = 0;
   virtual std::vector<LoadPlan> prepare_global_plan(std::vector<LoadPlan> plans) = 0;
+  // `metadata` stays alive and unchanged until read_data() has returned.
   // Reads every item of `plan` into the tensors planner.resolve_tensor()
   // gives (then commit_tensor()), and passes bytes items to load_bytes().
   virtual std::future<void> read_data(const LoadPlan& plan, LoadPlanner& planner) = 0;
@@ -100,8 +102,7 @@ class StorageWriterWrapper : public StorageWriter {
   std::vector<SavePlan> prepare_global_plan(std::vector<SavePlan> plans) override;
   std::future<std::vector<WriteResult>> write_data(const SavePlan& plan,
                                                    SavePlanner& planner) override;
-  void finish(const Metadata& metadata,
-              const std::vector<std::vector<WriteResult>>& results) override;
+  void finish(Metadata& metadata, const std::vector<std::vector<WriteResult>>& results) override;
   bool validate_checkpoint_id(const std::string& checkpoint_id) const override;
   std::optional<StorageMeta> storage_meta() const override;
   std::string checkpoint_id() const override;

@@ -12,17 +12,6 @@
 
 namespace dcp {
 
-DistWrapper::DistWrapper(std::string operation, int coordinator_rank)
-    : operation_(std::move(operation)), coordinator_rank_(coordinator_rank) {
-  if (coordinator_rank != 0)
-    throw InvalidArgumentError("coordinator rank " + std::to_string(coordinator_rank) +
-                               " does not exist in a single process (world size 1)");
-}
-
-void DistWrapper::fail(const std::string& step, ErrorCode code, const std::string& message) {
-  throw CheckpointError(operation_, {RankFailure{rank_, step, code, message}});
-}
-
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -132,7 +121,8 @@ Metadata save(const StateDict& state_dict, const SaveOptions& options) {
   }
   std::shared_ptr<SavePlanner> planner =
       options.planner ? options.planner : std::make_shared<DefaultSavePlanner>();
-  DistWrapper dist("save of '" + writer->checkpoint_id() + "'", options.coordinator_rank);
+  DistWrapper dist("save of '" + writer->checkpoint_id() + "'", options.collectives,
+                   options.coordinator_rank);
 
   StateDict resolved;
   for (const auto& kv : state_dict) resolved.emplace(kv.first, resolve_for_save(kv.second));
@@ -198,7 +188,8 @@ LoadResult load_with(StateDict& state_dict, const LoadOptions& options,
     po.strict = options.strict;
     planner = std::make_shared<DefaultLoadPlanner>(po);
   }
-  DistWrapper dist("load of '" + reader->checkpoint_id() + "'", options.coordinator_rank);
+  DistWrapper dist("load of '" + reader->checkpoint_id() + "'", options.collectives,
+                   options.coordinator_rank);
 
   StateDict working;
   std::vector<Fixup> fixups;
@@ -225,7 +216,7 @@ LoadResult load_with(StateDict& state_dict, const LoadOptions& options,
 
   uint64_t bytes = 0;
   size_t items = 0;
-  std::function<int()> read_step = [&] {
+  dist.all_ranks("read", [&] {
     LoadPlan final_plan = planner->finish_plan(std::move(central));
     std::set<MetadataIndex> seen;
     for (const auto& ri : final_plan.items)
@@ -235,21 +226,16 @@ LoadResult load_with(StateDict& state_dict, const LoadOptions& options,
       }
     items = seen.size();
     reader->read_data(final_plan, *planner).get();
-    return 0;
-  };
-  std::function<int(std::vector<int>)> done = [](std::vector<int>) { return 0; };
-  dist.all_reduce<int, int>("read", read_step, done);
+  });
 
   // Hand the loaded values back: Stateful objects (innermost first), then the rest.
-  std::function<int()> apply = [&] {
+  dist.all_ranks("load_state_dict", [&] {
     for (const Fixup& f : fixups) {
       Value& v = at_path(working, f.path);
       f.object->load_state_dict(v.is_dict() ? v.dict() : Dict{});
     }
     for (auto& kv : state_dict) copy_back(kv.second, working.at(kv.first));
-    return 0;
-  };
-  dist.broadcast<int>("load_state_dict", apply);
+  });
 
   LoadResult result;
   if (auto* dp = dynamic_cast<DefaultLoadPlanner*>(planner.get())) {
@@ -300,11 +286,13 @@ Metadata read_metadata(const std::string& checkpoint_id) {
 Checkpointer::Checkpointer(std::shared_ptr<StorageWriter> writer,
                            std::shared_ptr<StorageReader> reader,
                            std::shared_ptr<SavePlanner> save_planner,
-                           std::shared_ptr<LoadPlanner> load_planner, int coordinator_rank)
+                           std::shared_ptr<LoadPlanner> load_planner,
+                           std::shared_ptr<Collectives> collectives, int coordinator_rank)
     : writer_(std::move(writer)),
       reader_(std::move(reader)),
       save_planner_(std::move(save_planner)),
       load_planner_(std::move(load_planner)),
+      collectives_(std::move(collectives)),
       coordinator_rank_(coordinator_rank) {}
 
 Metadata Checkpointer::save(const StateDict& state_dict) {
@@ -312,6 +300,7 @@ Metadata Checkpointer::save(const StateDict& state_dict) {
   o.storage_writer = writer_;
   o.planner = save_planner_;
   o.coordinator_rank = coordinator_rank_;
+  o.collectives = collectives_;
   return dcp::save(state_dict, o);
 }
 
@@ -320,6 +309,7 @@ LoadResult Checkpointer::load(StateDict& state_dict) {
   o.storage_reader = reader_;
   o.planner = load_planner_;
   o.coordinator_rank = coordinator_rank_;
+  o.collectives = collectives_;
   return dcp::load(state_dict, o);
 }
 

@@ -1,40 +1,76 @@
 // The collective rounds of the protocol and its error discipline.
 //
-// Every step runs under `run_step`: an exception becomes a RankFailure, and
-// the failures are what every rank throws as one CheckpointError. In one
-// process (no process group) the rounds are direct calls.
+// Every step runs under one rule: an exception on any rank becomes a
+// RankFailure that travels with the round's messages, so every rank throws
+// the same CheckpointError naming the failed ranks, steps and messages; the
+// coordinator does not run a global step (nor write metadata) after a
+// failure. A rank that dies makes the others' collectives time out, which
+// they report as a TimeoutError failure of their own.
+//
+// Without Collectives (one process) the rounds are direct calls.
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "dcp/collectives.h"
 #include "dcp/error.h"
+#include "wire.h"
 
 namespace dcp {
 
 class DistWrapper {
  public:
-  // A single process: rank 0 of 1, which is also the coordinator.
-  DistWrapper(std::string operation, int coordinator_rank);
+  // `collectives` may be null: a single process, rank 0 of 1.
+  DistWrapper(std::string operation, std::shared_ptr<Collectives> collectives,
+              int coordinator_rank);
 
   int rank() const { return rank_; }
   int world_size() const { return world_size_; }
-  bool is_coordinator() const { return rank_ == coordinator_rank_; }
+  bool is_coordinator() const { return rank_ == coordinator_; }
 
   // local() on every rank; the results gathered on the coordinator go
   // through global(), whose i-th output goes back to rank i.
   template <typename T>
   T reduce_scatter(const std::string& step, const std::function<T()>& local,
                    const std::function<std::vector<T>(std::vector<T>)>& global) {
-    T mine = run_step(step + ":local", local);
-    std::vector<T> all;
-    all.push_back(std::move(mine));
-    std::vector<T> out = run_step(step + ":global", [&] { return global(std::move(all)); });
-    if (out.size() != static_cast<size_t>(world_size_))
-      fail(step + ":global", ErrorCode::kInternal,
-           "global step returned a plan per rank count " + std::to_string(out.size()));
-    return std::move(out[static_cast<size_t>(rank_)]);
+    if (!coll_) {
+      T mine = run_local(step + ":local", local);
+      std::vector<T> all;
+      all.push_back(std::move(mine));
+      std::vector<T> out = run_local(step + ":global", [&] { return global(std::move(all)); });
+      if (out.size() != 1) fail_local(step + ":global", ErrorCode::kInternal, "wrong plan count");
+      return std::move(out[0]);
+    }
+    std::vector<RankFailure> failures;
+    std::string mine = envelope(step + ":local", [&] { return wire::encode(local()); });
+    std::vector<std::string> gathered =
+        transport(step, [&] { return coll_->gather(mine, coordinator_); });
+    std::vector<std::string> replies;
+    if (is_coordinator()) {
+      std::vector<T> all(gathered.size());
+      const std::string verdict = envelope(step + ":global", [&] {
+        collect(gathered, all, failures);
+        if (!failures.empty()) return std::string();
+        std::vector<T> out = global(std::move(all));
+        if (out.size() != static_cast<size_t>(world_size_))
+          throw Error(ErrorCode::kInternal, "the global step returned " +
+                                                std::to_string(out.size()) + " plans for " +
+                                                std::to_string(world_size_) + " ranks");
+        for (const auto& o : out) replies.push_back(ok(wire::encode(o)));
+        return std::string();
+      });
+      if (!is_ok(verdict))
+        replies.assign(world_size_, verdict);
+      else if (!failures.empty())
+        replies.assign(world_size_, failed(failures));
+    }
+    std::string reply = transport(step, [&] { return coll_->scatter(replies, coordinator_); });
+    T out{};
+    open(reply, out);
+    return out;
   }
 
   // local() on every rank; the results gathered on the coordinator go
@@ -42,37 +78,102 @@ class DistWrapper {
   template <typename T, typename R>
   R all_reduce(const std::string& step, const std::function<T()>& local,
                const std::function<R(std::vector<T>)>& global) {
-    T mine = run_step(step + ":local", local);
-    std::vector<T> all;
-    all.push_back(std::move(mine));
-    return run_step(step + ":global", [&] { return global(std::move(all)); });
+    if (!coll_) {
+      T mine = run_local(step + ":local", local);
+      std::vector<T> all;
+      all.push_back(std::move(mine));
+      return run_local(step + ":global", [&] { return global(std::move(all)); });
+    }
+    std::vector<RankFailure> failures;
+    std::string mine = envelope(step + ":local", [&] { return wire::encode(local()); });
+    std::vector<std::string> gathered =
+        transport(step, [&] { return coll_->gather(mine, coordinator_); });
+    std::string result;
+    if (is_coordinator()) {
+      std::vector<T> all(gathered.size());
+      result = envelope(step + ":global", [&] {
+        collect(gathered, all, failures);
+        return failures.empty() ? wire::encode(global(std::move(all))) : std::string();
+      });
+      if (is_ok(result) && !failures.empty()) result = failed(failures);
+    }
+    std::string reply = transport(step, [&] { return coll_->broadcast(result, coordinator_); });
+    R out{};
+    open(reply, out);
+    return out;
   }
 
   // fn() on the coordinator; every rank returns its result.
   template <typename T>
   T broadcast(const std::string& step, const std::function<T()>& fn) {
-    return run_step(step, fn);
+    if (!coll_) return run_local(step, fn);
+    std::string result;
+    if (is_coordinator()) result = envelope(step, [&] { return wire::encode(fn()); });
+    std::string reply = transport(step, [&] { return coll_->broadcast(result, coordinator_); });
+    T out{};
+    open(reply, out);
+    return out;
   }
+
+  // fn() on every rank; every rank throws if any failed.
+  void all_ranks(const std::string& step, const std::function<void()>& fn);
 
  private:
   template <typename Fn>
-  auto run_step(const std::string& step, const Fn& fn) -> decltype(fn()) {
+  auto run_local(const std::string& step, const Fn& fn) -> decltype(fn()) {
     try {
       return fn();
     } catch (const CheckpointError&) {
       throw;
     } catch (const Error& e) {
-      fail(step, e.code(), e.what());
+      fail_local(step, e.code(), e.what());
     } catch (const std::exception& e) {
-      fail(step, ErrorCode::kInternal, e.what());
+      fail_local(step, ErrorCode::kInternal, e.what());
     }
   }
-  [[noreturn]] void fail(const std::string& step, ErrorCode code, const std::string& message);
+  [[noreturn]] void fail_local(const std::string& step, ErrorCode code, const std::string& msg);
+
+  // Runs fn, returning ok(payload) or failed({this rank's failure}).
+  std::string envelope(const std::string& step, const std::function<std::string()>& fn);
+  // Runs a collective; a transport failure is thrown as this rank's failure.
+  template <typename Fn>
+  auto transport(const std::string& step, const Fn& fn) -> decltype(fn()) {
+    try {
+      return fn();
+    } catch (const Error& e) {
+      fail_local(step + ":collective", e.code(), e.what());
+    } catch (const std::exception& e) {
+      fail_local(step + ":collective", ErrorCode::kInternal, e.what());
+    }
+  }
+  template <typename T>
+  void collect(const std::vector<std::string>& gathered, std::vector<T>& all,
+               std::vector<RankFailure>& failures) {
+    for (size_t r = 0; r < gathered.size(); ++r) {
+      std::string_view payload;
+      if (split(gathered[r], payload, failures)) wire::decode(payload, all[r]);
+    }
+  }
+  template <typename T>
+  void open(const std::string& reply, T& out) {
+    std::vector<RankFailure> failures;
+    std::string_view payload;
+    if (!split(reply, payload, failures)) throw CheckpointError(operation_, std::move(failures));
+    wire::decode(payload, out);
+  }
+
+  static std::string ok(const std::string& payload);
+  std::string failed(const std::vector<RankFailure>& failures) const;
+  static bool is_ok(const std::string& envelope);
+  // True with the payload for an ok envelope; false (failures appended) otherwise.
+  static bool split(const std::string& envelope, std::string_view& payload,
+                    std::vector<RankFailure>& failures);
 
   std::string operation_;
+  std::shared_ptr<Collectives> coll_;
   int rank_ = 0;
   int world_size_ = 1;
-  int coordinator_rank_ = 0;
+  int coordinator_ = 0;
 };
 
 }  // namespace dcp

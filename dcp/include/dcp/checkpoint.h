@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "dcp/collectives.h"
 #include "dcp/default_planner.h"
 #include "dcp/metadata.h"
 #include "dcp/planner.h"
@@ -25,6 +26,10 @@ struct SaveOptions {
   std::string checkpoint_id;
   std::shared_ptr<StorageWriter> storage_writer;  // default: from checkpoint_id
   std::shared_ptr<SavePlanner> planner;           // default: DefaultSavePlanner
+  // The ranks that save together (make_process_group_collectives); null for
+  // a single process. Every rank of the group calls save() with the same id.
+  std::shared_ptr<Collectives> collectives;
+  // The rank that runs the global plan and writes the metadata.
   int coordinator_rank = 0;
 };
 
@@ -36,6 +41,7 @@ struct LoadOptions {
   // Used when `planner` is null: missing/unexpected keys are an error
   // (true, default) or are reported in LoadResult (false).
   bool strict = true;
+  std::shared_ptr<Collectives> collectives;  // null: a single process
   int coordinator_rank = 0;
 };
 
@@ -68,7 +74,8 @@ class Checkpointer {
  public:
   Checkpointer(std::shared_ptr<StorageWriter> writer, std::shared_ptr<StorageReader> reader,
                std::shared_ptr<SavePlanner> save_planner = nullptr,
-               std::shared_ptr<LoadPlanner> load_planner = nullptr, int coordinator_rank = 0);
+               std::shared_ptr<LoadPlanner> load_planner = nullptr,
+               std::shared_ptr<Collectives> collectives = nullptr, int coordinator_rank = 0);
 
   Metadata save(const StateDict& state_dict);
   LoadResult load(StateDict& state_dict);
@@ -78,6 +85,7 @@ class Checkpointer {
   std::shared_ptr<StorageReader> reader_;
   std::shared_ptr<SavePlanner> save_planner_;
   std::shared_ptr<LoadPlanner> load_planner_;
+  std::shared_ptr<Collectives> collectives_;
   int coordinator_rank_;
 };
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "dcp/checkpoint.h"
+#include "dcp/collectives.h"
 #include "dcp/default_planner.h"
 #include "dcp/error.h"
 #include "dcp/filesystem.h"

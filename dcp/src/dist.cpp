@@ -1,0 +1,81 @@
+#include "dist.h"
+
+#include "codec.h"
+
+namespace dcp {
+
+namespace {
+constexpr uint8_t kOk = 0, kFailed = 1;
+}
+
+DistWrapper::DistWrapper(std::string operation, std::shared_ptr<Collectives> collectives,
+                         int coordinator_rank)
+    : operation_(std::move(operation)),
+      coll_(std::move(collectives)),
+      coordinator_(coordinator_rank) {
+  if (coll_) {
+    rank_ = coll_->rank();
+    world_size_ = coll_->world_size();
+  }
+  if (coordinator_rank < 0 || coordinator_rank >= world_size_)
+    throw InvalidArgumentError("coordinator rank " + std::to_string(coordinator_rank) +
+                               " does not exist in a world of " + std::to_string(world_size_) +
+                               (world_size_ == 1 ? " (no process group given)" : ""));
+}
+
+void DistWrapper::fail_local(const std::string& step, ErrorCode code, const std::string& msg) {
+  throw CheckpointError(operation_, {RankFailure{rank_, step, code, msg}});
+}
+
+std::string DistWrapper::ok(const std::string& payload) {
+  std::string s(1, static_cast<char>(kOk));
+  s += payload;
+  return s;
+}
+
+std::string DistWrapper::failed(const std::vector<RankFailure>& failures) const {
+  std::string s(1, static_cast<char>(kFailed));
+  s += wire::encode(failures);
+  return s;
+}
+
+bool DistWrapper::is_ok(const std::string& envelope) {
+  return !envelope.empty() && envelope[0] == static_cast<char>(kOk);
+}
+
+bool DistWrapper::split(const std::string& envelope, std::string_view& payload,
+                        std::vector<RankFailure>& failures) {
+  if (envelope.empty()) throw CorruptionError("empty message from a peer rank");
+  std::string_view rest(envelope.data() + 1, envelope.size() - 1);
+  if (envelope[0] == static_cast<char>(kOk)) {
+    payload = rest;
+    return true;
+  }
+  std::vector<RankFailure> theirs;
+  wire::decode(rest, theirs);
+  failures.insert(failures.end(), theirs.begin(), theirs.end());
+  return false;
+}
+
+std::string DistWrapper::envelope(const std::string& step, const std::function<std::string()>& fn) {
+  try {
+    return ok(fn());
+  } catch (const CheckpointError& e) {
+    return failed(e.failures());
+  } catch (const Error& e) {
+    return failed({RankFailure{rank_, step, e.code(), e.what()}});
+  } catch (const std::exception& e) {
+    return failed({RankFailure{rank_, step, ErrorCode::kInternal, e.what()}});
+  }
+}
+
+void DistWrapper::all_ranks(const std::string& step, const std::function<void()>& fn) {
+  std::function<int()> local = [&] {
+    fn();
+    return 0;
+  };
+  std::function<int(std::vector<int>)> none = [](std::vector<int>) { return 0; };
+  all_reduce<int, int>(step, local, none);
+}
+
+}  // namespace dcp

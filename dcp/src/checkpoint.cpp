@@ -141,10 +141,14 @@ Metadata save(const StateDict& state_dict, const SaveOptions& options) {
         return writer->prepare_global_plan(std::move(plans));
       };
   SavePlan central = dist.reduce_scatter<SavePlan>("plan", local_step, global_step);
+  const auto t_plan = Clock::now();
 
+  Clock::time_point t_written;
   std::function<std::vector<WriteResult>()> write_step = [&] {
     SavePlan final_plan = planner->finish_plan(std::move(central));
-    return writer->write_data(final_plan, *planner).get();
+    auto results = writer->write_data(final_plan, *planner).get();
+    t_written = Clock::now();
+    return results;
   };
   std::function<Metadata(std::vector<std::vector<WriteResult>>)> finish_step =
       [&](std::vector<std::vector<WriteResult>> all) {
@@ -154,8 +158,18 @@ Metadata save(const StateDict& state_dict, const SaveOptions& options) {
   Metadata md =
       dist.all_reduce<std::vector<WriteResult>, Metadata>("write", write_step, finish_step);
   const double secs = seconds_since(t0);
-  logger().info("saved checkpoint '{}': {} items, {}", writer->checkpoint_id(),
-                md.storage_data.size(), throughput(md.total_bytes(), secs));
+  const uint64_t bytes = md.total_bytes();
+  if (options.stats) {
+    auto span = [](Clock::time_point a, Clock::time_point b) {
+      return std::chrono::duration<double>(b - a).count();
+    };
+    *options.stats = SaveStats{
+        span(t0, t_plan),      span(t_plan, t_written), span(t_written, Clock::now()), secs, bytes,
+        md.storage_data.size()};
+  }
+  if (dist.is_coordinator())
+    logger().info("saved checkpoint '{}': {} items from {} rank(s), {}", writer->checkpoint_id(),
+                  md.storage_data.size(), dist.world_size(), throughput(bytes, secs));
   return md;
 }
 
@@ -202,6 +216,7 @@ LoadResult load_with(StateDict& state_dict, const LoadOptions& options,
 
   std::function<Metadata()> read_md = [&] { return reader->read_metadata(); };
   Metadata md = known ? std::move(*known) : dist.broadcast<Metadata>("read_metadata", read_md);
+  const auto t_md = Clock::now();
 
   std::function<LoadPlan()> local_step = [&] {
     reader->set_up_storage_reader(md, dist.is_coordinator());
@@ -213,6 +228,7 @@ LoadResult load_with(StateDict& state_dict, const LoadOptions& options,
         return reader->prepare_global_plan(planner->create_global_plan(std::move(all)));
       };
   LoadPlan central = dist.reduce_scatter<LoadPlan>("plan", local_step, global_step);
+  const auto t_plan = Clock::now();
 
   uint64_t bytes = 0;
   size_t items = 0;
@@ -227,6 +243,7 @@ LoadResult load_with(StateDict& state_dict, const LoadOptions& options,
     items = seen.size();
     reader->read_data(final_plan, *planner).get();
   });
+  const auto t_read = Clock::now();
 
   // Hand the loaded values back: Stateful objects (innermost first), then the rest.
   dist.all_ranks("load_state_dict", [&] {
@@ -242,8 +259,16 @@ LoadResult load_with(StateDict& state_dict, const LoadOptions& options,
     result.missing_keys = dp->missing_keys();
     result.unexpected_keys = dp->unexpected_keys();
   }
-  logger().info("loaded checkpoint '{}': {} items, {}", reader->checkpoint_id(), items,
-                throughput(bytes, seconds_since(t0)));
+  const double secs = seconds_since(t0);
+  if (options.stats) {
+    auto span = [](Clock::time_point a, Clock::time_point b) {
+      return std::chrono::duration<double>(b - a).count();
+    };
+    *options.stats =
+        LoadStats{span(t0, t_md), span(t_md, t_plan), span(t_plan, t_read), secs, bytes, items};
+  }
+  logger().info("loaded checkpoint '{}' on rank {}: {} items, {}", reader->checkpoint_id(),
+                dist.rank(), items, throughput(bytes, secs));
   return result;
 }
 

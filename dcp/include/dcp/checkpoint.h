@@ -20,6 +20,25 @@
 
 namespace dcp {
 
+// Where the time of one save went (seconds, wall clock, on this rank).
+struct SaveStats {
+  double plan_seconds = 0;    // local plans, global plan, metadata: the first round
+  double write_seconds = 0;   // writing this rank's items (and waiting for the others)
+  double finish_seconds = 0;  // results to the coordinator, metadata written, commit
+  double total_seconds = 0;
+  uint64_t bytes = 0;  // bytes of all items in the checkpoint
+  size_t items = 0;    // items in the checkpoint
+};
+
+struct LoadStats {
+  double metadata_seconds = 0;  // reading (and sharing) the metadata
+  double plan_seconds = 0;
+  double read_seconds = 0;
+  double total_seconds = 0;
+  uint64_t bytes = 0;  // bytes this rank read
+  size_t items = 0;    // saved items this rank read
+};
+
 struct SaveOptions {
   // Where to save: a directory path, or "memory://name". Used to create a
   // writer when `storage_writer` is null; otherwise passed to its reset().
@@ -31,6 +50,8 @@ struct SaveOptions {
   std::shared_ptr<Collectives> collectives;
   // The rank that runs the global plan and writes the metadata.
   int coordinator_rank = 0;
+  // When set, receives the timings of the save.
+  SaveStats* stats = nullptr;
 };
 
 struct LoadOptions {
@@ -43,6 +64,8 @@ struct LoadOptions {
   bool strict = true;
   std::shared_ptr<Collectives> collectives;  // null: a single process
   int coordinator_rank = 0;
+  // When set, receives the timings of the load.
+  LoadStats* stats = nullptr;
 };
 
 struct LoadResult {

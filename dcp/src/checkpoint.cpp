@@ -9,6 +9,7 @@
 
 #include "dcp/logging.h"
 #include "dist.h"
+#include "resolve.h"
 
 namespace dcp {
 
@@ -18,27 +19,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-// A copy of `v` in which every Stateful object is replaced by its state dict.
-Value resolve_for_save(const Value& v) {
-  switch (v.kind()) {
-    case Value::Kind::kStateful:
-      return resolve_for_save(Value(v.stateful()->state_dict()));
-    case Value::Kind::kDict: {
-      Dict out;
-      for (const auto& kv : v.dict()) out.emplace(kv.first, resolve_for_save(kv.second));
-      return out;
-    }
-    case Value::Kind::kList: {
-      List out;
-      out.reserve(v.list().size());
-      for (const auto& e : v.list()) out.push_back(resolve_for_save(e));
-      return out;
-    }
-    default:
-      return v;
-  }
 }
 
 // Load side: a working copy of the destination in which Stateful objects are
@@ -111,6 +91,26 @@ std::string throughput(uint64_t bytes, double secs) {
 
 }  // namespace
 
+Value resolve_stateful(const Value& v) {
+  switch (v.kind()) {
+    case Value::Kind::kStateful:
+      return resolve_stateful(Value(v.stateful()->state_dict()));
+    case Value::Kind::kDict: {
+      Dict out;
+      for (const auto& kv : v.dict()) out.emplace(kv.first, resolve_stateful(kv.second));
+      return out;
+    }
+    case Value::Kind::kList: {
+      List out;
+      out.reserve(v.list().size());
+      for (const auto& e : v.list()) out.push_back(resolve_stateful(e));
+      return out;
+    }
+    default:
+      return v;
+  }
+}
+
 Metadata save(const StateDict& state_dict, const SaveOptions& options) {
   const auto t0 = Clock::now();
   std::shared_ptr<StorageWriter> writer = options.storage_writer;
@@ -125,7 +125,7 @@ Metadata save(const StateDict& state_dict, const SaveOptions& options) {
                    options.coordinator_rank);
 
   StateDict resolved;
-  for (const auto& kv : state_dict) resolved.emplace(kv.first, resolve_for_save(kv.second));
+  for (const auto& kv : state_dict) resolved.emplace(kv.first, resolve_stateful(kv.second));
 
   Metadata global_metadata;
   std::function<SavePlan()> local_step = [&] {

@@ -1,6 +1,7 @@
 // Everything a user of dcp++ core needs.
 #pragma once
 
+#include "dcp/async_save.h"
 #include "dcp/checkpoint.h"
 #include "dcp/collectives.h"
 #include "dcp/default_planner.h"

@@ -1,0 +1,133 @@
+// Asynchronous save: the caller blocks only while its tensors are copied
+// into staging memory; a background thread writes the checkpoint.
+//
+//   dcp::AsyncSaver saver;                       // owns the thread and the buffers
+//   auto handle = saver.save(state_dict, opts);  // returns after the copy
+//   ... train: the checkpoint holds the values at the call ...
+//   dcp::Metadata md = handle.get();             // waits; rethrows a failure
+//
+// In a process group, give the saves a group of their own
+// (SaveOptions::collectives over a second process group): the background
+// collectives then never interleave with the training thread's.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "dcp/checkpoint.h"
+
+namespace dcp {
+
+// Copies a state dict into memory that the caller cannot change (DCP's
+// AsyncStager). stage() returns a state dict of the same structure whose
+// tensors are the stager's copies and whose plain values are copies; the
+// copies stay valid until release(), when the stager may reuse them.
+class Stager {
+ public:
+  Stager() = default;
+  Stager(const Stager&) = delete;
+  Stager& operator=(const Stager&) = delete;
+  virtual ~Stager() = default;
+  // `state_dict` holds no Stateful objects. Not called again before release().
+  virtual StateDict stage(const StateDict& state_dict) = 0;
+  // The save that used the last staged dict is over.
+  virtual void release() {}
+};
+
+struct StagerOptions {
+  // Threads copying into staging memory. Default 2; the copy is bound by
+  // memory bandwidth, so more than the cores available rarely helps.
+  int threads = 2;
+};
+
+// The default stager: one CPU buffer per tensor, kept and reused by the next
+// stage() of a tensor with the same key, dtype and shape (so no allocation
+// per save once warm); contiguous copies in parallel, in pieces of up to
+// 32 MiB. Pinned memory is used when CUDA is available (not in CPU builds).
+// Extra memory: one copy of the state dict's tensors.
+std::unique_ptr<Stager> make_default_stager(StagerOptions options = {});
+
+// The result of one asynchronous save. Copyable; every copy refers to the
+// same save.
+class [[nodiscard]] AsyncSaveHandle {
+ public:
+  AsyncSaveHandle() = default;
+  // True when the save has finished (committed or failed).
+  bool ready() const;
+  // Waits up to `timeout`; true when the save has finished.
+  bool wait(std::chrono::milliseconds timeout) const;
+  void wait() const;
+  // Waits, then returns the committed metadata or rethrows the failure
+  // (a CheckpointError). A failure seen here is not thrown again by the
+  // next AsyncSaver::save().
+  Metadata get() const;
+  bool valid() const { return state_ != nullptr; }
+
+  struct State;
+
+ private:
+  friend class AsyncSaver;
+  explicit AsyncSaveHandle(std::shared_ptr<State> s) : state_(std::move(s)) {}
+  std::shared_ptr<State> state_;
+};
+
+struct AsyncSaverOptions {
+  // Saves staged but not yet committed at one time. Default 1: save() first
+  // waits for the previous save. Each slot holds one copy of the state dict.
+  int max_in_flight = 1;
+  // Makes the stager of each slot; default make_default_stager().
+  std::function<std::unique_ptr<Stager>()> make_stager;
+  StagerOptions stager;
+};
+
+// Runs saves on one background thread. Thread-safe. The destructor waits for
+// every save in flight to finish (never leaving a half-written checkpoint
+// behind: the metadata is written last, so an interrupted save is never
+// taken for a checkpoint anyway).
+class AsyncSaver {
+ public:
+  explicit AsyncSaver(AsyncSaverOptions options = {});
+  ~AsyncSaver();
+  AsyncSaver(const AsyncSaver&) = delete;
+  AsyncSaver& operator=(const AsyncSaver&) = delete;
+
+  // Stages `state_dict` (Stateful objects are asked for state_dict() now)
+  // and returns; the save runs in the background with `options`. With
+  // max_in_flight saves pending it first waits for the oldest. A failure of
+  // an earlier save that nobody has seen through its handle is thrown here,
+  // once, and this save is not started.
+  AsyncSaveHandle save(const StateDict& state_dict, const SaveOptions& options);
+
+  // Waits for every save in flight. Does not throw.
+  void wait_all();
+  // Saves started and not yet finished.
+  int in_flight() const;
+
+ private:
+  struct Slot;
+  struct Task;
+  void run();
+  void throw_unseen_failure_locked();
+
+  const AsyncSaverOptions options_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::unique_ptr<Slot>> slots_;                              // GUARDED_BY(mu_)
+  std::deque<std::unique_ptr<Task>> queue_;                               // GUARDED_BY(mu_)
+  std::vector<std::shared_ptr<AsyncSaveHandle::State>> finished_unseen_;  // GUARDED_BY(mu_)
+  int in_flight_ = 0;                                                     // GUARDED_BY(mu_)
+  bool stopping_ = false;                                                 // GUARDED_BY(mu_)
+  std::thread worker_;
+};
+
+// async_save() on a process-wide AsyncSaver (max_in_flight 1), which waits
+// for its saves at exit.
+AsyncSaveHandle async_save(const StateDict& state_dict, const SaveOptions& options);
+
+}  // namespace dcp

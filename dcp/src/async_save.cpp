@@ -1,0 +1,345 @@
+#include "dcp/async_save.h"
+
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
+
+#include <ATen/ATen.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "dcp/error.h"
+#include "dcp/logging.h"
+#include "resolve.h"
+
+namespace dcp {
+
+// ---------------------------------------------------------------------------
+// The default stager
+
+namespace {
+
+constexpr int64_t kPieceBytes = int64_t{32} << 20;
+
+class DefaultStager final : public Stager {
+ public:
+  explicit DefaultStager(StagerOptions opt) : opt_(opt) {
+    if (opt_.threads < 1) throw InvalidArgumentError("StagerOptions.threads must be >= 1");
+  }
+
+  StateDict stage(const StateDict& state_dict) override {
+    std::map<std::string, at::Tensor> used;
+    std::vector<std::pair<at::Tensor, at::Tensor>> copies;  // (source, staging buffer)
+    StateDict out;
+    for (const auto& [k, v] : state_dict) out.emplace(k, stage_value(v, k, used, copies));
+    // Buffers of tensors that are gone are freed; the rest wait for the next save.
+    buffers_ = std::move(used);
+    copy_all(copies);
+    return out;
+  }
+
+ private:
+  at::Tensor buffer_for(const std::string& key, const at::Tensor& src,
+                        std::map<std::string, at::Tensor>& used) {
+    auto it = buffers_.find(key);
+    at::Tensor buf;
+    if (it != buffers_.end() && it->second.scalar_type() == src.scalar_type() &&
+        it->second.sizes() == src.sizes()) {
+      buf = it->second;
+    } else {
+      auto options = at::TensorOptions().dtype(src.scalar_type()).device(at::kCPU);
+      if (at::hasCUDA()) options = options.pinned_memory(true);
+      buf = at::empty(src.sizes(), options);
+    }
+    used[key] = buf;
+    return buf;
+  }
+
+  Value stage_value(const Value& v, const std::string& key, std::map<std::string, at::Tensor>& used,
+                    std::vector<std::pair<at::Tensor, at::Tensor>>& copies) {
+    switch (v.kind()) {
+      case Value::Kind::kTensor: {
+        const at::Tensor& t = v.tensor();
+        if (!t.defined()) return v;
+        at::Tensor buf = buffer_for(key, t, used);
+        copies.emplace_back(t, buf);
+        return buf;
+      }
+      case Value::Kind::kSharded: {
+        ShardedTensor st{v.sharded().global_size, {}};
+        for (const Shard& s : v.sharded().local_shards) {
+          std::string k = key + "#";
+          for (int64_t o : s.offsets) k += std::to_string(o) + ",";
+          at::Tensor buf = s.tensor.defined() ? buffer_for(k, s.tensor, used) : s.tensor;
+          if (s.tensor.defined()) copies.emplace_back(s.tensor, buf);
+          st.local_shards.push_back(Shard{buf, s.offsets});
+        }
+        return st;
+      }
+      case Value::Kind::kDict: {
+        Dict d;
+        for (const auto& [k, e] : v.dict())
+          d.emplace(k, stage_value(e, key + "." + k, used, copies));
+        return d;
+      }
+      case Value::Kind::kList: {
+        List l;
+        for (size_t i = 0; i < v.list().size(); ++i)
+          l.push_back(stage_value(v.list()[i], key + "." + std::to_string(i), used, copies));
+        return l;
+      }
+      case Value::Kind::kStateful:
+        throw InvalidArgumentError("key '" + key +
+                                   "': Stateful objects must be resolved before staging");
+      default:
+        return v;  // plain values are copied with the Value
+    }
+  }
+
+  // Copies every source into its buffer: contiguous CPU tensors by memcpy in
+  // pieces spread over the threads, the rest with copy_().
+  void copy_all(const std::vector<std::pair<at::Tensor, at::Tensor>>& copies) {
+    struct Piece {
+      size_t copy;
+      int64_t begin, end;  // byte range; end < 0: the whole tensor via copy_()
+    };
+    std::vector<Piece> pieces;
+    for (size_t i = 0; i < copies.size(); ++i) {
+      const at::Tensor& src = copies[i].first;
+      if (src.device().is_cpu() && src.is_contiguous()) {
+        const int64_t n = static_cast<int64_t>(src.nbytes());
+        for (int64_t b = 0; b < n; b += kPieceBytes)
+          pieces.push_back({i, b, std::min(n, b + kPieceBytes)});
+      } else {
+        pieces.push_back({i, 0, -1});
+      }
+    }
+    auto body = [&](size_t p) {
+      at::NoGradGuard no_grad;
+      const Piece& piece = pieces[p];
+      const auto& [src, dst] = copies[piece.copy];
+      if (piece.end < 0) {
+        dst.copy_(src);
+      } else {
+        std::memcpy(static_cast<char*>(dst.data_ptr()) + piece.begin,
+                    static_cast<const char*>(src.data_ptr()) + piece.begin,
+                    static_cast<size_t>(piece.end - piece.begin));
+      }
+    };
+    if (opt_.threads == 1 || pieces.size() <= 1) {
+      for (size_t p = 0; p < pieces.size(); ++p) body(p);
+      return;
+    }
+    tbb::task_arena arena(opt_.threads);
+    arena.execute([&] {
+      tbb::parallel_for(tbb::blocked_range<size_t>(0, pieces.size(), 1),
+                        [&](const tbb::blocked_range<size_t>& r) {
+                          for (size_t p = r.begin(); p != r.end(); ++p) body(p);
+                        });
+    });
+  }
+
+  const StagerOptions opt_;
+  std::map<std::string, at::Tensor> buffers_;  // key -> staging buffer of the last stage()
+};
+
+}  // namespace
+
+std::unique_ptr<Stager> make_default_stager(StagerOptions options) {
+  return std::make_unique<DefaultStager>(options);
+}
+
+// ---------------------------------------------------------------------------
+// Handles
+
+struct AsyncSaveHandle::State {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;              // GUARDED_BY(mu)
+  std::exception_ptr error;       // GUARDED_BY(mu)
+  Metadata metadata;              // GUARDED_BY(mu)
+  std::atomic<bool> seen{false};  // the failure reached the user
+};
+
+bool AsyncSaveHandle::ready() const {
+  if (!state_) return false;
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->done;
+}
+
+bool AsyncSaveHandle::wait(std::chrono::milliseconds timeout) const {
+  if (!state_) throw InvalidArgumentError("wait() on an empty AsyncSaveHandle");
+  std::unique_lock<std::mutex> lock(state_->mu);
+  return state_->cv.wait_for(lock, timeout, [&] { return state_->done; });
+}
+
+void AsyncSaveHandle::wait() const {
+  if (!state_) throw InvalidArgumentError("wait() on an empty AsyncSaveHandle");
+  std::unique_lock<std::mutex> lock(state_->mu);
+  state_->cv.wait(lock, [&] { return state_->done; });
+}
+
+Metadata AsyncSaveHandle::get() const {
+  wait();
+  std::lock_guard<std::mutex> lock(state_->mu);
+  if (state_->error) {
+    state_->seen = true;
+    std::rethrow_exception(state_->error);
+  }
+  return state_->metadata;
+}
+
+// ---------------------------------------------------------------------------
+// The saver
+
+struct AsyncSaver::Slot {
+  std::unique_ptr<Stager> stager;
+  bool busy = false;
+};
+
+// One background save: what the worker thread runs.
+struct AsyncSaver::Task {
+  StateDict staged;
+  SaveOptions options;
+  Slot* slot;
+  std::shared_ptr<AsyncSaveHandle::State> state;
+
+  void run() {
+    try {
+      Metadata md = dcp::save(staged, options);
+      std::lock_guard<std::mutex> lock(state->mu);
+      state->metadata = std::move(md);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(state->mu);
+      state->error = std::current_exception();
+    }
+    staged.clear();  // drop the references to the staging buffers
+    slot->stager->release();
+  }
+};
+
+AsyncSaver::AsyncSaver(AsyncSaverOptions options) : options_(std::move(options)) {
+  if (options_.max_in_flight < 1)
+    throw InvalidArgumentError("AsyncSaverOptions.max_in_flight must be >= 1");
+  for (int i = 0; i < options_.max_in_flight; ++i) {
+    auto slot = std::make_unique<Slot>();
+    slot->stager =
+        options_.make_stager ? options_.make_stager() : make_default_stager(options_.stager);
+    if (!slot->stager) throw InvalidArgumentError("AsyncSaverOptions.make_stager returned null");
+    slots_.push_back(std::move(slot));
+  }
+  worker_ = std::thread([this] { run(); });
+}
+
+AsyncSaver::~AsyncSaver() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  worker_.join();
+}
+
+void AsyncSaver::throw_unseen_failure_locked() {
+  std::exception_ptr first;
+  for (auto& s : finished_unseen_)
+    if (!s->seen.exchange(true) && !first) first = s->error;
+  finished_unseen_.clear();
+  if (first) std::rethrow_exception(first);
+}
+
+AsyncSaveHandle AsyncSaver::save(const StateDict& state_dict, const SaveOptions& options) {
+  Slot* slot = nullptr;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    throw_unseen_failure_locked();
+    auto free_slot = [&]() -> Slot* {
+      for (auto& s : slots_)
+        if (!s->busy) return s.get();
+      return nullptr;
+    };
+    cv_.wait(lock, [&] { return free_slot() != nullptr; });
+    throw_unseen_failure_locked();  // the save we waited for may have failed
+    slot = free_slot();
+    slot->busy = true;
+    ++in_flight_;
+  }
+  auto task = std::make_unique<Task>();
+  try {
+    StateDict resolved;
+    for (const auto& kv : state_dict) resolved.emplace(kv.first, resolve_stateful(kv.second));
+    task->staged = slot->stager->stage(resolved);
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(mu_);
+    slot->busy = false;
+    --in_flight_;
+    cv_.notify_all();
+    throw;
+  }
+  task->options = options;
+  task->slot = slot;
+  task->state = std::make_shared<AsyncSaveHandle::State>();
+  AsyncSaveHandle handle(task->state);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.push_back(std::move(task));
+  }
+  cv_.notify_all();
+  return handle;
+}
+
+void AsyncSaver::run() {
+  for (;;) {
+    std::unique_ptr<Task> task;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping, and nothing left to do
+      task = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    task->run();
+    auto state = task->state;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      task->slot->busy = false;
+      --in_flight_;
+      bool failed;
+      {
+        std::lock_guard<std::mutex> slock(state->mu);
+        failed = state->error != nullptr;
+        state->done = true;
+      }
+      if (failed) finished_unseen_.push_back(state);
+    }
+    state->cv.notify_all();
+    cv_.notify_all();
+  }
+}
+
+void AsyncSaver::wait_all() {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return in_flight_ == 0; });
+}
+
+int AsyncSaver::in_flight() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return in_flight_;
+}
+
+namespace {
+AsyncSaver* g_default_saver = nullptr;  // never destroyed: its thread may outlive main()
+void wait_for_default_saver() { g_default_saver->wait_all(); }
+}  // namespace
+
+AsyncSaveHandle async_save(const StateDict& state_dict, const SaveOptions& options) {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    logger();  // constructed before the exit hook is registered, so it outlives the hook
+    g_default_saver = new AsyncSaver();
+    std::atexit(wait_for_default_saver);
+  });
+  return g_default_saver->save(state_dict, options);
+}
+
+}  // namespace dcp

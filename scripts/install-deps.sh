@@ -6,6 +6,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git
   libtorch-dev          # LibTorch 1.13 (CPU): ATen, c10d, Gloo
+  libgloo-dev           # Gloo headers, which ProcessGroupGloo.hpp includes (libtorch-dev lacks them)
   libtbb-dev            # worker threads for storage I/O
   libspdlog-dev libfmt-dev
   libyaml-cpp-dev       # manager configuration

@@ -96,10 +96,17 @@ void walk_dict(D& state_dict, const Leaf& leaf) {
 std::pair<Dict, FlattenMapping> flatten_state_dict(const StateDict& state_dict) {
   Dict flat;
   FlattenMapping mapping;
+  // Leaves come in key order of each level, so appending at the end is the
+  // common case; a top-level key that is its own path needs no mapping entry.
   walk_dict(state_dict, [&](const std::string& key, const Value& v, const ObjectPath& path) {
-    auto [it, inserted] = mapping.emplace(key, path);
-    if (!inserted) throw_collision(key, it->second, path);
-    flat.emplace(key, v);
+    const bool trivial = path.size() == 1;
+    auto [it, inserted] = flat.try_emplace(key, v);
+    if (!inserted) {
+      auto a = mapping.find(key);
+      throw_collision(key, a != mapping.end() ? a->second : ObjectPath{PathElement{false, key, 0}},
+                      path);
+    }
+    if (!trivial) mapping.emplace_hint(mapping.end(), key, path);
   });
   return {std::move(flat), std::move(mapping)};
 }
@@ -324,7 +331,11 @@ bool boxes_overlap(const ChunkStorageMetadata& a, const ChunkStorageMetadata& b)
 // is O(n^2): pytorch/pytorch#163548).
 void validate_chunks(const std::string& fqn, const TensorStorageMetadata& t) {
   const size_t ndim = t.size.size();
-  std::vector<const ChunkStorageMetadata*> nonempty;
+  // Scratch space reused across the (many) tensors of one plan.
+  thread_local std::vector<const ChunkStorageMetadata*> nonempty, active;
+  thread_local std::vector<int64_t> offs;
+  nonempty.clear();
+  active.clear();
   int64_t covered = 0;
   for (const auto& c : t.chunks) {
     if (c.offsets.size() != ndim || c.sizes.size() != ndim)
@@ -344,14 +355,15 @@ void validate_chunks(const std::string& fqn, const TensorStorageMetadata& t) {
   if (nonempty.size() > 1 && ndim > 0) {
     size_t best_dim = 0, best_distinct = 0;
     for (size_t d = 0; d < ndim; ++d) {
-      std::set<int64_t> distinct;
-      for (const auto* c : nonempty) distinct.insert(c->offsets[d]);
-      if (distinct.size() > best_distinct) best_distinct = distinct.size(), best_dim = d;
+      offs.clear();
+      for (const auto* c : nonempty) offs.push_back(c->offsets[d]);
+      std::sort(offs.begin(), offs.end());
+      const size_t distinct = std::unique(offs.begin(), offs.end()) - offs.begin();
+      if (distinct > best_distinct) best_distinct = distinct, best_dim = d;
     }
     std::sort(nonempty.begin(), nonempty.end(), [&](const auto* a, const auto* b) {
       return a->offsets[best_dim] < b->offsets[best_dim];
     });
-    std::vector<const ChunkStorageMetadata*> active;
     for (const auto* c : nonempty) {
       const int64_t start = c->offsets[best_dim];
       active.erase(std::remove_if(active.begin(), active.end(),
@@ -451,53 +463,99 @@ SavePlan DefaultSavePlanner::create_local_plan() {
   return plan;
 }
 
+namespace {
+
+struct IndexPtrHash {
+  size_t operator()(const MetadataIndex* i) const {
+    size_t h = std::hash<std::string_view>()(i->fqn);
+    for (int64_t o : i->offset) h = h * 1000003u ^ std::hash<int64_t>()(o);
+    return h;
+  }
+};
+struct IndexPtrEq {
+  bool operator()(const MetadataIndex* a, const MetadataIndex* b) const { return *a == *b; }
+};
+
+}  // namespace
+
+void DefaultSavePlanner::dedup(std::vector<SavePlan>& all_plans) const {
+  const size_t world = all_plans.size();
+  struct Holder {
+    const MetadataIndex* index = nullptr;
+    int64_t bytes = 0;
+    uint32_t count = 0;           // ranks that have the item
+    uint32_t writer = 0;          // the rank that writes it (first: the lowest)
+    std::vector<uint32_t> ranks;  // filled only for items with count > 1
+  };
+  size_t total = 0;
+  for (const auto& p : all_plans) total += p.items.size();
+  // A hash map: a tree of 100k+ string keys costs most of the global plan.
+  std::unordered_map<const MetadataIndex*, Holder, IndexPtrHash, IndexPtrEq> holders;
+  holders.reserve(total);
+  bool any_dup = false;
+  for (size_t r = 0; r < world; ++r)
+    for (const auto& item : all_plans[r].items) {
+      Holder& h = holders[&item.index];
+      if (h.count++ == 0) {
+        h.index = &item.index;
+        h.bytes = item.tensor_storage_size().value_or(64);
+        h.writer = static_cast<uint32_t>(r);
+      } else {
+        any_dup = true;
+      }
+    }
+  if (!any_dup) return;
+  std::vector<int64_t> load(world, 0);
+  std::vector<Holder*> dups;
+  for (size_t r = 0; r < world; ++r)
+    for (const auto& item : all_plans[r].items) {
+      Holder& h = holders.find(&item.index)->second;
+      if (h.count == 1) {
+        load[r] += h.bytes;
+      } else {
+        if (h.ranks.empty()) dups.push_back(&h);
+        h.ranks.push_back(static_cast<uint32_t>(r));
+      }
+    }
+  // Largest first onto the least-loaded holder (greedy balancing); ties in
+  // key order, so every run decides the same.
+  std::sort(dups.begin(), dups.end(), [](const Holder* a, const Holder* b) {
+    return a->bytes != b->bytes ? a->bytes > b->bytes : *a->index < *b->index;
+  });
+  for (Holder* d : dups) {
+    uint32_t pick = d->ranks.front();
+    if (!options_.dedup_to_lowest_rank)
+      for (uint32_t r : d->ranks)
+        if (load[r] < load[pick]) pick = r;
+    load[pick] += d->bytes;
+    d->writer = pick;
+  }
+  // Decide first, then compact: the map's keys point into the plans.
+  std::vector<std::vector<char>> keep(world);
+  for (size_t r = 0; r < world; ++r) {
+    const auto& items = all_plans[r].items;
+    keep[r].resize(items.size());
+    for (size_t i = 0; i < items.size(); ++i)
+      keep[r][i] = holders.find(&items[i].index)->second.writer == r;
+  }
+  holders.clear();
+  for (size_t r = 0; r < world; ++r) {
+    auto& items = all_plans[r].items;
+    size_t out = 0;
+    for (size_t i = 0; i < items.size(); ++i)
+      if (keep[r][i]) {
+        if (out != i) items[out] = std::move(items[i]);
+        ++out;
+      }
+    items.resize(out);
+  }
+}
+
 std::pair<std::vector<SavePlan>, Metadata> DefaultSavePlanner::create_global_plan(
     std::vector<SavePlan> all_plans) {
   const size_t world = all_plans.size();
 
-  if (options_.dedup_replicated && world > 1) {
-    // index -> ranks that hold it.
-    std::map<MetadataIndex, std::vector<size_t>> holders;
-    for (size_t r = 0; r < world; ++r)
-      for (const auto& item : all_plans[r].items) holders[item.index].push_back(r);
-    std::vector<int64_t> load(world, 0);
-    struct Dup {
-      const MetadataIndex* index;
-      int64_t bytes;
-      const std::vector<size_t>* ranks;
-    };
-    std::vector<Dup> dups;
-    for (size_t r = 0; r < world; ++r)
-      for (const auto& item : all_plans[r].items) {
-        const auto& h = holders[item.index];
-        const int64_t bytes = item.tensor_storage_size().value_or(64);
-        if (h.size() == 1)
-          load[r] += bytes;
-        else if (h.front() == r)
-          dups.push_back({&holders.find(item.index)->first, bytes, &h});
-      }
-    // Largest first onto the least-loaded holder: greedy balancing.
-    std::stable_sort(dups.begin(), dups.end(),
-                     [](const Dup& a, const Dup& b) { return a.bytes > b.bytes; });
-    std::map<MetadataIndex, size_t> writer;
-    for (const Dup& d : dups) {
-      size_t pick = d.ranks->front();
-      if (!options_.dedup_to_lowest_rank)
-        for (size_t r : *d.ranks)
-          if (load[r] < load[pick]) pick = r;
-      load[pick] += d.bytes;
-      writer[*d.index] = pick;
-    }
-    for (size_t r = 0; r < world; ++r) {
-      auto& items = all_plans[r].items;
-      items.erase(std::remove_if(items.begin(), items.end(),
-                                 [&](const WriteItem& it) {
-                                   auto w = writer.find(it.index);
-                                   return w != writer.end() && w->second != r;
-                                 }),
-                  items.end());
-    }
-  }
+  if (options_.dedup_replicated && world > 1) dedup(all_plans);
 
   Metadata md;
   md.world_size = static_cast<int32_t>(world);
@@ -551,12 +609,19 @@ std::pair<std::vector<SavePlan>, Metadata> DefaultSavePlanner::create_global_pla
   if (world == 1) {
     md.planner_data = all_plans[0].planner_data;
   } else {
+    // Ranks of one model usually send the same map: decode each distinct one once.
     FlattenMapping merged;
-    for (const auto& plan : all_plans)
+    std::vector<const std::string*> seen;
+    for (const auto& plan : all_plans) {
+      if (std::any_of(seen.begin(), seen.end(),
+                      [&](const std::string* s) { return *s == plan.planner_data; }))
+        continue;
+      seen.push_back(&plan.planner_data);
       for (auto& [key, path] : decode_flatten_mapping(plan.planner_data)) {
         auto [it, inserted] = merged.emplace(key, path);
         if (!inserted && !(it->second == path)) throw_collision(key, it->second, path);
       }
+    }
     md.planner_data = encode_flatten_mapping(merged);
   }
   return {std::move(all_plans), std::move(md)};

@@ -39,7 +39,7 @@ std::string encode(const SavePlan& plan) {
       const auto& td = *it.tensor_data;
       e.ints(td.chunk.offsets);
       e.ints(td.chunk.sizes);
-      e.str(dtype_name(td.properties.dtype));
+      e.u8(static_cast<uint8_t>(td.properties.dtype));  // same build on every rank
       e.u8(td.properties.requires_grad ? 1 : 0);
       e.ints(td.size);
     }
@@ -62,7 +62,7 @@ void decode(std::string_view bytes, SavePlan& plan) {
       TensorWriteData td;
       td.chunk.offsets = d.ints();
       td.chunk.sizes = d.ints();
-      td.properties.dtype = dtype_from_name(d.str_view());
+      td.properties.dtype = static_cast<at::ScalarType>(d.u8());
       td.properties.requires_grad = d.u8() != 0;
       td.size = d.ints();
       it.tensor_data = std::move(td);

@@ -70,6 +70,9 @@ class DefaultSavePlanner : public SavePlanner {
   WriteData resolve_data(const WriteItem& item) override;
 
  protected:
+  // Keeps each item saved by several ranks in one rank's plan only.
+  void dedup(std::vector<SavePlan>& all_plans) const;
+
   // The value (tensor, sharded tensor or plain value) behind `index`; for a
   // shard, the shard's tensor. Throws InvalidArgumentError when absent.
   Value lookup_object(const MetadataIndex& index) const;

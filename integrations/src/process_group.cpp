@@ -280,5 +280,14 @@ c10::intrusive_ptr<c10d::ProcessGroup> DistContext::new_group(const std::string&
   return impl_->make_group(kGroupPrefix + name, "process group '" + name + "'");
 }
 
+std::shared_ptr<Collectives> DistContext::collectives(std::chrono::milliseconds timeout) const {
+  return make_process_group_collectives(process_group(), timeout);
+}
+
+std::shared_ptr<Collectives> DistContext::new_collectives(const std::string& name,
+                                                          std::chrono::milliseconds timeout) {
+  return make_process_group_collectives(new_group(name), timeout);
+}
+
 }  // namespace dist
 }  // namespace dcp

@@ -13,7 +13,6 @@
 #include <spdlog/spdlog.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 
 #include <ATen/ATen.h>
 
@@ -50,7 +49,7 @@ int rank_main(const std::string& role, const std::string& dir, int64_t mib, int6
   spdlog::set_level(spdlog::level::warn);
   dcp::logger().set_level(spdlog::level::warn);
   auto ctx = dcp::dist::DistContext::init(dcp::dist::detect_environment());
-  auto coll = dcp::make_process_group_collectives(ctx->process_group());
+  auto coll = ctx->collectives();
   const int rank = ctx->rank(), world = ctx->world_size();
   auto barrier = [&] { coll->broadcast("", 0); };
 

@@ -14,7 +14,7 @@ DCP_REGISTER_WORKER(async_with_allreduce) {
   const std::string dir = args.at(0);
   const int rank = ctx.rank(), world = ctx.world_size();
   // The saves' collectives go over a second group; the loop uses the main one.
-  auto save_group = make_process_group_collectives(ctx.new_group("async_save"));
+  auto save_group = ctx.new_collectives("async_save");
   AsyncSaver saver;
   at::Tensor w = at::zeros({world * 64, 128});
   std::vector<AsyncSaveHandle> handles;
@@ -39,7 +39,7 @@ DCP_REGISTER_WORKER(async_with_allreduce) {
     StateDict back{{"w", at::zeros({world * 64, 128})}, {"step", 0}};
     LoadOptions lo;
     lo.checkpoint_id = dir + "/step_" + std::to_string(it);
-    lo.collectives = make_process_group_collectives(ctx.process_group());
+    lo.collectives = ctx.collectives();
     load(back, lo);
     EXPECT_EQ(back["step"].to_int(), it);
     EXPECT_TRUE(at::equal(back["w"].tensor(), at::full({world * 64, 128}, static_cast<float>(it))))

@@ -2,7 +2,6 @@
 // trips, dedup, the resharding matrix, the error discipline, a dead rank.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
-#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 
 #include <chrono>
 #include <fstream>
@@ -20,7 +19,7 @@ using testing::RunOptions;
 
 std::shared_ptr<Collectives> group(dist::DistContext& ctx,
                                    std::chrono::milliseconds timeout = std::chrono::seconds(20)) {
-  return make_process_group_collectives(ctx.process_group(), timeout);
+  return ctx.collectives(timeout);
 }
 
 RunOptions opts(std::vector<std::string> args) {

@@ -3,7 +3,7 @@
 //
 //   dcp::dist::DistEnvironment env = dcp::dist::detect_environment();
 //   auto ctx = dcp::dist::DistContext::init(env);
-//   auto collectives = dcp::make_process_group_collectives(ctx->process_group());
+//   auto collectives = ctx->collectives();  // for dcp::SaveOptions::collectives
 //
 // Rendezvous goes through a c10d::TCPStore served by rank 0 on
 // MASTER_ADDR:MASTER_PORT. A world of one process needs no network: it uses an
@@ -25,6 +25,8 @@
 #include <chrono>
 #include <memory>
 #include <string>
+
+#include "dcp/collectives.h"
 
 namespace c10d {
 class ProcessGroup;
@@ -140,6 +142,15 @@ class DistContext {
   // empty name or one this context already used (the store keys of a name
   // can serve one rendezvous only); ConfigError/TimeoutError as init().
   c10::intrusive_ptr<c10d::ProcessGroup> new_group(const std::string& name);
+
+  // The main group as dcp::Collectives, for SaveOptions/LoadOptions: each
+  // checkpoint collective waits at most `timeout` for the other ranks.
+  std::shared_ptr<Collectives> collectives(
+      std::chrono::milliseconds timeout = std::chrono::minutes(10)) const;
+  // new_group(name) as dcp::Collectives: give it to async saves (it is used
+  // by their background thread only).
+  std::shared_ptr<Collectives> new_collectives(
+      const std::string& name, std::chrono::milliseconds timeout = std::chrono::minutes(10));
 
  private:
   struct Impl;

@@ -647,8 +647,12 @@ Value DefaultSavePlanner::lookup_object(const MetadataIndex& index) const {
 WriteData DefaultSavePlanner::resolve_data(const WriteItem& item) {
   Value v = lookup_object(item.index);
   if (item.type == WriteItemType::kByteIO) return encode_plain_value(v);
-  at::Tensor t = v.tensor().detach();
-  if (!t.device().is_cpu()) t = t.cpu();
+  // No detach(): storage reads the bytes, and copies run under NoGradGuard.
+  at::Tensor t = v.tensor();
+  if (!t.device().is_cpu()) {
+    at::NoGradGuard no_grad;
+    t = t.cpu();
+  }
   return t;
 }
 

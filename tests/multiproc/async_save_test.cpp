@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 
+#include <thread>
+
 #include "common/multiproc.h"
 #include "common/test_util.h"
 #include "dcp/dcp.h"
@@ -56,6 +58,36 @@ TEST(AsyncDistributedTest, SavesOnTheirOwnGroupWhileTrainingRunsAllReduce) {
   auto r = testing::run_ranks(2, "async_with_allreduce", o);
   EXPECT_TRUE(r.ok()) << r.summary();
   EXPECT_FALSE(r.timed_out) << "deadlock?\n" << r.summary();
+}
+
+// A writer that sleeps before writing: the process exits while it sleeps.
+class SlowWriter : public StorageWriterWrapper {
+ public:
+  using StorageWriterWrapper::StorageWriterWrapper;
+  std::future<std::vector<WriteResult>> write_data(const SavePlan& p, SavePlanner& pl) override {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    return StorageWriterWrapper::write_data(p, pl);
+  }
+};
+
+DCP_REGISTER_WORKER(exit_during_async_save) {
+  SaveOptions so;
+  so.storage_writer = std::make_shared<SlowWriter>(make_filesystem_writer(args.at(0)));
+  AsyncSaveHandle h = async_save({{"w", at::ones({1 << 20})}, {"step", 5}}, so);
+  (void)h;       // dropped without waiting
+  std::exit(0);  // a normal exit: the process-wide saver finishes first
+}
+
+TEST(AsyncExitTest, ExitWaitsForTheProcessWideSaver) {
+  testing::TempDir dir;
+  testing::RunOptions o;
+  o.args = {dir.sub("ck")};
+  auto r = testing::run_ranks(1, "exit_during_async_save", o);
+  ASSERT_TRUE(r.ok()) << r.summary();
+  ASSERT_TRUE(is_committed_checkpoint(dir.sub("ck")));
+  StateDict back = load_all(dir.sub("ck"));
+  EXPECT_EQ(back["step"].to_int(), 5);
+  EXPECT_TRUE(at::equal(back["w"].tensor(), at::ones({1 << 20})));
 }
 
 }  // namespace

@@ -40,7 +40,8 @@ class Env {
   // Creates (or truncates) a file for writing.
   virtual std::unique_ptr<WritableFile> new_writable_file(const std::string& path) = 0;
   virtual std::unique_ptr<RandomAccessFile> new_random_access_file(const std::string& path) = 0;
-  virtual std::string read_file(const std::string& path) = 0;
+  // The whole file (through new_random_access_file).
+  std::string read_file(const std::string& path);
   virtual bool file_exists(const std::string& path) = 0;
   virtual bool dir_exists(const std::string& path) = 0;
   // Creates the directory and its parents; fine if it exists.

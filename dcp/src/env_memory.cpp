@@ -90,12 +90,6 @@ class MemoryEnv final : public Env {
       throw NotFoundError("cannot open 'memory://" + path + "': no such file");
     return std::make_unique<MemoryRandomAccessFile>(path, it->second);
   }
-  std::string read_file(const std::string& path) override {
-    auto f = new_random_access_file(path);
-    std::string s(f->size(), '\0');
-    s.resize(f->read(0, s.size(), s.data()));
-    return s;
-  }
   bool file_exists(const std::string& path) override {
     std::lock_guard<std::mutex> lock(store().mu);
     return store().files.count(path) > 0;

@@ -10,6 +10,13 @@
 
 namespace dcp {
 
+std::string Env::read_file(const std::string& path) {
+  auto f = new_random_access_file(path);
+  std::string s(f->size(), '\0');
+  s.resize(f->read(0, s.size(), s.data()));
+  return s;
+}
+
 std::string join_path(const std::string& dir, const std::string& name) {
   if (dir.empty()) return name;
   return dir.back() == '/' ? dir + name : dir + "/" + name;
@@ -109,12 +116,6 @@ class PosixEnv final : public Env {
       throw_errno("cannot stat", path, err);
     }
     return std::make_unique<PosixRandomAccessFile>(path, fd, static_cast<uint64_t>(st.st_size));
-  }
-  std::string read_file(const std::string& path) override {
-    auto f = new_random_access_file(path);
-    std::string s(f->size(), '\0');
-    s.resize(f->read(0, s.size(), s.data()));
-    return s;
   }
   bool file_exists(const std::string& path) override {
     struct stat st;

@@ -83,6 +83,28 @@ void run_parallel(int threads, size_t n, const Fn& fn) {
     if (e) std::rethrow_exception(e);
 }
 
+// Where a checkpoint lives: an Env, the id's scheme ("" for POSIX paths,
+// "memory://" for the memory store) and the path inside the Env.
+struct Location {
+  Env* env;
+  std::string scheme;
+  std::string path;
+
+  void reset(const std::string& id) {
+    if (id.empty()) return;
+    path = !scheme.empty() && id.compare(0, scheme.size(), scheme) == 0 ? id.substr(scheme.size())
+                                                                        : id;
+  }
+  bool accepts(const std::string& id) const {
+    return scheme.empty() ? id.find("://") == std::string::npos
+                          : id.compare(0, scheme.size(), scheme) == 0;
+  }
+  // The checkpoint id, as users spell it (for messages and metadata).
+  std::string display(const std::string& p) const { return scheme + p; }
+  std::string id() const { return display(path); }
+  std::string file(const std::string& name) const { return join_path(path, name); }
+};
+
 // ---------------------------------------------------------------------------
 // Writer
 
@@ -172,7 +194,7 @@ class FileAppender {
 class FileSystemWriter final : public StorageWriter {
  public:
   FileSystemWriter(Env* env, std::string scheme, std::string path, FileSystemWriterOptions opt)
-      : env_(env), scheme_(std::move(scheme)), path_(std::move(path)), opt_(opt) {
+      : loc_{env, std::move(scheme), std::move(path)}, opt_(opt) {
     if (opt_.threads < 1)
       throw InvalidArgumentError("FileSystemWriterOptions.threads must be >= 1");
     if (opt_.buffer_bytes < kAlign)
@@ -181,28 +203,28 @@ class FileSystemWriter final : public StorageWriter {
   }
 
   void reset(const std::string& checkpoint_id) override {
-    if (!checkpoint_id.empty()) path_ = strip_scheme(checkpoint_id);
+    loc_.reset(checkpoint_id);
     save_id_ = random_id();
   }
 
   void set_up_storage_writer(bool is_coordinator, int rank) override {
     rank_ = rank;
-    if (path_.empty()) throw InvalidArgumentError("no checkpoint path was given to the writer");
-    env_->create_dirs(path_);
+    if (loc_.path.empty()) throw InvalidArgumentError("no checkpoint path was given to the writer");
+    loc_.env->create_dirs(loc_.path);
     if (!is_coordinator) return;
-    const std::string md = join_path(path_, kMetadataFileName);
-    if (env_->file_exists(md)) {
+    const std::string md = loc_.file(kMetadataFileName);
+    if (loc_.env->file_exists(md)) {
       if (!opt_.overwrite)
-        throw AlreadyExistsError("'" + display(path_) +
+        throw AlreadyExistsError("'" + loc_.id() +
                                  "' already holds a committed checkpoint; refusing to overwrite "
                                  "it (set FileSystemWriterOptions.overwrite to replace it)");
-      env_->remove_file(md);
-      if (opt_.sync_files) env_->sync_dir(path_);
+      loc_.env->remove_file(md);
+      if (opt_.sync_files) loc_.env->sync_dir(loc_.path);
     }
     // Data files of an earlier (failed or replaced) save would only waste space.
-    for (const auto& name : env_->list_dir(path_))
+    for (const auto& name : loc_.env->list_dir(loc_.path))
       if (ends_with(name, kDataSuffix) || name == kTmpMetadataName)
-        env_->remove_file(join_path(path_, name));
+        loc_.env->remove_file(loc_.file(name));
   }
 
   SavePlan prepare_local_plan(SavePlan plan) override { return plan; }
@@ -240,32 +262,22 @@ class FileSystemWriter final : public StorageWriter {
     }
     md.storage_meta = storage_meta();
     const std::string bytes = serialize_metadata(md);
-    const std::string tmp = join_path(path_, kTmpMetadataName);
-    auto f = env_->new_writable_file(tmp);
+    const std::string tmp = loc_.file(kTmpMetadataName);
+    auto f = loc_.env->new_writable_file(tmp);
     f->append(bytes.data(), bytes.size());
     if (opt_.sync_files) f->sync();
     f->close();
-    env_->rename_file(tmp, join_path(path_, kMetadataFileName));
-    if (opt_.sync_files) env_->sync_dir(path_);
+    loc_.env->rename_file(tmp, loc_.file(kMetadataFileName));
+    if (opt_.sync_files) loc_.env->sync_dir(loc_.path);
   }
 
-  bool validate_checkpoint_id(const std::string& id) const override {
-    return scheme_.empty() ? id.find("://") == std::string::npos
-                           : id.compare(0, scheme_.size(), scheme_) == 0;
-  }
+  bool validate_checkpoint_id(const std::string& id) const override { return loc_.accepts(id); }
   std::optional<StorageMeta> storage_meta() const override {
-    return StorageMeta{display(path_), save_id_};
+    return StorageMeta{loc_.id(), save_id_};
   }
-  std::string checkpoint_id() const override { return display(path_); }
+  std::string checkpoint_id() const override { return loc_.id(); }
 
  private:
-  std::string strip_scheme(const std::string& id) const {
-    if (!scheme_.empty() && id.compare(0, scheme_.size(), scheme_) == 0)
-      return id.substr(scheme_.size());
-    return id;
-  }
-  std::string display(const std::string& p) const { return scheme_ + p; }
-
   std::vector<WriteResult> write_all(const SavePlan& plan, SavePlanner& planner) {
     const std::string prefix =
         plan.storage_data.empty() ? "__" + std::to_string(rank_) + "_" : plan.storage_data;
@@ -299,7 +311,7 @@ class FileSystemWriter final : public StorageWriter {
         if (plan.items[i].tensor_storage_size().value_or(0) <
             static_cast<int64_t>(opt_.coalesce_below_bytes))
           has_small = true;
-      FileAppender out(env_->new_writable_file(join_path(path_, name)), opt_, has_small);
+      FileAppender out(loc_.env->new_writable_file(loc_.file(name)), opt_, has_small);
       auto& results = per_file[fi];
       results.reserve(files[fi].size());
       for (size_t i : files[fi]) {
@@ -349,9 +361,7 @@ class FileSystemWriter final : public StorageWriter {
     return all;
   }
 
-  Env* env_;
-  const std::string scheme_;  // "" for POSIX paths, "memory://" for the memory store
-  std::string path_;
+  Location loc_;
   const FileSystemWriterOptions opt_;
   std::string save_id_;
   int rank_ = 0;
@@ -363,25 +373,22 @@ class FileSystemWriter final : public StorageWriter {
 class FileSystemReader final : public StorageReader {
  public:
   FileSystemReader(Env* env, std::string scheme, std::string path, FileSystemReaderOptions opt)
-      : env_(env), scheme_(std::move(scheme)), path_(std::move(path)), opt_(opt) {
+      : loc_{env, std::move(scheme), std::move(path)}, opt_(opt) {
     if (opt_.threads < 1)
       throw InvalidArgumentError("FileSystemReaderOptions.threads must be >= 1");
   }
 
-  void reset(const std::string& checkpoint_id) override {
-    if (!checkpoint_id.empty()) path_ = strip_scheme(checkpoint_id);
-  }
+  void reset(const std::string& checkpoint_id) override { loc_.reset(checkpoint_id); }
 
   Metadata read_metadata() override {
-    if (path_.empty()) throw InvalidArgumentError("no checkpoint path was given to the reader");
-    if (!env_->dir_exists(path_))
-      throw NotFoundError("no checkpoint at '" + display(path_) +
-                          "': the directory does not exist");
-    const std::string md_path = join_path(path_, kMetadataFileName);
-    if (!env_->file_exists(md_path))
-      throw NotFoundError("'" + display(path_) + "' is not a committed checkpoint: it has no " +
+    if (loc_.path.empty()) throw InvalidArgumentError("no checkpoint path was given to the reader");
+    if (!loc_.env->dir_exists(loc_.path))
+      throw NotFoundError("no checkpoint at '" + loc_.id() + "': the directory does not exist");
+    const std::string md_path = loc_.file(kMetadataFileName);
+    if (!loc_.env->file_exists(md_path))
+      throw NotFoundError("'" + loc_.id() + "' is not a committed checkpoint: it has no " +
                           kMetadataFileName + " file (an interrupted or failed save?)");
-    return deserialize_metadata(env_->read_file(md_path), display(md_path));
+    return deserialize_metadata(loc_.env->read_file(md_path), loc_.display(md_path));
   }
 
   void set_up_storage_reader(const Metadata& metadata, bool) override { md_ = &metadata; }
@@ -399,11 +406,8 @@ class FileSystemReader final : public StorageReader {
     return promise.get_future();
   }
 
-  bool validate_checkpoint_id(const std::string& id) const override {
-    return scheme_.empty() ? id.find("://") == std::string::npos
-                           : id.compare(0, scheme_.size(), scheme_) == 0;
-  }
-  std::string checkpoint_id() const override { return display(path_); }
+  bool validate_checkpoint_id(const std::string& id) const override { return loc_.accepts(id); }
+  std::string checkpoint_id() const override { return loc_.id(); }
 
  private:
   // One saved item and the reads that need it.
@@ -415,13 +419,6 @@ class FileSystemReader final : public StorageReader {
     std::vector<const ReadItem*> reads;
     const RandomAccessFile* file = nullptr;
   };
-
-  std::string strip_scheme(const std::string& id) const {
-    if (!scheme_.empty() && id.compare(0, scheme_.size(), scheme_) == 0)
-      return id.substr(scheme_.size());
-    return id;
-  }
-  std::string display(const std::string& p) const { return scheme_ + p; }
 
   [[noreturn]] void truncated(const Unit& u) const {
     throw CorruptionError("data file '" + u.file->path() + "' is truncated: item " +
@@ -513,20 +510,20 @@ class FileSystemReader final : public StorageReader {
     for (auto& [index, u] : by_index) {
       auto info = md_->storage_data.find(index);
       if (info == md_->storage_data.end())
-        throw CorruptionError("the metadata of '" + display(path_) +
+        throw CorruptionError("the metadata of '" + loc_.id() +
                               "' has no storage location for item " + to_string(index));
       u.index = &info->first;
       u.info = &info->second;
       auto entry = md_->state_dict_metadata.find(index.fqn);
       if (entry == md_->state_dict_metadata.end())
-        throw CorruptionError("the metadata of '" + display(path_) + "' has no entry for key '" +
+        throw CorruptionError("the metadata of '" + loc_.id() + "' has no entry for key '" +
                               index.fqn + "'");
       if (auto* t = std::get_if<TensorStorageMetadata>(&entry->second)) {
         u.tensor = t;
         for (const auto& c : t->chunks)
           if (c.offsets == index.offset) u.chunk = &c;
         if (!u.chunk)
-          throw CorruptionError("the metadata of '" + display(path_) + "' has no chunk for item " +
+          throw CorruptionError("the metadata of '" + loc_.id() + "' has no chunk for item " +
                                 to_string(index));
         int64_t numel = 1;
         for (int64_t s : u.chunk->sizes) numel *= s;
@@ -540,9 +537,9 @@ class FileSystemReader final : public StorageReader {
       auto& f = files[u.info->relative_path];
       if (!f) {
         try {
-          f = env_->new_random_access_file(join_path(path_, u.info->relative_path));
+          f = loc_.env->new_random_access_file(loc_.file(u.info->relative_path));
         } catch (const NotFoundError& e) {
-          throw CorruptionError("checkpoint '" + display(path_) + "' is missing data file '" +
+          throw CorruptionError("checkpoint '" + loc_.id() + "' is missing data file '" +
                                 u.info->relative_path + "' (needed for item " + to_string(index) +
                                 "): " + e.what());
         }
@@ -591,9 +588,7 @@ class FileSystemReader final : public StorageReader {
     });
   }
 
-  Env* env_;
-  const std::string scheme_;
-  std::string path_;
+  Location loc_;
   const FileSystemReaderOptions opt_;
   const Metadata* md_ = nullptr;  // set_up_storage_reader's; outlives read_data
   std::mutex bytes_mu_;           // serializes planner.load_bytes

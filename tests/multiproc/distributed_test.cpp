@@ -405,41 +405,11 @@ class StallingWriter : public StorageWriterWrapper {
   }
 };
 
-// A rank that hangs (alive, but never answers) instead of dying.
-DCP_REGISTER_WORKER(hung_mid_save) {
+// Rank 1 stalls in write_data: the test kills it ("killed") or leaves it
+// hanging ("hung"). The other ranks must fail with a timeout error in time.
+DCP_REGISTER_WORKER(stalled_rank) {
   const auto timeout = std::chrono::milliseconds(std::stoi(args.at(1)));
-  SaveOptions so;
-  so.collectives = group(ctx, timeout);
-  auto writer = make_filesystem_writer(args.at(0));
-  so.storage_writer = ctx.rank() == 1 ? std::make_shared<StallingWriter>(writer) : writer;
-  const auto t0 = std::chrono::steady_clock::now();
-  try {
-    save({{"w", at::ones({1000})}}, so);
-  } catch (const CheckpointError& e) {
-    const double secs =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("rank %d failed after %.2f s: %s\n", ctx.rank(), secs, e.what());
-    EXPECT_EQ(e.root_code(), ErrorCode::kTimeout) << e.what();
-    EXPECT_GE(secs, timeout.count() / 1000.0 * 0.9);
-    EXPECT_LT(secs, timeout.count() / 1000.0 + 5.0);
-    std::_Exit(0);  // do not wait for the hung rank at exit
-  }
-  return 1;
-}
-
-TEST(DistributedTest, AHungRankMakesTheOthersTimeOut) {
-  testing::TempDir dir;
-  RunOptions o = opts({dir.sub("ck"), "2000"});
-  o.pg_timeout = std::chrono::milliseconds(2000);
-  o.timeout = std::chrono::seconds(8);
-  auto r = run_ranks(2, "hung_mid_save", o);
-  EXPECT_EQ(r.ranks[0].exit_code, 0) << r.summary();
-  EXPECT_LT(r.ranks[0].elapsed.count(), 7000) << r.summary();
-  EXPECT_FALSE(is_committed_checkpoint(dir.sub("ck")));
-}
-
-DCP_REGISTER_WORKER(killed_mid_save) {
-  const auto timeout = std::chrono::milliseconds(std::stoi(args.at(1)));
+  const bool hung = args.at(2) == "hung";
   SaveOptions so;
   so.collectives = group(ctx, timeout);
   auto writer = make_filesystem_writer(args.at(0));
@@ -453,19 +423,32 @@ DCP_REGISTER_WORKER(killed_mid_save) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::printf("rank %d failed after %.2f s: %s\n", ctx.rank(), secs, e.what());
     EXPECT_EQ(e.root_code(), ErrorCode::kTimeout) << e.what();
+    if (hung) EXPECT_GE(secs, timeout.count() / 1000.0 * 0.9);  // it waited, then gave up
     EXPECT_LT(secs, timeout.count() / 1000.0 + 5.0);
+    if (hung) std::_Exit(::testing::Test::HasFailure() ? 1 : 0);  // do not wait for rank 1
   }
   return 0;
 }
 
+TEST(DistributedTest, AHungRankMakesTheOthersTimeOut) {
+  testing::TempDir dir;
+  RunOptions o = opts({dir.sub("ck"), "2000", "hung"});
+  o.pg_timeout = std::chrono::milliseconds(2000);
+  o.timeout = std::chrono::seconds(8);
+  auto r = run_ranks(2, "stalled_rank", o);
+  EXPECT_EQ(r.ranks[0].exit_code, 0) << r.summary();
+  EXPECT_LT(r.ranks[0].elapsed.count(), 7000) << r.summary();
+  EXPECT_FALSE(is_committed_checkpoint(dir.sub("ck")));
+}
+
 TEST(DistributedTest, ARankKilledMidSaveMakesTheOthersTimeOut) {
   testing::TempDir dir;
-  RunOptions o = opts({dir.sub("ck"), "3000"});
+  RunOptions o = opts({dir.sub("ck"), "3000", "killed"});
   o.pg_timeout = std::chrono::milliseconds(3000);
   o.kill_rank = 1;
   o.kill_at_mark = "writing";
   o.kill_delay = std::chrono::milliseconds(300);
-  auto r = run_ranks(3, "killed_mid_save", o);
+  auto r = run_ranks(3, "stalled_rank", o);
   EXPECT_FALSE(r.timed_out) << r.summary();
   EXPECT_TRUE(r.ranks[1].killed_by_harness) << r.summary();
   EXPECT_EQ(r.ranks[0].exit_code, 0) << r.summary();

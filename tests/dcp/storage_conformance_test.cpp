@@ -20,6 +20,9 @@ struct BackendCase {
   FileSystemReaderOptions reader;
 };
 
+// gtest prints this in test names and failures (instead of the struct's bytes).
+void PrintTo(const BackendCase& c, std::ostream* os) { *os << c.name; }
+
 std::vector<BackendCase> cases() {
   std::vector<BackendCase> v;
   v.push_back({"fs", false, {}, {}});

@@ -10,6 +10,7 @@ PACKAGES=(
   libtbb-dev            # worker threads for storage I/O
   libspdlog-dev libfmt-dev
   libyaml-cpp-dev       # manager configuration
+  libcli11-dev          # the ckpt command-line tool
   libxxhash-dev         # per-item checksums (XXH3)
   libgtest-dev libgmock-dev
   python3-torch         # interop tests read our exports with Python's torch

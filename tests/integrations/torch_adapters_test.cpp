@@ -582,6 +582,32 @@ TEST(TorchAdapters, WholeTrainingStateResumesBitIdentically) {
   EXPECT_EQ(a.progress->samples_seen(), b.progress->samples_seen());
 }
 
+// An async save copies the adapters' tensors before it returns: training on
+// right away (changing parameters and optimizer state in place) does not
+// change what the checkpoint holds.
+TEST(TorchAdapters, AsyncSaveHoldsTheStateAtTheCall) {
+  TempDir dir;
+  auto a = make_net(1);
+  torch::optim::Adam opt_a(a->parameters(), torch::optim::AdamOptions(1e-2));
+  for (int i = 0; i < 2; ++i) train_step(*a, opt_a, i, false);
+  dcp::AsyncSaver saver;
+  dcp::SaveOptions so;
+  so.checkpoint_id = dir.sub("ckpt");
+  dcp::AsyncSaveHandle h = saver.save({{"model", std::make_shared<ModuleState>(a)},
+                                       {"optim", std::make_shared<OptimizerState>(opt_a, *a)}},
+                                      so);
+  for (int i = 2; i < 5; ++i) train_step(*a, opt_a, i, true);
+  h.get();
+
+  auto b = make_net(2);
+  torch::optim::Adam opt_b(b->parameters(), torch::optim::AdamOptions(1e-2));
+  load_from({{"model", std::make_shared<ModuleState>(b)},
+             {"optim", std::make_shared<OptimizerState>(opt_b, *b)}},
+            dir.sub("ckpt"));
+  for (int i = 2; i < 5; ++i) train_step(*b, opt_b, i, true);
+  EXPECT_TRUE(same_tensors(*a, *b));
+}
+
 // ---------------------------------------------------------------------------
 // Sharded parameters over two real ranks: each rank holds half the rows of
 // a Linear(8 -> 4) and Adam state for them, and saves both as ShardedTensors

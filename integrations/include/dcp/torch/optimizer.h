@@ -89,8 +89,9 @@ struct OptimizerStateOptions {
 //   installs the state: a parameter that had none gets a new ParamState
 //   holding the loaded tensors (so an optimizer that has not stepped yet
 //   loads), one listed without state loses its state. Each state tensor is
-//   checked against its parameter's shape and dtype (PlanMismatchError
-//   naming "<param>.<field>").
+//   checked against its parameter's shape (PlanMismatchError naming
+//   "<param>.<field>") and, as in PyTorch, converted to the parameter's
+//   dtype and device when they differ (dcp::load gives them equal).
 // - Works after the module was loaded in place (same tensors) and in a new
 //   process (new tensors, new optimizer).
 // - The optimizer (and the module, when given by reference) must outlive
@@ -98,6 +99,9 @@ struct OptimizerStateOptions {
 //   runs.
 class OptimizerState : public Stateful {
  public:
+  // Each constructor throws InvalidArgumentError for an optimizer other than
+  // SGD, Adam, AdamW, RMSprop or Adagrad.
+  //
   // Parameters named by `module`'s named_parameters(), read at each call.
   OptimizerState(torch::optim::Optimizer& optimizer, const torch::nn::Module& module,
                  OptimizerStateOptions options = {});
@@ -109,7 +113,6 @@ class OptimizerState : public Stateful {
   OptimizerState(torch::optim::Optimizer& optimizer, NamedTensors named_parameters,
                  OptimizerStateOptions options = {});
 
-  // Throws InvalidArgumentError for an optimizer of another type.
   StateDict state_dict() override;
   void load_state_dict(const StateDict& state_dict) override;
 

@@ -200,6 +200,7 @@ LoadResult load_with(StateDict& state_dict, const LoadOptions& options,
   if (!planner) {
     LoadPlannerOptions po;
     po.strict = options.strict;
+    po.exclude = options.exclude;
     planner = std::make_shared<DefaultLoadPlanner>(po);
   }
   DistWrapper dist("load of '" + reader->checkpoint_id() + "'", options.collectives,

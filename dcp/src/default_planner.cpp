@@ -659,7 +659,15 @@ WriteData DefaultSavePlanner::resolve_data(const WriteItem& item) {
 // ---------------------------------------------------------------------------
 // DefaultLoadPlanner
 
-DefaultLoadPlanner::DefaultLoadPlanner(LoadPlannerOptions options) : options_(options) {}
+bool key_matches(const std::string& key, const std::vector<std::string>& patterns) {
+  for (const auto& p : patterns)
+    if (key == p ||
+        (key.size() > p.size() && key.compare(0, p.size(), p) == 0 && key[p.size()] == '.'))
+      return true;
+  return false;
+}
+
+DefaultLoadPlanner::DefaultLoadPlanner(LoadPlannerOptions options) : options_(std::move(options)) {}
 
 void DefaultLoadPlanner::set_up_planner(StateDict& state_dict, const Metadata& metadata,
                                         bool is_coordinator) {
@@ -678,7 +686,9 @@ void DefaultLoadPlanner::set_up_planner(StateDict& state_dict, const Metadata& m
 LoadPlan DefaultLoadPlanner::create_local_plan() {
   LoadPlan plan;
   std::vector<std::string> problems;
+  const bool excluding = !options_.exclude.empty();
   for (const auto& [key, dest] : flat_) {
+    if (excluding && key_matches(key, options_.exclude)) continue;
     auto it = metadata_->state_dict_metadata.find(key);
     if (it == metadata_->state_dict_metadata.end()) {
       missing_.push_back(key);
@@ -776,7 +786,8 @@ LoadPlan DefaultLoadPlanner::create_local_plan() {
     }
   }
   for (const auto& kv : metadata_->state_dict_metadata)
-    if (!flat_.count(kv.first)) unexpected_.push_back(kv.first);
+    if (!flat_.count(kv.first) && !(excluding && key_matches(kv.first, options_.exclude)))
+      unexpected_.push_back(kv.first);
 
   auto list = [](const std::vector<std::string>& keys) {
     std::string s;

@@ -265,6 +265,25 @@ TEST_P(ConformanceTest, StrictAndNonStrictKeys) {
   EXPECT_TRUE(at::equal(dest["c"].tensor(), at::zeros({2})));
 }
 
+TEST_P(ConformanceTest, ExcludedKeysAreNeitherLoadedNorReported) {
+  save_to({{"model", Dict{{"w", at::ones({2})}, {"b", at::ones({3})}}}, {"rng", at::ones({4})}},
+          "exclude");
+  // "rng" has another shape here: excluded, it is no mismatch; "model.b" stays as it is.
+  StateDict dest{{"model", Dict{{"w", at::zeros({2})}, {"b", at::zeros({3})}}},
+                 {"rng", at::zeros({9})}};
+  LoadOptions o;
+  o.storage_reader = reader("exclude");
+  o.exclude = {"rng", "model.b"};
+  LoadResult r = load(dest, o);
+  EXPECT_TRUE(r.missing_keys.empty());
+  EXPECT_TRUE(r.unexpected_keys.empty());
+  EXPECT_TRUE(at::equal(dest["model"].dict()["w"].tensor(), at::ones({2})));
+  EXPECT_TRUE(at::equal(dest["model"].dict()["b"].tensor(), at::zeros({3})));
+  EXPECT_TRUE(at::equal(dest["rng"].tensor(), at::zeros({9})));
+  EXPECT_TRUE(key_matches("model.b", {"model"}));
+  EXPECT_FALSE(key_matches("modelx.b", {"model"}));
+}
+
 TEST_P(ConformanceTest, ShapeAndDtypeMismatchNameTheKey) {
   save_to({{"layer.w", at::ones({2, 3})}, {"layer.b", at::ones({3})}, {"n", 1}}, "mismatch");
   StateDict dest{{"layer.w", at::zeros({3, 2})},

@@ -62,6 +62,9 @@ struct LoadOptions {
   // Used when `planner` is null: missing/unexpected keys are an error
   // (true, default) or are reported in LoadResult (false).
   bool strict = true;
+  // Used when `planner` is null: keys (or key prefixes) not to load; see
+  // LoadPlannerOptions::exclude.
+  std::vector<std::string> exclude;
   std::shared_ptr<Collectives> collectives;  // null: a single process
   int coordinator_rank = 0;
   // When set, receives the timings of the load.

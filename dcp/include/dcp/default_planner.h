@@ -93,7 +93,14 @@ struct LoadPlannerOptions {
   // Load a tensor saved with another dtype by converting it. Default off: a
   // dtype mismatch is an error naming the key.
   bool allow_dtype_conversion = false;
+  // Keys neither loaded nor reported as missing or unexpected: a flat key
+  // ("model.fc1.weight") or a prefix of flat keys ("rng" covers "rng.cpu").
+  // The destination keeps its values for them.
+  std::vector<std::string> exclude;
 };
+
+// True when `key` is one of `patterns` or lies below one ("a" covers "a.b").
+bool key_matches(const std::string& key, const std::vector<std::string>& patterns);
 
 class DefaultLoadPlanner : public LoadPlanner {
  public:

@@ -1,0 +1,175 @@
+// CheckpointManager: what a training loop calls each step.
+//
+//   auto opts = dcp::manager::load_manager_options("configs/default.yaml");
+//   dcp::manager::CheckpointManager ckpt(opts);            // + collectives for many ranks
+//   ckpt.register_stateful("model", model_state);
+//   ckpt.register_stateful("optim", optim_state);
+//   int64_t step = ckpt.resume();                          // 0 when starting fresh
+//   for (; step < steps; ++step) {
+//     train_one_step();
+//     if (ckpt.on_step(step + 1, {{"loss", loss}})) break;  // preempted: saved, stop
+//   }
+//   ckpt.on_train_end(steps);
+//
+// Layout of the checkpoint directory:
+//   <dir>/step_0000001000/   a committed checkpoint (dcp files + dcp_manager.record)
+//   <dir>/.tmp.step_.../     a save in progress (never read; removed at start-up)
+//   <dir>/.old.step_.../     a checkpoint being deleted by retention
+//   <dir>/.lock              held (flock) by the manager that owns the directory
+//
+// Multi-rank: every rank constructs a manager with the same options and calls
+// the same methods at the same steps. Decisions that depend on a clock or a
+// signal are made on the coordinator (rank 0) and broadcast; only the
+// coordinator commits, records, deletes and holds the lock.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "dcp/async_save.h"
+#include "dcp/collectives.h"
+#include "dcp/manager/options.h"
+#include "dcp/storage.h"
+#include "dcp/value.h"
+
+namespace dcp {
+namespace manager {
+
+// A committed checkpoint, from its directory and record.
+struct CheckpointInfo {
+  int64_t step = 0;
+  std::string path;
+  double wall_time = 0;  // seconds since the epoch, when it was committed
+  int world_size = 1;
+  std::map<std::string, double> metrics;
+};
+
+// The steps of `committed` that `policy` keeps (the newest always).
+std::set<int64_t> steps_to_keep(const std::vector<CheckpointInfo>& committed,
+                                const KeepPolicy& policy);
+
+// The committed checkpoints in `dir`, oldest first. A step directory without
+// a record or without metadata is not committed and not listed.
+std::vector<CheckpointInfo> list_committed(const std::string& dir);
+
+// What one save cost.
+struct SaveStatistics {
+  int64_t step = 0;
+  bool async = false;
+  double blocking_seconds = 0;  // the training loop waited this long
+  double durable_seconds = 0;   // from the call until the checkpoint was committed
+  uint64_t bytes = 0;
+  double gbps = 0;  // bytes / durable_seconds
+};
+
+class CheckpointManager {
+ public:
+  // `collectives`: the group of the training ranks (null: one process).
+  // `async_collectives`: a second group over the same ranks for async saves,
+  // used only by their background thread (required when async saves are on
+  // and there is more than one rank).
+  // Throws ConfigError when another manager holds the directory.
+  explicit CheckpointManager(CheckpointManagerOptions options,
+                             std::shared_ptr<Collectives> collectives = nullptr,
+                             std::shared_ptr<Collectives> async_collectives = nullptr);
+  // close(); never throws (a failure is logged).
+  ~CheckpointManager();
+  CheckpointManager(const CheckpointManager&) = delete;
+  CheckpointManager& operator=(const CheckpointManager&) = delete;
+
+  // Adds an object to every checkpoint, under `name`.
+  void register_stateful(const std::string& name, std::shared_ptr<Stateful> object);
+
+  // Loads the checkpoint the resume policy names into the registered objects
+  // and returns its step; 0 when starting fresh (none to resume, `from:
+  // none`, or a warm start from another run's path). Never starts fresh
+  // silently when checkpoints exist but none loads: that is an error.
+  int64_t resume();
+
+  // Call after each training step. Saves when the policy says so (async when
+  // configured) and returns true when the trainer should stop: a preemption
+  // signal arrived, every rank agreed, and a synchronous checkpoint of
+  // `step` was committed. Surfaces an async save's failure (on_error).
+  bool on_step(int64_t step, const std::map<std::string, double>& metrics = {});
+
+  // The end of training: saves `step` when `save.at_end` (synchronously),
+  // then waits for everything in flight.
+  void on_train_end(int64_t step, const std::map<std::string, double>& metrics = {});
+
+  // Saves `step` now (async when configured). A step that is already
+  // committed is skipped unless `force`, which replaces it.
+  void save(int64_t step, bool force = false, const std::map<std::string, double>& metrics = {});
+
+  // Waits for saves in flight; surfaces their failures (on_error).
+  void wait();
+
+  // wait(), stop the background deletions, restore signal handlers, release
+  // the lock. Idempotent.
+  void close();
+
+  // Called before each save (training thread) and after each commit seen by
+  // this rank (training thread: at the next on_step/wait for async saves).
+  void add_pre_save_callback(std::function<void(int64_t step)> fn);
+  void add_post_save_callback(std::function<void(const SaveStatistics&)> fn);
+
+  // Wraps the storage writer of every save (timing, fault injection).
+  using WriterWrapper =
+      std::function<std::shared_ptr<StorageWriter>(std::shared_ptr<StorageWriter>)>;
+  void set_writer_wrapper(WriterWrapper wrap);
+  // Called as a save goes through its phases: "stage", "write", "metadata",
+  // "record", "rename", "retention" (coordinator), from the thread doing it.
+  void set_phase_callback(std::function<void(const char* phase, int64_t step)> fn);
+
+  std::vector<SaveStatistics> statistics() const;
+  std::vector<CheckpointInfo> committed() const { return list_committed(options_.dir); }
+  // A preemption signal was received by this process.
+  bool signal_received() const;
+  const CheckpointManagerOptions& options() const { return options_; }
+
+  static std::string step_dir_name(int64_t step);
+
+  struct Pending;  // a save in flight (manager.cpp)
+
+ private:
+  void start_save(int64_t step, bool async, bool force,
+                  const std::map<std::string, double>& metrics);
+  void reap(bool wait_all);  // finished async saves: statistics, callbacks, errors
+  void handle_error(const std::exception_ptr& e, int64_t step);
+  bool load_from(const std::string& path);
+  StateDict build_state_dict(bool for_load) const;
+  bool is_coordinator() const { return rank_ == 0; }
+  int world_size() const;
+  void phase(const char* name, int64_t step) const;
+
+  CheckpointManagerOptions options_;
+  std::shared_ptr<Collectives> coll_;
+  std::shared_ptr<Collectives> async_coll_;
+  int rank_ = 0;
+  std::vector<std::pair<std::string, std::shared_ptr<Stateful>>> objects_;
+  std::unique_ptr<AsyncSaver> saver_;
+  std::vector<std::unique_ptr<Pending>> pending_;
+  std::vector<std::function<void(int64_t)>> pre_save_;
+  std::vector<std::function<void(const SaveStatistics&)>> post_save_;
+  WriterWrapper wrap_writer_;
+  std::function<void(const char*, int64_t)> phase_fn_;
+  mutable std::mutex stats_mu_;
+  std::vector<SaveStatistics> stats_;  // GUARDED_BY(stats_mu_)
+  std::chrono::steady_clock::time_point last_save_time_;
+  int64_t last_saved_step_ = -1;
+  uint64_t save_counter_ = 0;  // names temporary directories; the same on every rank
+  int lock_fd_ = -1;
+  bool signals_installed_ = false;
+  bool closed_ = false;
+  struct Deleter;
+  std::shared_ptr<Deleter> deleter_;
+};
+
+}  // namespace manager
+}  // namespace dcp

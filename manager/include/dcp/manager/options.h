@@ -1,0 +1,116 @@
+// The CheckpointManager's policy: when to save, how, what to keep, how to
+// resume. Plain structs with documented defaults; load_manager_options()
+// reads them from YAML (configs/default.yaml documents every key).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace dcp {
+namespace manager {
+
+struct SavePolicy {
+  // Save when step % every_steps == 0 (steps > 0). 0 turns the rule off. Default 1000.
+  int64_t every_steps = 1000;
+  // Save when this many seconds passed since the last save (decided on the
+  // coordinator). 0 (default) turns the rule off.
+  double every_seconds = 0;
+  // Save at exactly these steps as well.
+  std::vector<int64_t> at_steps;
+  // Save (synchronously) in on_train_end(). Default true.
+  bool at_end = true;
+  // Signals that ask for a final synchronous save and a stop at the next
+  // on_step (preemption). Default SIGTERM and SIGUSR1. Empty: no handlers.
+  std::vector<int> on_signals;
+  SavePolicy();
+};
+
+struct AsyncPolicy {
+  // Periodic saves run in the background (dcp::AsyncSaver): training blocks
+  // only for the copy to staging memory. Default true.
+  bool enabled = true;
+  // Async saves staged but not committed at once; each holds a copy of the
+  // state in memory. Default 1.
+  int max_in_flight = 1;
+};
+
+struct BestPolicy {
+  // The metric (a key of the metrics given to on_step) that ranks
+  // checkpoints; empty (default): the rule is off.
+  std::string metric;
+  // "min" (default: lower is better) or "max".
+  bool maximize = false;
+  // How many of the best to keep. Default 0 (off).
+  int count = 0;
+};
+
+// Retention: every rule adds to what is kept; the newest committed checkpoint
+// is always kept and a save in flight is never touched.
+struct KeepPolicy {
+  // The newest `last` committed checkpoints. 0 keeps every checkpoint
+  // (nothing is deleted). Default 3.
+  int last = 3;
+  // Every checkpoint whose step is a multiple of this. 0 (default): off.
+  int64_t every_steps = 0;
+  // One checkpoint per this many seconds of wall time. 0 (default): off.
+  double every_seconds = 0;
+  BestPolicy best;
+};
+
+struct ResumePolicy {
+  // "latest" (default): the newest committed checkpoint that loads; "none":
+  // start fresh; a step number: that checkpoint (an error if it does not
+  // exist); a path: warm-start from another run's checkpoint when this run
+  // has none yet.
+  std::string from = "latest";
+  // Keys of the checkpoint and of the registered objects must match
+  // exactly. Default true.
+  bool strict = true;
+  // Registered names or flat keys ("model.fc1.weight") not to load.
+  std::vector<std::string> exclude;
+  // With "latest": a checkpoint that does not load (corrupt, incomplete) is
+  // skipped with a warning and the next older one is tried. Default true.
+  bool fallback_to_older = true;
+};
+
+struct StoragePolicy {
+  int threads = 2;               // writer/reader threads. Default 2.
+  bool fsync = true;             // fdatasync data and metadata. Default true.
+  bool verify_checksums = true;  // check every item on load. Default true.
+};
+
+enum class OnError {
+  kRaise,  // a failed save is thrown (an async one at the next on_step/wait)
+  kWarn,   // logged; training carries on
+};
+
+struct CheckpointManagerOptions {
+  // Where the run's checkpoints go: <dir>/step_<N> when committed. Default
+  // "checkpoints". $DCP_CHECKPOINT_DIR overrides it (load_manager_options).
+  std::string dir = "checkpoints";
+  SavePolicy save;
+  AsyncPolicy async;
+  KeepPolicy keep;
+  ResumePolicy resume;
+  StoragePolicy storage;
+  OnError on_error = OnError::kRaise;
+};
+
+// Reads the `checkpoint:` section of a YAML file (configs/default.yaml shows
+// every key). Unknown keys, wrong types and out-of-range values are a
+// ConfigError naming the file, the key and its line. Then applies the
+// environment: $DCP_CHECKPOINT_DIR replaces `dir`, $DCP_RESUME_FROM
+// replaces `resume.from`.
+CheckpointManagerOptions load_manager_options(const std::string& path);
+// The same from YAML text; `source` names it in errors. No environment.
+CheckpointManagerOptions parse_manager_options(const std::string& yaml, const std::string& source);
+// Applies $DCP_CHECKPOINT_DIR and $DCP_RESUME_FROM to `options`.
+void apply_environment(CheckpointManagerOptions& options);
+
+// "SIGTERM" <-> SIGTERM for the signals the manager accepts.
+int signal_from_name(const std::string& name);
+std::string signal_name(int signal);
+
+}  // namespace manager
+}  // namespace dcp

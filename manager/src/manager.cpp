@@ -77,6 +77,7 @@ SavedHandlers& handlers() {
 void install_signals(const std::vector<int>& signals) {
   std::lock_guard<std::mutex> lock(handlers().mu);
   if (handlers().installs++ > 0) return;
+  g_signal = 0;  // a signal that a closed manager acted on is not this one's
   for (int s : signals) {
     struct sigaction sa {};
     sa.sa_handler = on_signal;

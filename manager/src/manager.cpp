@@ -553,6 +553,10 @@ void CheckpointManager::start_save(int64_t step, bool async, bool force,
   // committed by another run in the same directory makes the commit fail
   // with AlreadyExistsError, on every rank.)
   if (!force && step == last_saved_step_) return;
+  // With max_in_flight saves pending, the oldest must finish first (its
+  // failure surfaces here), so that "stage" below is when staging starts.
+  if (async && saver_)
+    while (static_cast<int>(pending_.size()) >= options_.async.max_in_flight) reap_oldest();
   const uint64_t number = save_counter_++;
   for (auto& fn : pre_save_) fn(step);
   phase("stage", step);
@@ -638,6 +642,12 @@ void CheckpointManager::handle_error(const std::exception_ptr& e, int64_t step) 
     logger().warn("checkpoint of step {} failed (on_error: warn, training goes on): {}", step,
                   ex.what());
   }
+}
+
+void CheckpointManager::reap_oldest() {
+  if (pending_.empty()) return;
+  pending_.front()->handle.wait();
+  reap(false);
 }
 
 void CheckpointManager::reap(bool wait_all) {

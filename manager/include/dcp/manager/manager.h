@@ -141,6 +141,7 @@ class CheckpointManager {
   void start_save(int64_t step, bool async, bool force,
                   const std::map<std::string, double>& metrics);
   void reap(bool wait_all);  // finished async saves: statistics, callbacks, errors
+  void reap_oldest();        // waits for the oldest save in flight, then reap(false)
   void handle_error(const std::exception_ptr& e, int64_t step);
   bool load_from(const std::string& path);
   StateDict build_state_dict(bool for_load) const;

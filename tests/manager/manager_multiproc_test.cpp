@@ -1,0 +1,138 @@
+// The manager on 2 real ranks over Gloo: SIGKILL of a rank at each phase of
+// a save, then a fresh 2-rank run resumes from the newest committed
+// checkpoint; SIGTERM on one rank makes both save the same step and stop.
+#include <gtest/gtest.h>
+
+#include <csignal>
+#include <random>
+#include <thread>
+
+#include "common/multiproc.h"
+#include "common/test_util.h"
+#include "dcp/manager/manager.h"
+
+namespace dcp {
+namespace manager {
+namespace {
+
+// This rank's half of a sharded tensor and a replicated one, both a function of the step.
+class RankState : public Stateful {
+ public:
+  RankState(int rank, int world) : rank_(rank), world_(world) {}
+  at::Tensor mine = at::zeros({64, 32});
+  at::Tensor shared = at::zeros({100}, at::kDouble);
+  int64_t step = 0;
+  void set(int64_t s) {
+    step = s;
+    mine.fill_(static_cast<float>(s * 10 + rank_));
+    shared.fill_(s * 0.5);
+  }
+  bool consistent() const {
+    return at::equal(mine, at::full({64, 32}, static_cast<float>(step * 10 + rank_))) &&
+           at::equal(shared, at::full({100}, step * 0.5, at::kDouble));
+  }
+  StateDict state_dict() override {
+    return {{"mine", ShardedTensor{{64 * world_, 32}, {Shard{mine, {64 * rank_, 0}}}}},
+            {"shared", shared},
+            {"step", step}};
+  }
+  void load_state_dict(const StateDict& sd) override { step = sd.at("step").to_int(); }
+
+ private:
+  int rank_, world_;
+};
+
+// args: dir, max_steps, raise_sigterm_at (0: never)
+DCP_REGISTER_WORKER(manager_rank) {
+  CheckpointManagerOptions o;
+  o.dir = args.at(0);
+  o.save.every_steps = 2;
+  o.keep.last = 2;
+  o.storage.fsync = false;
+  CheckpointManager m(o, ctx.collectives(std::chrono::seconds(5)),
+                      ctx.new_collectives("ckpt_async", std::chrono::seconds(5)));
+  m.set_phase_callback([](const char* phase, int64_t) {
+    testing::mark(std::string("phase_") + phase);
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  });
+  auto state = std::make_shared<RankState>(ctx.rank(), ctx.world_size());
+  m.register_stateful("state", state);
+  int64_t step = m.resume();
+  EXPECT_EQ(state->step, step);
+  if (step > 0) EXPECT_TRUE(state->consistent()) << "resumed state of step " << step;
+  std::printf("RESUMED %lld\n", static_cast<long long>(step));
+  const int64_t max_steps = std::stoll(args.at(1)), sigterm_at = std::stoll(args.at(2));
+  while (step < max_steps) {
+    ++step;
+    state->set(step);
+    if (step == sigterm_at && ctx.rank() == 1) std::raise(SIGTERM);
+    std::this_thread::sleep_for(std::chrono::milliseconds(4));
+    if (m.on_step(step)) {
+      std::printf("STOPPED %lld\n", static_cast<long long>(step));
+      return 0;
+    }
+  }
+  m.on_train_end(step);
+  return 0;
+}
+
+testing::RunOptions run_opts(std::vector<std::string> args) {
+  testing::RunOptions o;
+  o.args = std::move(args);
+  o.timeout = std::chrono::seconds(40);
+  o.pg_timeout = std::chrono::milliseconds(5000);
+  return o;
+}
+
+TEST(ManagerMultiprocTest, TwoRanksSurviveAKilledRankInEveryPhase) {
+  testing::TempDir dir;
+  const std::string ck = dir.sub("run");
+  std::mt19937 rng(7);
+  const char* phases[] = {"stage", "write", "metadata", "rename", "retention"};
+  int64_t last_committed = 0;
+  for (int i = 0; i < 10; ++i) {
+    auto o = run_opts({ck, "400", "0"});
+    // metadata, rename and retention run on the coordinator (rank 0, also the
+    // TCPStore server); stage and write on both: kill either.
+    const int phase = i % 5;
+    o.kill_rank = phase >= 2 ? 0 : (i / 5) % 2;
+    o.kill_at_mark = std::string("phase_") + phases[phase];
+    o.kill_delay = std::chrono::milliseconds(std::uniform_int_distribution<int>(0, 8)(rng));
+    auto r = testing::run_ranks(2, "manager_rank", o);
+    EXPECT_TRUE(r.ranks[o.kill_rank].killed_by_harness) << r.summary();
+    EXPECT_FALSE(r.timed_out) << "the surviving rank hung\n" << r.summary();
+    // A fresh 2-rank run resumes from the newest committed checkpoint.
+    auto committed = list_committed(ck);
+    if (committed.empty()) {  // killed before the first commit
+      ASSERT_EQ(last_committed, 0) << "kill " << i << ": every commit was lost";
+      continue;
+    }
+    EXPECT_GE(committed.back().step, last_committed) << "a commit was lost";
+    last_committed = committed.back().step;
+    auto check = testing::run_ranks(2, "manager_rank", run_opts({ck, "0", "0"}));
+    ASSERT_TRUE(check.ok()) << check.summary();
+    EXPECT_NE(check.ranks[0].output.find("RESUMED " + std::to_string(last_committed)),
+              std::string::npos)
+        << check.ranks[0].output;
+  }
+}
+
+TEST(ManagerMultiprocTest, SigtermOnOneRankStopsBothAtTheSameStep) {
+  testing::TempDir dir;
+  const std::string ck = dir.sub("run");
+  auto r = testing::run_ranks(2, "manager_rank", run_opts({ck, "1000", "7"}));
+  ASSERT_TRUE(r.ok()) << r.summary();
+  for (int rank = 0; rank < 2; ++rank)
+    EXPECT_NE(r.ranks[rank].output.find("STOPPED 7"), std::string::npos) << r.ranks[rank].output;
+  auto committed = list_committed(ck);
+  ASSERT_FALSE(committed.empty());
+  EXPECT_EQ(committed.back().step, 7);
+  EXPECT_EQ(committed.back().world_size, 2);
+  auto next = testing::run_ranks(2, "manager_rank", run_opts({ck, "9", "0"}));
+  ASSERT_TRUE(next.ok()) << next.summary();
+  EXPECT_NE(next.ranks[1].output.find("RESUMED 7"), std::string::npos) << next.ranks[1].output;
+}
+
+}  // namespace
+}  // namespace manager
+}  // namespace dcp

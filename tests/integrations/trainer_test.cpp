@@ -1,0 +1,175 @@
+// Trainer hooks (dcp::trainer): the callback list, and the checkpoint
+// callback over a real CheckpointManager on a real directory.
+#include <gtest/gtest.h>
+
+#include <csignal>
+
+#include "common/test_util.h"
+#include "dcp/manager/manager.h"
+#include "dcp/torch/trainer.h"
+
+namespace dcp {
+namespace lt {
+namespace {
+
+// A weight that is a function of the step, and the step.
+class Weights : public Stateful {
+ public:
+  at::Tensor w = at::zeros({8, 8});
+  int64_t step = 0;
+  void train_to(int64_t s) {
+    step = s;
+    w.fill_(static_cast<float>(s));
+  }
+  StateDict state_dict() override { return {{"w", w}, {"step", step}}; }
+  void load_state_dict(const StateDict& sd) override { step = sd.at("step").to_int(); }
+};
+
+// Records the hooks it sees, as "<hook>@<step>".
+class Recorder : public TrainerCallback {
+ public:
+  explicit Recorder(std::vector<std::string>& log, std::string name, int64_t stop_at = -1)
+      : log_(log), name_(std::move(name)), stop_at_(stop_at) {}
+  void on_train_begin(TrainState& s) override { add("begin", s); }
+  void on_step_end(TrainState& s) override {
+    add("step", s);
+    if (s.step == stop_at_) s.stop = true;
+  }
+  void on_train_end(TrainState& s) override { add("end", s); }
+
+ private:
+  void add(const char* hook, const TrainState& s) {
+    log_.push_back(name_ + "." + hook + "@" + std::to_string(s.step));
+  }
+  std::vector<std::string>& log_;
+  std::string name_;
+  int64_t stop_at_;
+};
+
+// The loop of trainer.h's comment; returns the last step.
+int64_t train_loop(Callbacks& cbs, Weights& weights, int64_t steps) {
+  TrainState state;
+  cbs.train_begin(state);
+  while (state.step < steps) {
+    weights.train_to(state.step + 1);
+    ++state.step;
+    state.metrics["loss"] = 1.0 / state.step;
+    if (cbs.step_end(state)) break;
+  }
+  cbs.train_end(state);
+  return state.step;
+}
+
+manager::CheckpointManagerOptions options(const std::string& dir, bool async) {
+  manager::CheckpointManagerOptions o;
+  o.dir = dir;
+  o.save.every_steps = 4;
+  o.save.on_signals = {SIGUSR2};
+  o.async.enabled = async;
+  o.keep.last = 2;
+  o.storage.fsync = false;
+  return o;
+}
+
+TEST(TrainerCallbacks, CalledInOrderAndEveryStepEndRunsAfterAStopRequest) {
+  std::vector<std::string> log;
+  Callbacks cbs;
+  cbs.add(std::make_shared<Recorder>(log, "a", /*stop_at=*/2));
+  cbs.add(std::make_shared<Recorder>(log, "b"));
+  Weights w;
+  EXPECT_EQ(train_loop(cbs, w, 5), 2);
+  EXPECT_EQ(log, (std::vector<std::string>{"a.begin@0", "b.begin@0", "a.step@1", "b.step@1",
+                                           "a.step@2", "b.step@2", "a.end@2", "b.end@2"}));
+  EXPECT_THROW(cbs.add(nullptr), InvalidArgumentError);
+}
+
+class CheckpointCallbackTest : public ::testing::TestWithParam<bool> {  // async
+ protected:
+  testing::TempDir dir_;
+};
+
+TEST_P(CheckpointCallbackTest, SavesByPolicyThenResumesWhereTheLastRunStopped) {
+  const std::string run = dir_.sub("run");
+  {
+    auto m = std::make_shared<manager::CheckpointManager>(options(run, GetParam()));
+    auto w = std::make_shared<Weights>();
+    m->register_stateful("weights", w);
+    auto ckpt = std::make_shared<CheckpointCallback>(m);
+    Callbacks cbs;
+    cbs.add(ckpt);
+    EXPECT_EQ(train_loop(cbs, *w, 10), 10);
+    EXPECT_EQ(ckpt->resumed_step(), 0);
+    EXPECT_FALSE(ckpt->preempted());
+    // every 4 steps (4, 8) and at the end (10); the newest two kept.
+    std::vector<int64_t> steps;
+    for (auto& c : m->committed()) steps.push_back(c.step);
+    EXPECT_EQ(steps, (std::vector<int64_t>{8, 10}));
+    EXPECT_EQ(m->committed().back().metrics.at("loss"), 0.1);
+  }
+  {
+    auto m = std::make_shared<manager::CheckpointManager>(options(run, GetParam()));
+    auto w = std::make_shared<Weights>();
+    m->register_stateful("weights", w);
+    auto ckpt = std::make_shared<CheckpointCallback>(m);
+    Callbacks cbs;
+    cbs.add(ckpt);
+    EXPECT_EQ(train_loop(cbs, *w, 13), 13);
+    EXPECT_EQ(ckpt->resumed_step(), 10);
+    EXPECT_EQ(w->step, 13);
+    std::vector<int64_t> steps;
+    for (auto& c : m->committed()) steps.push_back(c.step);
+    EXPECT_EQ(steps, (std::vector<int64_t>{12, 13}));
+  }
+  // The resumed weights were those of step 10 (loaded in place).
+  auto m = std::make_shared<manager::CheckpointManager>(options(run, GetParam()));
+  auto w = std::make_shared<Weights>();
+  m->register_stateful("weights", w);
+  EXPECT_EQ(m->resume(), 13);
+  EXPECT_TRUE(at::equal(w->w, at::full({8, 8}, 13.0f)));
+}
+
+TEST_P(CheckpointCallbackTest, ASignalStopsTheLoopWithTheStepCommitted) {
+  const std::string run = dir_.sub("run");
+  auto m = std::make_shared<manager::CheckpointManager>(options(run, GetParam()));
+  auto w = std::make_shared<Weights>();
+  m->register_stateful("weights", w);
+  auto ckpt = std::make_shared<CheckpointCallback>(m);
+  std::vector<std::string> log;
+  Callbacks cbs;
+  cbs.add(ckpt);
+  cbs.add(std::make_shared<Recorder>(log, "r"));
+
+  TrainState state;
+  cbs.train_begin(state);
+  bool stopped = false;
+  while (state.step < 100 && !stopped) {
+    w->train_to(++state.step);
+    if (state.step == 7) std::raise(SIGUSR2);  // the manager's handler sets a flag
+    stopped = cbs.step_end(state);
+  }
+  cbs.train_end(state);
+  EXPECT_TRUE(stopped);
+  EXPECT_TRUE(ckpt->preempted());
+  EXPECT_EQ(state.step, 7);
+  ASSERT_FALSE(m->committed().empty());
+  EXPECT_EQ(m->committed().back().step, 7);
+  EXPECT_EQ(log.back(), "r.end@7");
+  m->close();
+
+  auto m2 = std::make_shared<manager::CheckpointManager>(options(run, GetParam()));
+  auto w2 = std::make_shared<Weights>();
+  m2->register_stateful("weights", w2);
+  EXPECT_EQ(m2->resume(), 7);
+  EXPECT_TRUE(at::equal(w2->w, at::full({8, 8}, 7.0f)));
+}
+
+TEST(CheckpointCallback, NullManagerIsRefused) {
+  EXPECT_THROW(CheckpointCallback(nullptr), InvalidArgumentError);
+}
+
+INSTANTIATE_TEST_SUITE_P(, CheckpointCallbackTest, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "async" : "sync"; });
+
+}  // namespace
+}  // namespace lt
+}  // namespace dcp

@@ -12,8 +12,9 @@ PACKAGES=(
   libyaml-cpp-dev       # manager configuration
   libcli11-dev          # the ckpt command-line tool
   libxxhash-dev         # per-item checksums (XXH3)
+  libssl-dev            # SHA-256 of the final parameters in the examples (libcrypto)
   libgtest-dev libgmock-dev
-  python3-torch         # interop tests read our exports with Python's torch
+  python3               # scripts/launch.sh asks the kernel for a free port
 )
 
 missing=()

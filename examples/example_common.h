@@ -1,0 +1,128 @@
+// Shared by the training examples: the model, the generated data set, the
+// parameter digest and a tiny argument parser. Examples only: not a library.
+#pragma once
+
+#include <openssl/evp.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "dcp/manager/manager.h"
+
+namespace example {
+
+// A small MLP: 16 -> 64 -> 64 -> 1, with dropout (so the RNG state matters).
+struct Mlp : torch::nn::Module {
+  Mlp() {
+    fc1 = register_module("fc1", torch::nn::Linear(16, 64));
+    fc2 = register_module("fc2", torch::nn::Linear(64, 64));
+    out = register_module("out", torch::nn::Linear(64, 1));
+    drop = register_module("drop", torch::nn::Dropout(0.1));
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    x = torch::relu(fc1(x));
+    x = drop(torch::relu(fc2(x)));
+    return out(x);
+  }
+  torch::nn::Linear fc1{nullptr}, fc2{nullptr}, out{nullptr};
+  torch::nn::Dropout drop{nullptr};
+};
+
+// The data set: `n` samples of 16 features and a target, the same for a seed.
+struct Dataset {
+  torch::Tensor x, y;
+  Dataset(int64_t n, uint64_t seed) {
+    auto gen = at::detail::createCPUGenerator(seed);
+    x = at::randn({n, 16}, gen);
+    y = (x.sum(1, true) * 0.5).sin() + 0.1 * at::randn({n, 1}, gen);
+  }
+};
+
+// SHA-256 over named tensors' names and bytes, in name order (OpenSSL).
+inline std::string sha256_hex(const std::map<std::string, torch::Tensor>& tensors) {
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+  for (auto& [name, t] : tensors) {
+    torch::Tensor c = t.detach().contiguous();
+    EVP_DigestUpdate(ctx, name.data(), name.size());
+    EVP_DigestUpdate(ctx, c.data_ptr(), c.nbytes());
+  }
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx, digest, &len);
+  EVP_MD_CTX_free(ctx);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned i = 0; i < len; ++i) {
+    out += hex[digest[i] >> 4];
+    out += hex[digest[i] & 15];
+  }
+  return out;
+}
+
+// SHA-256 over a module's parameters (names and bytes, in name order).
+inline std::string params_sha256(const torch::nn::Module& m) {
+  std::map<std::string, torch::Tensor> sorted;
+  for (auto& p : m.named_parameters()) sorted[p.key()] = p.value();
+  return sha256_hex(sorted);
+}
+
+// One line on what this run's checkpoints cost the training loop.
+inline void print_save_summary(const std::vector<dcp::manager::SaveStatistics>& stats) {
+  if (stats.empty()) return;
+  std::vector<double> blocking, durable;
+  for (auto& s : stats) {
+    blocking.push_back(s.blocking_seconds * 1e3);
+    durable.push_back(s.durable_seconds * 1e3);
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  std::printf(
+      "checkpoints saved by this run: %zu; median %.2f ms blocking the loop, %.2f ms "
+      "until durable; %.2f MB each\n",
+      stats.size(), median(blocking), median(durable), stats.back().bytes / 1e6);
+}
+
+// --key value arguments with defaults; unknown keys are an error.
+class Args {
+ public:
+  Args(int argc, char** argv, std::map<std::string, std::string> defaults)
+      : values_(std::move(defaults)) {
+    for (int i = 1; i < argc; ++i) {
+      std::string k = argv[i];
+      if (k.rfind("--", 0) != 0 || i + 1 >= argc || !values_.count(k.substr(2))) {
+        std::fprintf(stderr, "bad argument '%s'; options:", k.c_str());
+        for (auto& kv : values_)
+          std::fprintf(stderr, " --%s (%s)", kv.first.c_str(), kv.second.c_str());
+        std::fprintf(stderr, "\n");
+        std::exit(2);
+      }
+      values_[k.substr(2)] = argv[++i];
+    }
+  }
+  const std::string& str(const std::string& k) const { return values_.at(k); }
+  // The value of --k as an integer; exits with a message when it is not one.
+  int64_t num(const std::string& k) const {
+    const std::string& v = values_.at(k);
+    try {
+      size_t used = 0;
+      int64_t n = std::stoll(v, &used);
+      if (used == v.size()) return n;
+    } catch (const std::exception&) {
+    }
+    std::fprintf(stderr, "--%s: '%s' is not an integer\n", k.c_str(), v.c_str());
+    std::exit(2);
+  }
+
+ private:
+  std::map<std::string, std::string> values_;
+};
+
+}  // namespace example

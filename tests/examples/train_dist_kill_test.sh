@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# End to end on 2 real ranks over Gloo: train_dist (data-parallel, fc1
+# sharded) is started with scripts/launch.sh and SIGKILLed at random moments
+# (one rank, or both as a lost node would), started again after each kill,
+# and must end with the final_params_sha256 of an uninterrupted 2-rank run
+# with the same seed. Then SIGTERM to both ranks: they agree, save, exit 0,
+# and the next run resumes at exactly that step.
+#
+#   train_dist_kill_test.sh <train_dist binary> <scripts/launch.sh> [kills (default 6)]
+set -euo pipefail
+BIN="$1"
+LAUNCH="$2"
+KILLS="${3:-6}"
+STEPS=800
+work="$(mktemp -d)"
+trap 'pkill -KILL -f "^$BIN .*--dir $work/" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+cat >"$work/often.yaml" <<'EOF'
+checkpoint:
+  save: {every_steps: 5, at_end: true}
+  async: {enabled: true}
+  keep: {last: 2}
+EOF
+ARGS=(--config "$work/often.yaml" --steps "$STEPS" --print-every 0)
+sha_of() { sed -n 's/^\[rank 0\] final_params_sha256=//p' "$1"; }
+rank_pids() { pgrep -f "^$BIN .*--dir $1\$" || true; }
+# Waits (up to 120 s) until launcher $1 has logged to $2 that rank 0 is
+# training: resumed or started fresh. Resuming is collective, so by then every
+# rank's manager (and signal handlers) is set up.
+wait_training() {
+  local i
+  for i in $(seq 1 1200); do
+    grep -Eq "^\[rank 0\] (resumed from|no checkpoint in)" "$2" && return 0
+    kill -0 "$1" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+"$LAUNCH" 2 -- "$BIN" "${ARGS[@]}" --dir "$work/ref" >"$work/ref.log" 2>&1
+ref="$(sha_of "$work/ref.log")"
+[ -n "$ref" ] || { echo "FAIL: the uninterrupted run printed no final_params_sha256"; cat "$work/ref.log"; exit 1; }
+echo "uninterrupted (2 ranks): $ref"
+
+dir="$work/killed"
+kills=0 during_save=0 attempts=0 steps_seen=""
+while [ "$kills" -lt "$KILLS" ]; do
+  attempts=$((attempts + 1))
+  if [ "$attempts" -gt $((KILLS * 3)) ]; then
+    echo "FAIL: $attempts attempts gave only $kills kills"
+    exit 1
+  fi
+  "$LAUNCH" 2 -- "$BIN" "${ARGS[@]}" --dir "$dir" >"$work/run.log" 2>&1 &
+  launcher=$!
+  # Then ~10 ms a step here, a save every 5 steps.
+  wait_training "$launcher" "$work/run.log" || true
+  sleep "$(awk -v r="$RANDOM" 'BEGIN { printf "%.3f", (r % 1200) / 1000.0 }')"
+  mapfile -t pids < <(rank_pids "$dir")
+  if [ "${#pids[@]}" -eq 0 ]; then
+    wait "$launcher" || true
+    echo "run $attempts: no rank left to kill"
+    tail -3 "$work/run.log"
+    continue
+  fi
+  if [ $((attempts % 2)) -eq 1 ]; then
+    victims=("${pids[$((RANDOM % ${#pids[@]}))]}")  # one rank
+  else
+    victims=("${pids[@]}")  # the whole node
+  fi
+  saving=0
+  compgen -G "$dir/.tmp.*" >/dev/null && saving=1
+  kill -KILL "${victims[@]}" 2>/dev/null || true
+  wait "$launcher" || true  # the launcher stops the surviving rank
+  kills=$((kills + 1))
+  during_save=$((during_save + saving))
+  newest="$( (ls "$dir" 2>/dev/null || true) | sed -n "s/^step_0*//p" | sort -n | tail -1)"
+  steps_seen="$steps_seen ${newest:-none}(${#victims[@]})"
+done
+echo "kills: $kills, $during_save while a save was in progress; newest committed step (ranks killed) after each:$steps_seen"
+
+"$LAUNCH" 2 -- "$BIN" "${ARGS[@]}" --dir "$dir" >"$work/final.log" 2>&1
+got="$(sha_of "$work/final.log")"
+grep -E "resumed from|starting from scratch" "$work/final.log" || true
+if [ "$got" != "$ref" ]; then
+  echo "FAIL: after $kills kills final_params_sha256=$got, uninterrupted $ref"
+  cat "$work/final.log"
+  exit 1
+fi
+echo "killed and resumed on 2 ranks: $got (equal)"
+
+# SIGTERM to both ranks (as a scheduler's preemption does): they agree on one
+# step, save it, exit 0.
+tdir="$work/term"
+"$LAUNCH" 2 -- "$BIN" "${ARGS[@]}" --dir "$tdir" >"$work/term.log" 2>&1 &
+launcher=$!
+wait_training "$launcher" "$work/term.log" || { echo "FAIL: the ranks did not start"; cat "$work/term.log"; exit 1; }
+sleep 0.5
+mapfile -t pids < <(rank_pids "$tdir")
+[ "${#pids[@]}" -eq 2 ] || { echo "FAIL: expected 2 ranks running, found ${#pids[@]}"; cat "$work/term.log"; exit 1; }
+kill -TERM "${pids[@]}"
+status=0
+wait "$launcher" || status=$?
+saved="$(sed -n 's/^\[rank 0\] preempted: checkpoint of step \([0-9]*\) saved.*/\1/p' "$work/term.log")"
+if [ "$status" -ne 0 ] || [ -z "$saved" ]; then
+  echo "FAIL: after SIGTERM the ranks exited $status; saved step '${saved}'"
+  cat "$work/term.log"
+  exit 1
+fi
+"$LAUNCH" 2 -- "$BIN" "${ARGS[@]}" --dir "$tdir" >"$work/term2.log" 2>&1
+resumed="$(sed -n 's/^\[rank 0\] resumed from .* at step \([0-9]*\) .*/\1/p' "$work/term2.log")"
+if [ "$resumed" != "$saved" ] || [ "$(sha_of "$work/term2.log")" != "$ref" ]; then
+  echo "FAIL: SIGTERM saved step $saved; the next run resumed at '${resumed}' and ended with"
+  grep final_params "$work/term2.log" || true
+  exit 1
+fi
+echo "SIGTERM at step $saved: both ranks exit 0, resumed at step $resumed, same final digest"
+echo PASS

@@ -125,4 +125,27 @@ class Args {
   std::map<std::string, std::string> values_;
 };
 
+// The options both training examples take.
+struct TrainArgs {
+  std::string config;   // --config: the manager's YAML policy
+  std::string dir;      // --dir: the checkpoint directory ("": the config's)
+  int64_t steps;        // --steps: train to this step
+  int64_t seed;         // --seed: model, data and shuffling
+  int64_t stop_after;   // --stop-after: SIGTERM after this many steps of this run (-1: never)
+  int64_t print_every;  // --print-every: a progress line every N steps (0: none)
+};
+
+inline TrainArgs parse_train_args(int argc, char** argv, const std::string& default_dir,
+                                  int64_t default_steps) {
+  Args a(argc, argv,
+         {{"config", "configs/example.yaml"},
+          {"dir", default_dir},
+          {"steps", std::to_string(default_steps)},
+          {"seed", "0"},
+          {"stop-after", "-1"},
+          {"print-every", "20"}});
+  return {a.str("config"), a.str("dir"),        a.num("steps"),
+          a.num("seed"),   a.num("stop-after"), a.num("print-every")};
+}
+
 }  // namespace example

@@ -202,16 +202,9 @@ class Trainer {
 };
 
 int run(int argc, char** argv) {
-  example::Args args(argc, argv,
-                     {{"config", "configs/example.yaml"},
-                      {"dir", "checkpoints/train_dist"},
-                      {"steps", "200"},
-                      {"seed", "0"},
-                      {"stop-after", "-1"},
-                      {"print-every", "20"}});
-  const int64_t steps = args.num("steps");
-  const int64_t seed = args.num("seed");
-  const int64_t stop_after = args.num("stop-after");
+  const example::TrainArgs args =
+      example::parse_train_args(argc, argv, "checkpoints/train_dist", 200);
+  const int64_t steps = args.steps, seed = args.seed, stop_after = args.stop_after;
 
   std::unique_ptr<dcp::dist::DistContext> ctx =
       dcp::dist::DistContext::init(dcp::dist::detect_environment());
@@ -239,9 +232,8 @@ int run(int argc, char** argv) {
   auto sampler = std::make_shared<dcp::lt::ResumableSampler>(so);
   auto progress = std::make_shared<dcp::lt::Progress>();
 
-  dcp::manager::CheckpointManagerOptions options =
-      dcp::manager::load_manager_options(args.str("config"));
-  options.dir = args.str("dir");
+  dcp::manager::CheckpointManagerOptions options = dcp::manager::load_manager_options(args.config);
+  options.dir = args.dir;
   dcp::manager::apply_environment(options);  // $DCP_CHECKPOINT_DIR wins over --dir
 
   // At another world size the per-rank RNG states do not map onto the ranks.
@@ -311,7 +303,7 @@ int run(int argc, char** argv) {
     ++state.step;
     state.epoch = sampler->epoch();
     state.metrics["loss"] = loss;
-    const int64_t every = args.num("print-every");
+    const int64_t every = args.print_every;
     if (rank == 0 && every > 0 && state.step % every == 0)
       std::printf("step %5lld  epoch %lld  loss %.5f\n", (long long)state.step,
                   (long long)state.epoch, loss);

@@ -50,16 +50,8 @@ class PrintCallback : public dcp::lt::TrainerCallback {
 };
 
 int run(int argc, char** argv) {
-  example::Args args(argc, argv,
-                     {{"config", "configs/example.yaml"},
-                      {"dir", ""},
-                      {"steps", "300"},
-                      {"seed", "0"},
-                      {"stop-after", "-1"},
-                      {"print-every", "20"}});
-  const int64_t steps = args.num("steps");
-  const int64_t seed = args.num("seed");
-  const int64_t stop_after = args.num("stop-after");
+  const example::TrainArgs args = example::parse_train_args(argc, argv, "", 300);
+  const int64_t steps = args.steps, seed = args.seed, stop_after = args.stop_after;
 
   // One intra-op thread: the same arithmetic, in the same order, every run.
   at::set_num_threads(1);
@@ -78,9 +70,8 @@ int run(int argc, char** argv) {
   auto sampler = std::make_shared<dcp::lt::ResumableSampler>(so);
   auto progress = std::make_shared<dcp::lt::Progress>();
 
-  dcp::manager::CheckpointManagerOptions options =
-      dcp::manager::load_manager_options(args.str("config"));
-  if (!args.str("dir").empty()) options.dir = args.str("dir");
+  dcp::manager::CheckpointManagerOptions options = dcp::manager::load_manager_options(args.config);
+  if (!args.dir.empty()) options.dir = args.dir;
 
   auto manager = std::make_shared<dcp::manager::CheckpointManager>(options);
   manager->register_stateful("model", std::make_shared<dcp::lt::ModuleState>(model));
@@ -94,7 +85,7 @@ int run(int argc, char** argv) {
   auto checkpointing = std::make_shared<dcp::lt::CheckpointCallback>(manager);
   dcp::lt::Callbacks callbacks;
   callbacks.add(checkpointing);
-  callbacks.add(std::make_shared<PrintCallback>(args.num("print-every")));
+  callbacks.add(std::make_shared<PrintCallback>(args.print_every));
 
   dcp::lt::TrainState state;
   callbacks.train_begin(state);  // resume

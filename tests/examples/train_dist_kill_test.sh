@@ -15,27 +15,14 @@ STEPS=800
 work="$(mktemp -d)"
 trap 'pkill -KILL -f "^$BIN .*--dir $work/" 2>/dev/null || true; rm -rf "$work"' EXIT
 
-cat >"$work/often.yaml" <<'EOF'
-checkpoint:
-  save: {every_steps: 5, at_end: true}
-  async: {enabled: true}
-  keep: {last: 2}
-EOF
+source "$(dirname "$0")/kill_lib.sh"
+# The line a run prints once it has resumed (or started fresh): its manager,
+# and so its signal handlers, is set up.
+STARTED='^\[rank 0\] (resumed from|no checkpoint in)'
+write_often_config "$work/often.yaml"
 ARGS=(--config "$work/often.yaml" --steps "$STEPS" --print-every 0)
 sha_of() { sed -n 's/^\[rank 0\] final_params_sha256=//p' "$1"; }
 rank_pids() { pgrep -f "^$BIN .*--dir $1\$" || true; }
-# Waits (up to 120 s) until launcher $1 has logged to $2 that rank 0 is
-# training: resumed or started fresh. Resuming is collective, so by then every
-# rank's manager (and signal handlers) is set up.
-wait_training() {
-  local i
-  for i in $(seq 1 1200); do
-    grep -Eq "^\[rank 0\] (resumed from|no checkpoint in)" "$2" && return 0
-    kill -0 "$1" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
 
 "$LAUNCH" 2 -- "$BIN" "${ARGS[@]}" --dir "$work/ref" >"$work/ref.log" 2>&1
 ref="$(sha_of "$work/ref.log")"
@@ -53,8 +40,8 @@ while [ "$kills" -lt "$KILLS" ]; do
   "$LAUNCH" 2 -- "$BIN" "${ARGS[@]}" --dir "$dir" >"$work/run.log" 2>&1 &
   launcher=$!
   # Then ~10 ms a step here, a save every 5 steps.
-  wait_training "$launcher" "$work/run.log" || true
-  sleep "$(awk -v r="$RANDOM" 'BEGIN { printf "%.3f", (r % 1200) / 1000.0 }')"
+  wait_for_line "$launcher" "$work/run.log" "$STARTED" || true
+  random_sleep 1200
   mapfile -t pids < <(rank_pids "$dir")
   if [ "${#pids[@]}" -eq 0 ]; then
     wait "$launcher" || true
@@ -73,8 +60,7 @@ while [ "$kills" -lt "$KILLS" ]; do
   wait "$launcher" || true  # the launcher stops the surviving rank
   kills=$((kills + 1))
   during_save=$((during_save + saving))
-  newest="$( (ls "$dir" 2>/dev/null || true) | sed -n "s/^step_0*//p" | sort -n | tail -1)"
-  steps_seen="$steps_seen ${newest:-none}(${#victims[@]})"
+  steps_seen="$steps_seen $(newest_step "$dir")(${#victims[@]})"
 done
 echo "kills: $kills, $during_save while a save was in progress; newest committed step (ranks killed) after each:$steps_seen"
 
@@ -93,7 +79,7 @@ echo "killed and resumed on 2 ranks: $got (equal)"
 tdir="$work/term"
 "$LAUNCH" 2 -- "$BIN" "${ARGS[@]}" --dir "$tdir" >"$work/term.log" 2>&1 &
 launcher=$!
-wait_training "$launcher" "$work/term.log" || { echo "FAIL: the ranks did not start"; cat "$work/term.log"; exit 1; }
+wait_for_line "$launcher" "$work/term.log" "$STARTED" || { echo "FAIL: the ranks did not start"; cat "$work/term.log"; exit 1; }
 sleep 0.5
 mapfile -t pids < <(rank_pids "$tdir")
 [ "${#pids[@]}" -eq 2 ] || { echo "FAIL: expected 2 ranks running, found ${#pids[@]}"; cat "$work/term.log"; exit 1; }

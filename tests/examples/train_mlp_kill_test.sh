@@ -11,28 +11,15 @@ BIN="$1"
 KILLS="${2:-8}"
 STEPS=5000
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+trap 'pkill -KILL -f "^$BIN .*--dir $work/" 2>/dev/null || true; rm -rf "$work"' EXIT
 
-# Saves every 5 steps, in the background: a random kill often lands in one.
-cat >"$work/often.yaml" <<'EOF'
-checkpoint:
-  save: {every_steps: 5, at_end: true}
-  async: {enabled: true}
-  keep: {last: 2}
-EOF
+source "$(dirname "$0")/kill_lib.sh"
+# The line a run prints once it has resumed (or started fresh): its manager,
+# and so its signal handlers, is set up.
+STARTED='^(resumed from|no checkpoint in)'
+write_often_config "$work/often.yaml"
 ARGS=(--config "$work/often.yaml" --steps "$STEPS" --print-every 0)
 sha_of() { sed -n 's/^final_params_sha256=//p' "$1"; }
-# Waits (up to 120 s) until process $1 has logged to $2 that it is training:
-# resumed or started fresh, so its manager (and signal handlers) is set up.
-wait_training() {
-  local i
-  for i in $(seq 1 1200); do
-    grep -Eq "^(resumed from|no checkpoint in)" "$2" && return 0
-    kill -0 "$1" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
 
 "$BIN" "${ARGS[@]}" --dir "$work/ref" >"$work/ref.log" 2>&1
 ref="$(sha_of "$work/ref.log")"
@@ -50,8 +37,8 @@ while [ "$kills" -lt "$KILLS" ] || [ "$during_save" -lt 2 ]; do
   "$BIN" "${ARGS[@]}" --dir "$dir" >"$work/run.log" 2>&1 &
   pid=$!
   # Then ~1 ms a step here, a save every 5 steps.
-  wait_training "$pid" "$work/run.log" || true
-  sleep "$(awk -v r="$RANDOM" 'BEGIN { printf "%.3f", (r % 500) / 1000.0 }')"
+  wait_for_line "$pid" "$work/run.log" "$STARTED" || true
+  random_sleep 500
   if ! kill -KILL "$pid" 2>/dev/null; then
     wait "$pid" || true
     echo "run $attempts finished before the kill"
@@ -60,8 +47,7 @@ while [ "$kills" -lt "$KILLS" ] || [ "$during_save" -lt 2 ]; do
   wait "$pid" 2>/dev/null || true
   kills=$((kills + 1))
   if compgen -G "$dir/.tmp.*" >/dev/null; then during_save=$((during_save + 1)); fi
-  newest="$( (ls "$dir" 2>/dev/null || true) | sed -n "s/^step_0*//p" | sort -n | tail -1)"
-  steps_seen="$steps_seen ${newest:-none}"
+  steps_seen="$steps_seen $(newest_step "$dir")"
 done
 if [ "$kills" -lt "$KILLS" ]; then
   echo "FAIL: only $kills kills before a run finished (the machine is faster than this test assumes)"
@@ -83,7 +69,7 @@ echo "killed and resumed: $got (equal)"
 tdir="$work/term"
 "$BIN" "${ARGS[@]}" --dir "$tdir" >"$work/term.log" 2>&1 &
 pid=$!
-wait_training "$pid" "$work/term.log" || { echo "FAIL: train_mlp did not start"; cat "$work/term.log"; exit 1; }
+wait_for_line "$pid" "$work/term.log" "$STARTED" || { echo "FAIL: train_mlp did not start"; cat "$work/term.log"; exit 1; }
 sleep 0.3
 kill -TERM "$pid"
 status=0

@@ -83,84 +83,91 @@ TEST(TrainerCallbacks, CalledInOrderAndEveryStepEndRunsAfterAStopRequest) {
   EXPECT_THROW(cbs.add(nullptr), InvalidArgumentError);
 }
 
+// One run: a manager on `dir` with a Weights registered, and the callbacks.
+struct TrainRun {
+  TrainRun(const std::string& dir, bool async)
+      : manager(std::make_shared<manager::CheckpointManager>(options(dir, async))),
+        weights(std::make_shared<Weights>()) {
+    manager->register_stateful("weights", weights);
+    checkpoint = std::make_shared<CheckpointCallback>(manager);
+    callbacks.add(checkpoint);
+  }
+  std::vector<int64_t> committed() const {
+    std::vector<int64_t> steps;
+    for (auto& c : manager->committed()) steps.push_back(c.step);
+    return steps;
+  }
+  std::shared_ptr<manager::CheckpointManager> manager;
+  std::shared_ptr<Weights> weights;
+  std::shared_ptr<CheckpointCallback> checkpoint;
+  Callbacks callbacks;
+};
+
+// Records the weights' first value when training begins (after a resume).
+class AtBegin : public TrainerCallback {
+ public:
+  explicit AtBegin(std::shared_ptr<Weights> w) : w_(std::move(w)) {}
+  void on_train_begin(TrainState&) override { value = w_->w[0][0].item<float>(); }
+  float value = -1;
+
+ private:
+  std::shared_ptr<Weights> w_;
+};
+
 class CheckpointCallbackTest : public ::testing::TestWithParam<bool> {  // async
  protected:
   testing::TempDir dir_;
 };
 
 TEST_P(CheckpointCallbackTest, SavesByPolicyThenResumesWhereTheLastRunStopped) {
-  const std::string run = dir_.sub("run");
+  const std::string dir = dir_.sub("run");
   {
-    auto m = std::make_shared<manager::CheckpointManager>(options(run, GetParam()));
-    auto w = std::make_shared<Weights>();
-    m->register_stateful("weights", w);
-    auto ckpt = std::make_shared<CheckpointCallback>(m);
-    Callbacks cbs;
-    cbs.add(ckpt);
-    EXPECT_EQ(train_loop(cbs, *w, 10), 10);
-    EXPECT_EQ(ckpt->resumed_step(), 0);
-    EXPECT_FALSE(ckpt->preempted());
+    TrainRun run(dir, GetParam());
+    EXPECT_EQ(train_loop(run.callbacks, *run.weights, 10), 10);
+    EXPECT_EQ(run.checkpoint->resumed_step(), 0);
+    EXPECT_FALSE(run.checkpoint->preempted());
     // every 4 steps (4, 8) and at the end (10); the newest two kept.
-    std::vector<int64_t> steps;
-    for (auto& c : m->committed()) steps.push_back(c.step);
-    EXPECT_EQ(steps, (std::vector<int64_t>{8, 10}));
-    EXPECT_EQ(m->committed().back().metrics.at("loss"), 0.1);
+    EXPECT_EQ(run.committed(), (std::vector<int64_t>{8, 10}));
+    EXPECT_EQ(run.manager->committed().back().metrics.at("loss"), 0.1);
   }
   {
-    auto m = std::make_shared<manager::CheckpointManager>(options(run, GetParam()));
-    auto w = std::make_shared<Weights>();
-    m->register_stateful("weights", w);
-    auto ckpt = std::make_shared<CheckpointCallback>(m);
-    Callbacks cbs;
-    cbs.add(ckpt);
-    EXPECT_EQ(train_loop(cbs, *w, 13), 13);
-    EXPECT_EQ(ckpt->resumed_step(), 10);
-    EXPECT_EQ(w->step, 13);
-    std::vector<int64_t> steps;
-    for (auto& c : m->committed()) steps.push_back(c.step);
-    EXPECT_EQ(steps, (std::vector<int64_t>{12, 13}));
+    TrainRun run(dir, GetParam());
+    auto at_begin = std::make_shared<AtBegin>(run.weights);
+    run.callbacks.add(at_begin);
+    EXPECT_EQ(train_loop(run.callbacks, *run.weights, 13), 13);
+    EXPECT_EQ(run.checkpoint->resumed_step(), 10);
+    EXPECT_EQ(at_begin->value, 10.0f);  // step 10's weights, loaded in place
+    EXPECT_EQ(run.committed(), (std::vector<int64_t>{12, 13}));
   }
-  // The resumed weights were those of step 10 (loaded in place).
-  auto m = std::make_shared<manager::CheckpointManager>(options(run, GetParam()));
-  auto w = std::make_shared<Weights>();
-  m->register_stateful("weights", w);
-  EXPECT_EQ(m->resume(), 13);
-  EXPECT_TRUE(at::equal(w->w, at::full({8, 8}, 13.0f)));
+  TrainRun run(dir, GetParam());
+  EXPECT_EQ(run.manager->resume(), 13);
+  EXPECT_TRUE(at::equal(run.weights->w, at::full({8, 8}, 13.0f)));
 }
 
 TEST_P(CheckpointCallbackTest, ASignalStopsTheLoopWithTheStepCommitted) {
-  const std::string run = dir_.sub("run");
-  auto m = std::make_shared<manager::CheckpointManager>(options(run, GetParam()));
-  auto w = std::make_shared<Weights>();
-  m->register_stateful("weights", w);
-  auto ckpt = std::make_shared<CheckpointCallback>(m);
-  std::vector<std::string> log;
-  Callbacks cbs;
-  cbs.add(ckpt);
-  cbs.add(std::make_shared<Recorder>(log, "r"));
-
-  TrainState state;
-  cbs.train_begin(state);
-  bool stopped = false;
-  while (state.step < 100 && !stopped) {
-    w->train_to(++state.step);
-    if (state.step == 7) std::raise(SIGUSR2);  // the manager's handler sets a flag
-    stopped = cbs.step_end(state);
+  const std::string dir = dir_.sub("run");
+  {
+    TrainRun run(dir, GetParam());
+    std::vector<std::string> log;
+    run.callbacks.add(std::make_shared<Recorder>(log, "r"));
+    TrainState state;
+    run.callbacks.train_begin(state);
+    bool stopped = false;
+    while (state.step < 100 && !stopped) {
+      run.weights->train_to(++state.step);
+      if (state.step == 7) std::raise(SIGUSR2);  // the manager's handler sets a flag
+      stopped = run.callbacks.step_end(state);
+    }
+    run.callbacks.train_end(state);
+    EXPECT_TRUE(stopped);
+    EXPECT_TRUE(run.checkpoint->preempted());
+    EXPECT_EQ(state.step, 7);
+    EXPECT_EQ(run.committed().back(), 7);
+    EXPECT_EQ(log.back(), "r.end@7");
   }
-  cbs.train_end(state);
-  EXPECT_TRUE(stopped);
-  EXPECT_TRUE(ckpt->preempted());
-  EXPECT_EQ(state.step, 7);
-  ASSERT_FALSE(m->committed().empty());
-  EXPECT_EQ(m->committed().back().step, 7);
-  EXPECT_EQ(log.back(), "r.end@7");
-  m->close();
-
-  auto m2 = std::make_shared<manager::CheckpointManager>(options(run, GetParam()));
-  auto w2 = std::make_shared<Weights>();
-  m2->register_stateful("weights", w2);
-  EXPECT_EQ(m2->resume(), 7);
-  EXPECT_TRUE(at::equal(w2->w, at::full({8, 8}, 7.0f)));
+  TrainRun run(dir, GetParam());
+  EXPECT_EQ(run.manager->resume(), 7);
+  EXPECT_TRUE(at::equal(run.weights->w, at::full({8, 8}, 7.0f)));
 }
 
 TEST(CheckpointCallback, NullManagerIsRefused) {

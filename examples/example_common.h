@@ -9,10 +9,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "dcp/manager/manager.h"
+#include "dcp/torch/adapters.h"
 
 namespace example {
 
@@ -42,6 +45,17 @@ struct Dataset {
     y = (x.sum(1, true) * 0.5).sin() + 0.1 * at::randn({n, 1}, gen);
   }
 };
+
+// The next batch's sample indices; a finished epoch starts the next one.
+inline torch::Tensor next_batch(dcp::lt::ResumableSampler& sampler) {
+  std::optional<std::vector<int64_t>> batch = sampler.next_batch();
+  if (!batch) {
+    sampler.next_epoch();
+    batch = sampler.next_batch();
+    if (!batch) throw std::runtime_error("the sampler has no batch in an epoch");
+  }
+  return torch::tensor(*batch, torch::kLong);
+}
 
 // SHA-256 over named tensors' names and bytes, in name order (OpenSSL).
 inline std::string sha256_hex(const std::map<std::string, torch::Tensor>& tensors) {
@@ -131,7 +145,7 @@ struct TrainArgs {
   std::string dir;      // --dir: the checkpoint directory ("": the config's)
   int64_t steps;        // --steps: train to this step
   int64_t seed;         // --seed: model, data and shuffling
-  int64_t stop_after;   // --stop-after: SIGTERM after this many steps of this run (-1: never)
+  int64_t stop_after;   // --stop-after: SIGTERM after this many steps of this run (<= 0: never)
   int64_t print_every;  // --print-every: a progress line every N steps (0: none)
 };
 

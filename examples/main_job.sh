@@ -14,7 +14,8 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${1:-$root/build/examples/train_mlp}"
 CONFIG="${2:-$root/configs/example.yaml}"
-DIR="${3:-${DCP_CHECKPOINT_DIR:-checkpoints/train_mlp}}"
+# Deleted first, with DIR.uninterrupted: never taken from the environment.
+DIR="${3:-checkpoints/train_mlp}"
 unset DCP_CHECKPOINT_DIR DCP_RESUME_FROM  # --dir says where
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

@@ -5,14 +5,16 @@
 # 22, 21, 21). Each resumed run prints the SHA-256 of the parameters and of
 # the Adam state it loaded, which must be those the 4-rank run saved.
 #
-#   examples/resume_other_world_size.sh [build dir (default build)] [checkpoint dir]
+#   examples/resume_other_world_size.sh [train_dist binary (default build/examples/train_dist)]
+#                                       [checkpoint dir]
 #
 # Exits 0 when every loaded digest equals the saved one.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-BUILD="${1:-$root/build}"
+BIN="${1:-$root/build/examples/train_dist}"
+# Deleted first: never taken from the environment.
 DIR="${2:-$root/checkpoints/train_dist_world_size}"
-BIN="$BUILD/examples/train_dist"
+unset DCP_CHECKPOINT_DIR DCP_RESUME_FROM  # --dir says where
 LAUNCH="$root/scripts/launch.sh"
 CONFIG="$root/configs/example.yaml"
 STEPS=60

@@ -27,12 +27,15 @@
 // every world size for the same values. SIGTERM to the ranks (the
 // launcher forwards it) or --stop-after S (rank 0 sends itself SIGTERM after
 // S steps of this run) makes every rank agree, save the step and exit 0.
+// The checkpoint directory is --dir, else $DCP_CHECKPOINT_DIR, else
+// checkpoints/train_dist.
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 
 #include <algorithm>
 #include <csignal>
+#include <cstdlib>
 #include <cstdio>
 #include <memory>
 
@@ -203,7 +206,7 @@ class Trainer {
 
 int run(int argc, char** argv) {
   const example::TrainArgs args =
-      example::parse_train_args(argc, argv, "checkpoints/train_dist", 200);
+      example::parse_train_args(argc, argv, /*default_dir=*/"", 200);
   const int64_t steps = args.steps, seed = args.seed, stop_after = args.stop_after;
 
   std::unique_ptr<dcp::dist::DistContext> ctx =
@@ -233,8 +236,12 @@ int run(int argc, char** argv) {
   auto progress = std::make_shared<dcp::lt::Progress>();
 
   dcp::manager::CheckpointManagerOptions options = dcp::manager::load_manager_options(args.config);
-  options.dir = args.dir;
-  dcp::manager::apply_environment(options);  // $DCP_CHECKPOINT_DIR wins over --dir
+  // --dir, else $DCP_CHECKPOINT_DIR (load_manager_options applied it), else
+  // checkpoints/train_dist: not the config's dir, which is train_mlp's.
+  if (!args.dir.empty())
+    options.dir = args.dir;
+  else if (std::getenv("DCP_CHECKPOINT_DIR") == nullptr)
+    options.dir = "checkpoints/train_dist";
 
   // At another world size the per-rank RNG states do not map onto the ranks.
   const auto committed = dcp::manager::list_committed(options.dir);
@@ -290,12 +297,7 @@ int run(int argc, char** argv) {
   model->train();
   int64_t this_run = 0;
   while (state.step < steps) {
-    std::optional<std::vector<int64_t>> batch = sampler->next_batch();
-    if (!batch) {
-      sampler->next_epoch();
-      continue;
-    }
-    torch::Tensor idx = torch::tensor(*batch, torch::kLong);
+    torch::Tensor idx = example::next_batch(*sampler);
     const double loss =
         trainer.step(data.x.index_select(0, idx), data.y.index_select(0, idx), *optim);
     progress->advance(so.batch_size * world);

@@ -16,8 +16,8 @@
 //
 // SIGTERM or SIGUSR1 (the config's save.on_signals) make it save a checkpoint
 // of the current step and exit 0; --stop-after S sends itself SIGTERM after S
-// steps of this run, as a preemption would. --dir overrides the config's
-// directory (so does $DCP_CHECKPOINT_DIR).
+// steps of this run, as a preemption would. The checkpoint directory is
+// --dir, else $DCP_CHECKPOINT_DIR, else the config's dir.
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
@@ -105,12 +105,7 @@ int run(int argc, char** argv) {
   model->train();
   int64_t this_run = 0;
   while (state.step < steps) {
-    std::optional<std::vector<int64_t>> batch = sampler->next_batch();
-    if (!batch) {
-      sampler->next_epoch();
-      continue;
-    }
-    torch::Tensor idx = torch::tensor(*batch, torch::kLong);
+    torch::Tensor idx = example::next_batch(*sampler);
     optim->zero_grad();
     torch::Tensor loss =
         torch::mse_loss(model->forward(data.x.index_select(0, idx)), data.y.index_select(0, idx));
@@ -118,7 +113,7 @@ int run(int argc, char** argv) {
     optim->step();
     sched->step();
 
-    progress->advance(static_cast<int64_t>(batch->size()));
+    progress->advance(idx.size(0));
     progress->set_epoch(sampler->epoch());
     ++state.step;
     state.epoch = sampler->epoch();

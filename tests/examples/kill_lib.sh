@@ -1,5 +1,26 @@
 # Shared by the examples' kill tests (sourced, not run).
 
+# re_escape S: S as an extended regex that matches S literally (pgrep -f).
+re_escape() { printf '%s' "$1" | sed 's/[][\.*^$+?(){}|]/\\&/g'; }
+
+# kill_test_setup BIN: the scratch directory $work, removed at exit together
+# with any run of BIN still using it; BIN_RE and WORK_RE, the two as regexes.
+# The directories are the tests' own (--dir), never the environment's.
+kill_test_setup() {
+  unset DCP_CHECKPOINT_DIR DCP_RESUME_FROM
+  BIN_RE="$(re_escape "$1")"
+  work="$(mktemp -d)"
+  WORK_RE="$(re_escape "$work")"
+  trap 'pkill -KILL -f "^$BIN_RE .*--dir $WORK_RE/" 2>/dev/null || true; rm -rf "$work"' EXIT
+}
+
+# start_run DIR LOG: starts a run in DIR in the background (its pid in $!),
+# LOG emptied first so that nothing of an earlier run is read as this one's.
+start_run() {
+  : >"$2"
+  "${RUN[@]}" "${ARGS[@]}" --dir "$1" >"$2" 2>&1 &
+}
+
 # Writes a policy that saves every 5 steps in the background and keeps two:
 # a random kill often lands inside a save.
 write_often_config() {
@@ -33,4 +54,54 @@ newest_step() {
   local s
   s="$( (ls "$1" 2>/dev/null || true) | sed -n "s/^step_0*//p" | sort -n | tail -1)"
   echo "${s:-none}"
+}
+
+# start_run and the functions below use what the test sets: RUN (the
+# command that starts a run, up to the example's flags), ARGS (the flags,
+# without --dir), PREFIX (the regex that starts the lines rank 0 prints) and
+# work (scratch).
+
+# final_sha LOG: the final_params_sha256 a run printed.
+final_sha() { sed -n "s/^${PREFIX}final_params_sha256=//p" "$1"; }
+
+# run_reference: an uninterrupted run in $work/ref; sets ref to its digest.
+run_reference() {
+  "${RUN[@]}" "${ARGS[@]}" --dir "$work/ref" >"$work/ref.log" 2>&1 ||
+    { echo "FAIL: the uninterrupted run exited $?"; cat "$work/ref.log"; exit 1; }
+  ref="$(final_sha "$work/ref.log")"
+  [ -n "$ref" ] || { echo "FAIL: the uninterrupted run printed no final_params_sha256"; cat "$work/ref.log"; exit 1; }
+  echo "uninterrupted: $ref"
+}
+
+# finish_and_compare DIR WHAT: runs to the end in DIR; its digest must be ref.
+finish_and_compare() {
+  local got
+  "${RUN[@]}" "${ARGS[@]}" --dir "$1" >"$work/final.log" 2>&1 ||
+    { echo "FAIL: the run after $2 exited $?"; cat "$work/final.log"; exit 1; }
+  got="$(final_sha "$work/final.log")"
+  grep -E "resumed from|starting from scratch" "$work/final.log" || true
+  if [ "$got" != "$ref" ]; then
+    echo "FAIL: after $2 final_params_sha256=$got, uninterrupted $ref"
+    cat "$work/final.log"
+    exit 1
+  fi
+  echo "$2, resumed to the end: $got (equal)"
+}
+
+# saved_on_sigterm LOG: the step the preempted run says it saved, or "".
+saved_on_sigterm() { sed -n "s/^${PREFIX}preempted: checkpoint of step \([0-9]*\) saved.*/\1/p" "$1"; }
+
+# resume_after_sigterm DIR SAVED: the next run must resume at step SAVED and
+# end with the reference digest.
+resume_after_sigterm() {
+  local resumed
+  "${RUN[@]}" "${ARGS[@]}" --dir "$1" >"$work/term2.log" 2>&1 ||
+    { echo "FAIL: the run after SIGTERM exited $?"; cat "$work/term2.log"; exit 1; }
+  resumed="$(sed -n "s/^${PREFIX}resumed from .* at step \([0-9]*\) .*/\1/p" "$work/term2.log")"
+  if [ "$resumed" != "$2" ] || [ "$(final_sha "$work/term2.log")" != "$ref" ]; then
+    echo "FAIL: SIGTERM saved step $2; the next run resumed at '${resumed}' and ended with"
+    grep final_params "$work/term2.log" || cat "$work/term2.log"
+    exit 1
+  fi
+  echo "SIGTERM at step $2: exit 0, resumed at step $resumed, same final digest"
 }

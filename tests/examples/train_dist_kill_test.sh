@@ -12,22 +12,17 @@ BIN="$1"
 LAUNCH="$2"
 KILLS="${3:-6}"
 STEPS=800
-work="$(mktemp -d)"
-trap 'pkill -KILL -f "^$BIN .*--dir $work/" 2>/dev/null || true; rm -rf "$work"' EXIT
-
 source "$(dirname "$0")/kill_lib.sh"
+kill_test_setup "$BIN"
 # The line a run prints once it has resumed (or started fresh): its manager,
 # and so its signal handlers, is set up.
 STARTED='^\[rank 0\] (resumed from|no checkpoint in)'
 write_often_config "$work/often.yaml"
 ARGS=(--config "$work/often.yaml" --steps "$STEPS" --print-every 0)
-sha_of() { sed -n 's/^\[rank 0\] final_params_sha256=//p' "$1"; }
-rank_pids() { pgrep -f "^$BIN .*--dir $1\$" || true; }
-
-"$LAUNCH" 2 -- "$BIN" "${ARGS[@]}" --dir "$work/ref" >"$work/ref.log" 2>&1
-ref="$(sha_of "$work/ref.log")"
-[ -n "$ref" ] || { echo "FAIL: the uninterrupted run printed no final_params_sha256"; cat "$work/ref.log"; exit 1; }
-echo "uninterrupted (2 ranks): $ref"
+rank_pids() { pgrep -f "^$BIN_RE .*--dir $(re_escape "$1")\$" || true; }
+RUN=("$LAUNCH" 2 -- "$BIN")
+PREFIX='\[rank 0\] '
+run_reference
 
 dir="$work/killed"
 kills=0 during_save=0 attempts=0 steps_seen=""
@@ -37,7 +32,7 @@ while [ "$kills" -lt "$KILLS" ]; do
     echo "FAIL: $attempts attempts gave only $kills kills"
     exit 1
   fi
-  "$LAUNCH" 2 -- "$BIN" "${ARGS[@]}" --dir "$dir" >"$work/run.log" 2>&1 &
+  start_run "$dir" "$work/run.log"
   launcher=$!
   # Then ~10 ms a step here, a save every 5 steps.
   wait_for_line "$launcher" "$work/run.log" "$STARTED" || true
@@ -64,20 +59,12 @@ while [ "$kills" -lt "$KILLS" ]; do
 done
 echo "kills: $kills, $during_save while a save was in progress; newest committed step (ranks killed) after each:$steps_seen"
 
-"$LAUNCH" 2 -- "$BIN" "${ARGS[@]}" --dir "$dir" >"$work/final.log" 2>&1
-got="$(sha_of "$work/final.log")"
-grep -E "resumed from|starting from scratch" "$work/final.log" || true
-if [ "$got" != "$ref" ]; then
-  echo "FAIL: after $kills kills final_params_sha256=$got, uninterrupted $ref"
-  cat "$work/final.log"
-  exit 1
-fi
-echo "killed and resumed on 2 ranks: $got (equal)"
+finish_and_compare "$dir" "$kills kills on 2 ranks"
 
 # SIGTERM to both ranks (as a scheduler's preemption does): they agree on one
 # step, save it, exit 0.
 tdir="$work/term"
-"$LAUNCH" 2 -- "$BIN" "${ARGS[@]}" --dir "$tdir" >"$work/term.log" 2>&1 &
+start_run "$tdir" "$work/term.log"
 launcher=$!
 wait_for_line "$launcher" "$work/term.log" "$STARTED" || { echo "FAIL: the ranks did not start"; cat "$work/term.log"; exit 1; }
 sleep 0.5
@@ -86,18 +73,11 @@ mapfile -t pids < <(rank_pids "$tdir")
 kill -TERM "${pids[@]}"
 status=0
 wait "$launcher" || status=$?
-saved="$(sed -n 's/^\[rank 0\] preempted: checkpoint of step \([0-9]*\) saved.*/\1/p' "$work/term.log")"
+saved="$(saved_on_sigterm "$work/term.log")"
 if [ "$status" -ne 0 ] || [ -z "$saved" ]; then
   echo "FAIL: after SIGTERM the ranks exited $status; saved step '${saved}'"
   cat "$work/term.log"
   exit 1
 fi
-"$LAUNCH" 2 -- "$BIN" "${ARGS[@]}" --dir "$tdir" >"$work/term2.log" 2>&1
-resumed="$(sed -n 's/^\[rank 0\] resumed from .* at step \([0-9]*\) .*/\1/p' "$work/term2.log")"
-if [ "$resumed" != "$saved" ] || [ "$(sha_of "$work/term2.log")" != "$ref" ]; then
-  echo "FAIL: SIGTERM saved step $saved; the next run resumed at '${resumed}' and ended with"
-  grep final_params "$work/term2.log" || true
-  exit 1
-fi
-echo "SIGTERM at step $saved: both ranks exit 0, resumed at step $resumed, same final digest"
+resume_after_sigterm "$tdir" "$saved"
 echo PASS

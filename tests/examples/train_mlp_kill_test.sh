@@ -10,21 +10,16 @@ set -euo pipefail
 BIN="$1"
 KILLS="${2:-8}"
 STEPS=5000
-work="$(mktemp -d)"
-trap 'pkill -KILL -f "^$BIN .*--dir $work/" 2>/dev/null || true; rm -rf "$work"' EXIT
-
 source "$(dirname "$0")/kill_lib.sh"
+kill_test_setup "$BIN"
 # The line a run prints once it has resumed (or started fresh): its manager,
 # and so its signal handlers, is set up.
 STARTED='^(resumed from|no checkpoint in)'
 write_often_config "$work/often.yaml"
 ARGS=(--config "$work/often.yaml" --steps "$STEPS" --print-every 0)
-sha_of() { sed -n 's/^final_params_sha256=//p' "$1"; }
-
-"$BIN" "${ARGS[@]}" --dir "$work/ref" >"$work/ref.log" 2>&1
-ref="$(sha_of "$work/ref.log")"
-[ -n "$ref" ] || { echo "FAIL: the uninterrupted run printed no final_params_sha256"; cat "$work/ref.log"; exit 1; }
-echo "uninterrupted: $ref"
+RUN=("$BIN")
+PREFIX=''
+run_reference
 
 dir="$work/killed"
 kills=0 during_save=0 attempts=0 steps_seen=""
@@ -34,7 +29,7 @@ while [ "$kills" -lt "$KILLS" ] || [ "$during_save" -lt 2 ]; do
     echo "FAIL: $attempts attempts gave $kills kills, $during_save of them during a save"
     exit 1
   fi
-  "$BIN" "${ARGS[@]}" --dir "$dir" >"$work/run.log" 2>&1 &
+  start_run "$dir" "$work/run.log"
   pid=$!
   # Then ~1 ms a step here, a save every 5 steps.
   wait_for_line "$pid" "$work/run.log" "$STARTED" || true
@@ -55,19 +50,11 @@ if [ "$kills" -lt "$KILLS" ]; then
 fi
 echo "kills: $kills, $during_save of them during a save; newest committed step after each:$steps_seen"
 
-"$BIN" "${ARGS[@]}" --dir "$dir" >"$work/final.log" 2>&1
-got="$(sha_of "$work/final.log")"
-grep -E "resumed from|starting from scratch" "$work/final.log" || true
-if [ "$got" != "$ref" ]; then
-  echo "FAIL: after $kills kills final_params_sha256=$got, uninterrupted $ref"
-  cat "$work/final.log"
-  exit 1
-fi
-echo "killed and resumed: $got (equal)"
+finish_and_compare "$dir" "$kills kills"
 
 # SIGTERM: save, exit 0, resume at exactly that step.
 tdir="$work/term"
-"$BIN" "${ARGS[@]}" --dir "$tdir" >"$work/term.log" 2>&1 &
+start_run "$tdir" "$work/term.log"
 pid=$!
 wait_for_line "$pid" "$work/term.log" "$STARTED" || { echo "FAIL: train_mlp did not start"; cat "$work/term.log"; exit 1; }
 sleep 0.3
@@ -79,22 +66,11 @@ if [ "$status" -ne 0 ]; then
   cat "$work/term.log"
   exit 1
 fi
-saved="$(sed -n 's/^preempted: checkpoint of step \([0-9]*\) saved.*/\1/p' "$work/term.log")"
+saved="$(saved_on_sigterm "$work/term.log")"
 if [ -z "$saved" ]; then
   echo "FAIL: no 'preempted: checkpoint of step N saved' after SIGTERM"
   cat "$work/term.log"
   exit 1
 fi
-"$BIN" "${ARGS[@]}" --dir "$tdir" >"$work/term2.log" 2>&1
-resumed="$(sed -n 's/^resumed from .* at step \([0-9]*\) .*/\1/p' "$work/term2.log")"
-if [ "$resumed" != "$saved" ]; then
-  echo "FAIL: SIGTERM saved step $saved, the next run resumed at '${resumed}'"
-  cat "$work/term2.log"
-  exit 1
-fi
-if [ "$(sha_of "$work/term2.log")" != "$ref" ]; then
-  echo "FAIL: the run resumed after SIGTERM ends with another final_params_sha256"
-  exit 1
-fi
-echo "SIGTERM at step $saved: exit 0, resumed at step $resumed, same final digest"
+resume_after_sigterm "$tdir" "$saved"
 echo PASS

@@ -163,6 +163,7 @@ TEST_P(CheckpointCallbackTest, ASignalStopsTheLoopWithTheStepCommitted) {
     EXPECT_TRUE(run.checkpoint->preempted());
     EXPECT_EQ(state.step, 7);
     EXPECT_EQ(run.committed().back(), 7);
+    EXPECT_EQ(run.manager->statistics().size(), 2u);  // steps 4 and 7: the end saves nothing more
     EXPECT_EQ(log.back(), "r.end@7");
   }
   TrainRun run(dir, GetParam());

@@ -53,9 +53,9 @@ struct TrainState {
 class TrainerCallback {
  public:
   virtual ~TrainerCallback() = default;
-  virtual void on_train_begin(TrainState& state) {}
-  virtual void on_step_end(TrainState& state) {}
-  virtual void on_train_end(TrainState& state) {}
+  virtual void on_train_begin(TrainState& /*state*/) {}
+  virtual void on_step_end(TrainState& /*state*/) {}
+  virtual void on_train_end(TrainState& /*state*/) {}
 };
 
 // An ordered list of callbacks, called one after another. An exception from

@@ -1,9 +1,11 @@
 #include "dcp/checkpoint.h"
+#include <algorithm>
 
 #include <spdlog/spdlog.h>
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <chrono>
 #include <set>
 
@@ -91,6 +93,25 @@ std::string throughput(uint64_t bytes, double secs) {
 
 }  // namespace
 
+namespace {
+bool contains_stateful(const Value& v) {
+  switch (v.kind()) {
+    case Value::Kind::kStateful:
+      return true;
+    case Value::Kind::kDict:
+      for (const auto& kv : v.dict())
+        if (contains_stateful(kv.second)) return true;
+      return false;
+    case Value::Kind::kList:
+      for (const auto& e : v.list())
+        if (contains_stateful(e)) return true;
+      return false;
+    default:
+      return false;
+  }
+}
+}  // namespace
+
 Value resolve_stateful(const Value& v) {
   switch (v.kind()) {
     case Value::Kind::kStateful:
@@ -124,8 +145,15 @@ Metadata save(const StateDict& state_dict, const SaveOptions& options) {
   DistWrapper dist("save of '" + writer->checkpoint_id() + "'", options.collectives,
                    options.coordinator_rank);
 
-  StateDict resolved;
-  for (const auto& kv : state_dict) resolved.emplace(kv.first, resolve_stateful(kv.second));
+  // Stateful objects are replaced by their state dicts in a copy; a state dict
+  // without any (the common case at scale) is planned as it is, uncopied.
+  StateDict resolved_copy;
+  const bool any_stateful = std::any_of(state_dict.begin(), state_dict.end(), [](const auto& kv) {
+    return contains_stateful(kv.second);
+  });
+  if (any_stateful)
+    for (const auto& kv : state_dict) resolved_copy.emplace(kv.first, resolve_stateful(kv.second));
+  const StateDict& resolved = any_stateful ? resolved_copy : state_dict;
 
   Metadata global_metadata;
   std::function<SavePlan()> local_step = [&] {

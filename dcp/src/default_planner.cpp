@@ -100,8 +100,9 @@ std::pair<Dict, FlattenMapping> flatten_state_dict(const StateDict& state_dict) 
   // common case; a top-level key that is its own path needs no mapping entry.
   walk_dict(state_dict, [&](const std::string& key, const Value& v, const ObjectPath& path) {
     const bool trivial = path.size() == 1;
-    auto [it, inserted] = flat.try_emplace(key, v);
-    if (!inserted) {
+    const size_t before = flat.size();
+    flat.emplace_hint(flat.end(), key, v);
+    if (flat.size() == before) {
       auto a = mapping.find(key);
       throw_collision(key, a != mapping.end() ? a->second : ObjectPath{PathElement{false, key, 0}},
                       path);
@@ -478,67 +479,137 @@ struct IndexPtrEq {
 
 }  // namespace
 
+namespace {
+
+// One item held by several ranks (or twice by one), and who writes it.
+struct Replicated {
+  const MetadataIndex* index = nullptr;
+  int64_t bytes = 0;
+  std::vector<std::pair<uint32_t, uint32_t>> holders;  // (rank, position), ranks ascending
+  uint32_t writer = 0;
+};
+
+bool sorted_by_fqn(const SavePlan& plan) {
+  return std::is_sorted(
+      plan.items.begin(), plan.items.end(),
+      [](const WriteItem& a, const WriteItem& b) { return a.index.fqn < b.index.fqn; });
+}
+
+int64_t dedup_bytes(const WriteItem& item) { return item.tensor_storage_size().value_or(64); }
+
+// The replicated items of plans each sorted by key: a k-way merge of the
+// plans, key by key (no table of every item: at 400k items a hash map cost
+// most of the global plan). `load` gets the bytes of the items only one rank
+// holds.
+std::vector<Replicated> find_replicated_merging(const std::vector<SavePlan>& plans,
+                                                std::vector<int64_t>& load) {
+  const size_t world = plans.size();
+  std::vector<size_t> at(world, 0);
+  std::vector<std::pair<uint32_t, uint32_t>> group;  // this key's items: (rank, position)
+  std::vector<Replicated> out;
+  for (;;) {
+    const std::string* key = nullptr;
+    for (size_t r = 0; r < world; ++r)
+      if (at[r] < plans[r].items.size()) {
+        const std::string& k = plans[r].items[at[r]].index.fqn;
+        if (!key || k < *key) key = &k;
+      }
+    if (!key) break;
+    group.clear();
+    for (size_t r = 0; r < world; ++r)
+      for (const auto& items = plans[r].items;
+           at[r] < items.size() && items[at[r]].index.fqn == *key; ++at[r])
+        group.emplace_back(static_cast<uint32_t>(r), static_cast<uint32_t>(at[r]));
+    auto item = [&](const std::pair<uint32_t, uint32_t>& ref) -> const WriteItem& {
+      return plans[ref.first].items[ref.second];
+    };
+    if (group.size() == 1) {
+      load[group[0].first] += dedup_bytes(item(group[0]));
+      continue;
+    }
+    // Shards of one key: equal offsets are the same item. Stable: ranks
+    // stay ascending within each offset.
+    std::stable_sort(group.begin(), group.end(), [&](const auto& a, const auto& b) {
+      return item(a).index.offset < item(b).index.offset;
+    });
+    for (size_t b = 0, e; b < group.size(); b = e) {
+      for (e = b + 1;
+           e < group.size() && item(group[e]).index.offset == item(group[b]).index.offset;)
+        ++e;
+      if (e - b == 1) {
+        load[group[b].first] += dedup_bytes(item(group[b]));
+        continue;
+      }
+      Replicated rep;
+      rep.index = &item(group[b]).index;
+      rep.bytes = dedup_bytes(item(group[b]));
+      rep.holders.assign(group.begin() + b, group.begin() + e);
+      out.push_back(std::move(rep));
+    }
+  }
+  return out;
+}
+
+// The same for plans in any order, through a hash map of every item.
+std::vector<Replicated> find_replicated_hashing(const std::vector<SavePlan>& plans,
+                                                std::vector<int64_t>& load) {
+  size_t total = 0;
+  for (const auto& p : plans) total += p.items.size();
+  std::unordered_map<const MetadataIndex*, size_t, IndexPtrHash, IndexPtrEq> first;  // -> slot
+  first.reserve(total);
+  std::vector<Replicated> slots;
+  for (size_t r = 0; r < plans.size(); ++r)
+    for (size_t i = 0; i < plans[r].items.size(); ++i) {
+      const WriteItem& it = plans[r].items[i];
+      auto [pos, fresh] = first.emplace(&it.index, slots.size());
+      if (fresh) {
+        slots.emplace_back();
+        slots.back().index = &it.index;
+        slots.back().bytes = dedup_bytes(it);
+      }
+      slots[pos->second].holders.emplace_back(static_cast<uint32_t>(r), static_cast<uint32_t>(i));
+    }
+  std::vector<Replicated> out;
+  for (auto& s : slots) {
+    if (s.holders.size() == 1)
+      load[s.holders[0].first] += s.bytes;
+    else
+      out.push_back(std::move(s));
+  }
+  return out;
+}
+
+}  // namespace
+
 void DefaultSavePlanner::dedup(std::vector<SavePlan>& all_plans) const {
   const size_t world = all_plans.size();
-  struct Holder {
-    const MetadataIndex* index = nullptr;
-    int64_t bytes = 0;
-    uint32_t count = 0;           // ranks that have the item
-    uint32_t writer = 0;          // the rank that writes it (first: the lowest)
-    std::vector<uint32_t> ranks;  // filled only for items with count > 1
-  };
-  size_t total = 0;
-  for (const auto& p : all_plans) total += p.items.size();
-  // A hash map: a tree of 100k+ string keys costs most of the global plan.
-  std::unordered_map<const MetadataIndex*, Holder, IndexPtrHash, IndexPtrEq> holders;
-  holders.reserve(total);
-  bool any_dup = false;
-  for (size_t r = 0; r < world; ++r)
-    for (const auto& item : all_plans[r].items) {
-      Holder& h = holders[&item.index];
-      if (h.count++ == 0) {
-        h.index = &item.index;
-        h.bytes = item.tensor_storage_size().value_or(64);
-        h.writer = static_cast<uint32_t>(r);
-      } else {
-        any_dup = true;
-      }
-    }
-  if (!any_dup) return;
   std::vector<int64_t> load(world, 0);
-  std::vector<Holder*> dups;
-  for (size_t r = 0; r < world; ++r)
-    for (const auto& item : all_plans[r].items) {
-      Holder& h = holders.find(&item.index)->second;
-      if (h.count == 1) {
-        load[r] += h.bytes;
-      } else {
-        if (h.ranks.empty()) dups.push_back(&h);
-        h.ranks.push_back(static_cast<uint32_t>(r));
-      }
-    }
+  // DefaultSavePlanner's local plans list keys in order (flat_ is a map);
+  // a subclass's plans may not, and take the hash map.
+  const bool sorted = std::all_of(all_plans.begin(), all_plans.end(), sorted_by_fqn);
+  std::vector<Replicated> reps =
+      sorted ? find_replicated_merging(all_plans, load) : find_replicated_hashing(all_plans, load);
+  if (reps.empty()) return;
   // Largest first onto the least-loaded holder (greedy balancing); ties in
   // key order, so every run decides the same.
-  std::sort(dups.begin(), dups.end(), [](const Holder* a, const Holder* b) {
-    return a->bytes != b->bytes ? a->bytes > b->bytes : *a->index < *b->index;
+  std::sort(reps.begin(), reps.end(), [](const Replicated& a, const Replicated& b) {
+    return a.bytes != b.bytes ? a.bytes > b.bytes : *a.index < *b.index;
   });
-  for (Holder* d : dups) {
-    uint32_t pick = d->ranks.front();
-    if (!options_.dedup_to_lowest_rank)
-      for (uint32_t r : d->ranks)
-        if (load[r] < load[pick]) pick = r;
-    load[pick] += d->bytes;
-    d->writer = pick;
-  }
-  // Decide first, then compact: the map's keys point into the plans.
   std::vector<std::vector<char>> keep(world);
-  for (size_t r = 0; r < world; ++r) {
-    const auto& items = all_plans[r].items;
-    keep[r].resize(items.size());
-    for (size_t i = 0; i < items.size(); ++i)
-      keep[r][i] = holders.find(&items[i].index)->second.writer == r;
+  for (size_t r = 0; r < world; ++r) keep[r].assign(all_plans[r].items.size(), 1);
+  for (Replicated& d : reps) {
+    uint32_t pick = d.holders.front().first;
+    if (!options_.dedup_to_lowest_rank)
+      for (const auto& h : d.holders)
+        if (load[h.first] < load[pick]) pick = h.first;
+    load[pick] += d.bytes;
+    d.writer = pick;
   }
-  holders.clear();
+  // Decide first, then compact: `reps` points into the plans.
+  for (const Replicated& d : reps)
+    for (const auto& h : d.holders)
+      if (h.first != d.writer) keep[h.first][h.second] = 0;
+  reps.clear();
   for (size_t r = 0; r < world; ++r) {
     auto& items = all_plans[r].items;
     size_t out = 0;

@@ -10,6 +10,8 @@
 // Without Collectives (one process) the rounds are direct calls.
 #pragma once
 
+#include <tbb/parallel_for.h>
+
 #include <functional>
 #include <memory>
 #include <string>
@@ -149,10 +151,15 @@ class DistWrapper {
   template <typename T>
   void collect(const std::vector<std::string>& gathered, std::vector<T>& all,
                std::vector<RankFailure>& failures) {
-    for (size_t r = 0; r < gathered.size(); ++r) {
-      std::string_view payload;
-      if (split(gathered[r], payload, failures)) wire::decode(payload, all[r]);
-    }
+    std::vector<std::string_view> payloads(gathered.size());
+    std::vector<size_t> ok_ranks;
+    for (size_t r = 0; r < gathered.size(); ++r)
+      if (split(gathered[r], payloads[r], failures)) ok_ranks.push_back(r);
+    if (!failures.empty()) return;
+    // The other ranks wait for the coordinator here: decode their plans
+    // (100k+ items each) in parallel.
+    tbb::parallel_for(size_t{0}, ok_ranks.size(),
+                      [&](size_t i) { wire::decode(payloads[ok_ranks[i]], all[ok_ranks[i]]); });
   }
   template <typename T>
   void open(const std::string& reply, T& out) {

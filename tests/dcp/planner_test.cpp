@@ -2,6 +2,9 @@
 // one that renames keys, one that saves float32 as float16.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <set>
+
 #include "common/test_util.h"
 
 namespace dcp {
@@ -158,6 +161,56 @@ TEST(PlannerTest, DedupSpreadsReplicatedItems) {
   auto [plans2, md2] = low.create_global_plan({p, p});
   EXPECT_EQ(plans2[0].items.size(), 4u);
   EXPECT_EQ(plans2[1].items.size(), 0u);
+}
+
+// Plans that list keys in order take a merge through the plans; plans in
+// any other order (a subclass's) take a hash map. Both decide the same.
+TEST(PlannerTest, DedupDecidesTheSameForSortedAndUnsortedPlans) {
+  // A [total, 4] float tensor: whole, or the shard of `rows` rows at `row`.
+  auto tensor_item = [](const std::string& key, int64_t row, int64_t rows, int64_t total) {
+    WriteItem it;
+    it.index = MetadataIndex(key, {row, 0});
+    it.type = rows == total ? WriteItemType::kTensor : WriteItemType::kShard;
+    it.tensor_data = TensorWriteData{ChunkStorageMetadata{{row, 0}, {rows, 4}}, {}, {total, 4}};
+    return it;
+  };
+  auto bytes_item = [](const std::string& key) {
+    WriteItem it;
+    it.index = MetadataIndex(key);
+    it.type = WriteItemType::kByteIO;
+    return it;
+  };
+  // 3 ranks: rank 0 alone holds a large tensor; replicated tensors of
+  // different sizes on all ranks or on two; shards of "s" (rows 0-3 on
+  // ranks 0 and 1 both, rows 4-7 on rank 2); a value on every rank.
+  std::vector<SavePlan> plans(3);
+  for (int r = 0; r < 3; ++r) {
+    for (int i = 0; i < 6; ++i)
+      if (i < 3 || i % 3 != r)
+        plans[r].items.push_back(
+            tensor_item("rep" + std::to_string(i), 0, 8 * (i + 1), 8 * (i + 1)));
+    plans[r].items.push_back(r < 2 ? tensor_item("s", 0, 4, 8) : tensor_item("s", 4, 4, 8));
+    plans[r].items.push_back(bytes_item("step"));
+    const int64_t unique_rows = r == 0 ? 1000 : 8;
+    plans[r].items.push_back(tensor_item("u" + std::to_string(r), 0, unique_rows, unique_rows));
+  }
+  auto decide = [](std::vector<SavePlan> in) {
+    DefaultSavePlanner planner;
+    auto [out, md] = planner.create_global_plan(std::move(in));
+    std::vector<std::set<std::string>> kept(out.size());
+    for (size_t r = 0; r < out.size(); ++r)
+      for (const auto& it : out[r].items) kept[r].insert(to_string(it.index));
+    return kept;
+  };
+  const auto sorted = decide(plans);
+  // Rank 0 is loaded by its large tensor: everything replicated goes elsewhere.
+  EXPECT_EQ(sorted[0], (std::set<std::string>{"'u0' chunk at [0, 0]"}));
+  EXPECT_EQ(sorted[2].count("'s' chunk at [4, 0]"), 1u);
+  size_t written = 0;
+  for (const auto& k : sorted) written += k.size();
+  EXPECT_EQ(written, 12u);  // 6 replicated, 2 shards, the value, 3 unique: each once
+  for (auto& p : plans) std::reverse(p.items.begin(), p.items.end());
+  EXPECT_EQ(decide(plans), sorted);
 }
 
 }  // namespace

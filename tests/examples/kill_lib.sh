@@ -88,20 +88,35 @@ finish_and_compare() {
   echo "$2, resumed to the end: $got (equal)"
 }
 
-# saved_on_sigterm LOG: the step the preempted run says it saved, or "".
-saved_on_sigterm() { sed -n "s/^${PREFIX}preempted: checkpoint of step \([0-9]*\) saved.*/\1/p" "$1"; }
-
-# resume_after_sigterm DIR SAVED: the next run must resume at step SAVED and
-# end with the reference digest.
-resume_after_sigterm() {
-  local resumed
-  "${RUN[@]}" "${ARGS[@]}" --dir "$1" >"$work/term2.log" 2>&1 ||
+# sigterm_test: a run in $work/term gets SIGTERM once started (sent to the
+# pids the test's term_targets PID DIR prints; PID is what start_run
+# started). It must save a step and exit 0; the next run must resume at
+# exactly that step and end with the reference digest.
+sigterm_test() {
+  local tdir="$work/term" pid status=0 saved resumed
+  local -a targets
+  start_run "$tdir" "$work/term.log"
+  pid=$!
+  wait_for_line "$pid" "$work/term.log" "$STARTED" ||
+    { echo "FAIL: the run did not start"; cat "$work/term.log"; exit 1; }
+  sleep 0.5
+  mapfile -t targets < <(term_targets "$pid" "$tdir")
+  [ "${#targets[@]}" -gt 0 ] || { echo "FAIL: no process to signal"; cat "$work/term.log"; exit 1; }
+  kill -TERM "${targets[@]}"
+  wait "$pid" || status=$?
+  saved="$(sed -n "s/^${PREFIX}preempted: checkpoint of step \([0-9]*\) saved.*/\1/p" "$work/term.log")"
+  if [ "$status" -ne 0 ] || [ -z "$saved" ]; then
+    echo "FAIL: after SIGTERM the run exited $status; saved step '${saved}'"
+    cat "$work/term.log"
+    exit 1
+  fi
+  "${RUN[@]}" "${ARGS[@]}" --dir "$tdir" >"$work/term2.log" 2>&1 ||
     { echo "FAIL: the run after SIGTERM exited $?"; cat "$work/term2.log"; exit 1; }
   resumed="$(sed -n "s/^${PREFIX}resumed from .* at step \([0-9]*\) .*/\1/p" "$work/term2.log")"
-  if [ "$resumed" != "$2" ] || [ "$(final_sha "$work/term2.log")" != "$ref" ]; then
-    echo "FAIL: SIGTERM saved step $2; the next run resumed at '${resumed}' and ended with"
+  if [ "$resumed" != "$saved" ] || [ "$(final_sha "$work/term2.log")" != "$ref" ]; then
+    echo "FAIL: SIGTERM saved step $saved; the next run resumed at '${resumed}' and ended with"
     grep final_params "$work/term2.log" || cat "$work/term2.log"
     exit 1
   fi
-  echo "SIGTERM at step $2: exit 0, resumed at step $resumed, same final digest"
+  echo "SIGTERM at step $saved: exit 0, resumed at step $resumed, same final digest"
 }

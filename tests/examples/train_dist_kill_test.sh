@@ -63,21 +63,11 @@ finish_and_compare "$dir" "$kills kills on 2 ranks"
 
 # SIGTERM to both ranks (as a scheduler's preemption does): they agree on one
 # step, save it, exit 0.
-tdir="$work/term"
-start_run "$tdir" "$work/term.log"
-launcher=$!
-wait_for_line "$launcher" "$work/term.log" "$STARTED" || { echo "FAIL: the ranks did not start"; cat "$work/term.log"; exit 1; }
-sleep 0.5
-mapfile -t pids < <(rank_pids "$tdir")
-[ "${#pids[@]}" -eq 2 ] || { echo "FAIL: expected 2 ranks running, found ${#pids[@]}"; cat "$work/term.log"; exit 1; }
-kill -TERM "${pids[@]}"
-status=0
-wait "$launcher" || status=$?
-saved="$(saved_on_sigterm "$work/term.log")"
-if [ "$status" -ne 0 ] || [ -z "$saved" ]; then
-  echo "FAIL: after SIGTERM the ranks exited $status; saved step '${saved}'"
-  cat "$work/term.log"
-  exit 1
-fi
-resume_after_sigterm "$tdir" "$saved"
+term_targets() {
+  local -a pids
+  mapfile -t pids < <(rank_pids "$2")
+  [ "${#pids[@]}" -eq 2 ] || { echo "FAIL: expected 2 ranks running, found ${#pids[@]}" >&2; return 1; }
+  printf '%s\n' "${pids[@]}"
+}
+sigterm_test
 echo PASS

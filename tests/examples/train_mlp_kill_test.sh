@@ -53,24 +53,6 @@ echo "kills: $kills, $during_save of them during a save; newest committed step a
 finish_and_compare "$dir" "$kills kills"
 
 # SIGTERM: save, exit 0, resume at exactly that step.
-tdir="$work/term"
-start_run "$tdir" "$work/term.log"
-pid=$!
-wait_for_line "$pid" "$work/term.log" "$STARTED" || { echo "FAIL: train_mlp did not start"; cat "$work/term.log"; exit 1; }
-sleep 0.3
-kill -TERM "$pid"
-status=0
-wait "$pid" || status=$?
-if [ "$status" -ne 0 ]; then
-  echo "FAIL: SIGTERM made train_mlp exit $status, not 0"
-  cat "$work/term.log"
-  exit 1
-fi
-saved="$(saved_on_sigterm "$work/term.log")"
-if [ -z "$saved" ]; then
-  echo "FAIL: no 'preempted: checkpoint of step N saved' after SIGTERM"
-  cat "$work/term.log"
-  exit 1
-fi
-resume_after_sigterm "$tdir" "$saved"
+term_targets() { echo "$1"; }
+sigterm_test
 echo PASS

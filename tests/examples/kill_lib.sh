@@ -44,9 +44,27 @@ wait_for_line() {
   return 1
 }
 
-# Sleeps a random time below $1 milliseconds.
-random_sleep() {
-  sleep "$(awk -v r="$RANDOM" -v max="$1" 'BEGIN { printf "%.3f", (r % max) / 1000.0 }')"
+# printed_step LOG: the last step the run printed ("step N ..." lines, from
+# --print-every 1), or nothing.
+printed_step() { sed -n "s/^${PREFIX}step  *\([0-9][0-9]*\) .*/\1/p" "$1" | tail -1; }
+
+# sleep_into_run LOG MS MAX_STEPS: sleeps a random time below MS
+# milliseconds, but no longer than until the run has trained MAX_STEPS steps
+# past the first step it was seen at: however fast the machine, the runs
+# cannot reach the end before the test has made its kills.
+sleep_into_run() {
+  local start="" s now deadline
+  now=$(($(date +%s%N) / 1000000))
+  deadline=$((now + RANDOM % $2))
+  while [ "$now" -lt "$deadline" ]; do
+    s="$(printed_step "$1")"
+    if [ -n "$s" ]; then
+      [ -n "$start" ] || start=$s
+      [ $((s - start)) -lt "$3" ] || return 0
+    fi
+    sleep 0.01
+    now=$(($(date +%s%N) / 1000000))
+  done
 }
 
 # The newest committed step in manager directory $1, or "none".
@@ -86,6 +104,21 @@ finish_and_compare() {
     exit 1
   fi
   echo "$2, resumed to the end: $got (equal)"
+}
+
+# series_finished LOG: a run trained to the end before the test could kill
+# it (a fast or loaded machine); it must have ended with the reference
+# digest. Counts the series ($series): the test goes on in a fresh directory.
+series_finished() {
+  local got
+  got="$(final_sha "$1")"
+  if [ "$got" != "$ref" ]; then
+    echo "FAIL: a run that trained to the end after kills printed final_params_sha256='$got', uninterrupted $ref"
+    cat "$1"
+    exit 1
+  fi
+  series=$((${series:-0} + 1))
+  echo "series $series trained to the end before the test made its kills (digest equal); going on in a fresh directory"
 }
 
 # sigterm_test: a run in $work/term gets SIGTERM once started (sent to the

@@ -18,7 +18,7 @@ kill_test_setup "$BIN"
 # and so its signal handlers, is set up.
 STARTED='^\[rank 0\] (resumed from|no checkpoint in)'
 write_often_config "$work/often.yaml"
-ARGS=(--config "$work/often.yaml" --steps "$STEPS" --print-every 0)
+ARGS=(--config "$work/often.yaml" --steps "$STEPS" --print-every 1)  # steps as they happen (sleep_into_run)
 rank_pids() { pgrep -f "^$BIN_RE .*--dir $(re_escape "$1")\$" || true; }
 RUN=("$LAUNCH" 2 -- "$BIN")
 PREFIX='\[rank 0\] '
@@ -34,14 +34,15 @@ while [ "$kills" -lt "$KILLS" ]; do
   fi
   start_run "$dir" "$work/run.log"
   launcher=$!
-  # Then ~10 ms a step here, a save every 5 steps.
+  # Then a few ms a step, a save every 5 steps; at most an eighth of the
+  # steps per run, so that KILLS runs do not usually reach the end.
   wait_for_line "$launcher" "$work/run.log" "$STARTED" || true
-  random_sleep 1200
+  sleep_into_run "$work/run.log" 1200 $((STEPS / (KILLS + 2)))
   mapfile -t pids < <(rank_pids "$dir")
   if [ "${#pids[@]}" -eq 0 ]; then
     wait "$launcher" || true
-    echo "run $attempts: no rank left to kill"
-    tail -3 "$work/run.log"
+    series_finished "$work/run.log"
+    dir="$work/killed$series"
     continue
   fi
   if [ $((attempts % 2)) -eq 1 ]; then

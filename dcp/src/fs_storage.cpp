@@ -191,6 +191,33 @@ class FileAppender {
   uint64_t written_since_hint_ = 0;
 };
 
+// Never commit a checkpoint with an item that was not written: every chunk
+// of every entry has storage. One walk over both maps, both in key order.
+void check_all_written(const Metadata& md) {
+  auto it = md.storage_data.begin();
+  const auto end = md.storage_data.end();
+  std::vector<const std::vector<int64_t>*> written;  // offsets written for one key
+  for (const auto& [fqn, entry] : md.state_dict_metadata) {
+    while (it != end && it->first.fqn < fqn) ++it;
+    written.clear();
+    for (; it != end && it->first.fqn == fqn; ++it) written.push_back(&it->first.offset);
+    auto has = [&](const std::vector<int64_t>& offsets) {  // `written` is sorted
+      auto pos = std::lower_bound(
+          written.begin(), written.end(), &offsets,
+          [](const std::vector<int64_t>* a, const std::vector<int64_t>* b) { return *a < *b; });
+      return pos != written.end() && **pos == offsets;
+    };
+    if (const auto* t = std::get_if<TensorStorageMetadata>(&entry)) {
+      for (const auto& c : t->chunks)
+        if (!has(c.offsets))
+          throw Error(ErrorCode::kInternal,
+                      "no data was written for " + to_string(MetadataIndex(fqn, c.offsets)));
+    } else if (!has({})) {
+      throw Error(ErrorCode::kInternal, "no data was written for '" + fqn + "'");
+    }
+  }
+}
+
 class FileSystemWriter final : public StorageWriter {
  public:
   FileSystemWriter(Env* env, std::string scheme, std::string path, FileSystemWriterOptions opt)
@@ -249,17 +276,7 @@ class FileSystemWriter final : public StorageWriter {
   void finish(Metadata& md, const std::vector<std::vector<WriteResult>>& results) override {
     for (const auto& rank_results : results)
       for (const auto& r : rank_results) md.storage_data[r.index] = r.storage_data;
-    // Never commit a checkpoint with an item that was not written.
-    for (const auto& [fqn, entry] : md.state_dict_metadata) {
-      if (const auto* t = std::get_if<TensorStorageMetadata>(&entry)) {
-        for (const auto& c : t->chunks)
-          if (!md.storage_data.count(MetadataIndex(fqn, c.offsets)))
-            throw Error(ErrorCode::kInternal,
-                        "no data was written for " + to_string(MetadataIndex(fqn, c.offsets)));
-      } else if (!md.storage_data.count(MetadataIndex(fqn))) {
-        throw Error(ErrorCode::kInternal, "no data was written for '" + fqn + "'");
-      }
-    }
+    check_all_written(md);
     md.storage_meta = storage_meta();
     const std::string bytes = serialize_metadata(md);
     const std::string tmp = loc_.file(kTmpMetadataName);

@@ -73,7 +73,13 @@ uint64_t Metadata::total_bytes() const {
 }
 
 std::string serialize_metadata(const Metadata& md) {
+  // The header goes in front of the body once the body is known: room for it
+  // first, then the body, encoded once into a buffer reserved generously
+  // (pages never written cost nothing).
   codec::Encoder body;
+  body.buffer().reserve(kHeaderSize + 4096 + 96 * md.state_dict_metadata.size() +
+                        64 * md.storage_data.size());
+  body.buffer().resize(kHeaderSize);
   body.str(md.library_version.empty() ? std::string(kVersion) : md.library_version);
   body.svarint(md.world_size);
   body.u8(md.storage_meta ? 1 : 0);
@@ -111,26 +117,32 @@ std::string serialize_metadata(const Metadata& md) {
   body.varint(files.size());
   for (const auto* f : files) body.str(*f);
   body.varint(md.storage_data.size());
+  const std::string* last_file = nullptr;
+  uint64_t last_id = 0;
   for (const auto& [index, info] : md.storage_data) {
     body.str(index.fqn);
     body.ints(index.offset);
-    body.varint(file_ids.at(info.relative_path));
+    if (!last_file || *last_file != info.relative_path) {  // runs of one file are common
+      last_file = &info.relative_path;
+      last_id = file_ids.at(info.relative_path);
+    }
+    body.varint(last_id);
     body.varint(info.offset);
     body.varint(info.length);
     body.u8(static_cast<uint8_t>(info.checksum_type));
     body.u64(info.checksum);
   }
 
-  const std::string& b = body.buffer();
-  codec::Encoder out;
-  out.raw(kMagic, sizeof kMagic);
-  out.u32(kFormatVersion);
-  out.u32(0);  // flags, reserved
-  out.u64(b.size());
-  out.u64(XXH3_64bits(b.data(), b.size()));
-  out.buffer().reserve(kHeaderSize + b.size());
-  out.raw(b.data(), b.size());
-  return out.take();
+  std::string out = body.take();
+  const size_t body_len = out.size() - kHeaderSize;
+  codec::Encoder header;
+  header.raw(kMagic, sizeof kMagic);
+  header.u32(kFormatVersion);
+  header.u32(0);  // flags, reserved
+  header.u64(body_len);
+  header.u64(XXH3_64bits(out.data() + kHeaderSize, body_len));
+  out.replace(0, kHeaderSize, header.buffer());
+  return out;
 }
 
 Metadata deserialize_metadata(std::string_view bytes, const std::string& source) {
@@ -189,9 +201,12 @@ Metadata deserialize_metadata(std::string_view bytes, const std::string& source)
         if (c.offsets.size() != t.size.size() || c.sizes.size() != t.size.size())
           d.fail("key '" + fqn + "': chunk rank differs from tensor rank");
       }
-      md.state_dict_metadata.emplace(std::move(fqn), std::move(t));
+      // Written in key order: the hint makes each insertion O(1).
+      md.state_dict_metadata.emplace_hint(md.state_dict_metadata.end(), std::move(fqn),
+                                          std::move(t));
     } else if (kind == 1) {
-      md.state_dict_metadata.emplace(std::move(fqn), BytesStorageMetadata{});
+      md.state_dict_metadata.emplace_hint(md.state_dict_metadata.end(), std::move(fqn),
+                                          BytesStorageMetadata{});
     } else {
       d.fail("key '" + fqn + "': unknown entry kind " + std::to_string(kind));
     }

@@ -2,6 +2,9 @@
 // crash or a silently wrong tensor; a failed save leaves no metadata.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <future>
+
 #include "common/test_util.h"
 
 namespace dcp {
@@ -135,6 +138,47 @@ TEST_F(BadInputTest, FailedSaveLeavesNoMetadata) {
   StateDict d = fresh();
   load(d, path_);
   EXPECT_TRUE(Value(d).equals(Value(sd_)));
+}
+
+// A writer whose write_data loses the result of one item (a storage bug).
+class LosingWriter : public StorageWriterWrapper {
+ public:
+  LosingWriter(std::shared_ptr<StorageWriter> w, std::string key)
+      : StorageWriterWrapper(std::move(w)), key_(std::move(key)) {}
+  std::future<std::vector<WriteResult>> write_data(const SavePlan& plan,
+                                                   SavePlanner& planner) override {
+    std::vector<WriteResult> results = StorageWriterWrapper::write_data(plan, planner).get();
+    results.erase(std::remove_if(results.begin(), results.end(),
+                                 [&](const WriteResult& r) { return r.index.fqn == key_; }),
+                  results.end());
+    std::promise<std::vector<WriteResult>> p;
+    p.set_value(std::move(results));
+    return p.get_future();
+  }
+
+ private:
+  std::string key_;
+};
+
+TEST_F(BadInputTest, AnItemWithoutDataIsNeverCommitted) {
+  StateDict sd = sd_;
+  sd["sharded"] = ShardedTensor{{8, 4},
+                                {Shard{make_tensor(at::kFloat, {4, 4}, 4), {0, 0}},
+                                 Shard{make_tensor(at::kFloat, {4, 4}, 5), {4, 0}}}};
+  for (const std::string key : {"model.b", "step", "sharded"}) {
+    const std::string path = dir_.sub("losing_" + key);
+    SaveOptions o;
+    o.storage_writer = std::make_shared<LosingWriter>(make_filesystem_writer(path), key);
+    try {
+      save(sd, o);
+      ADD_FAILURE() << "save without " << key << "'s data succeeded";
+    } catch (const CheckpointError& e) {
+      EXPECT_NE(std::string(e.what()).find("no data was written for '" + key + "'"),
+                std::string::npos)
+          << e.what();
+    }
+    EXPECT_FALSE(is_committed_checkpoint(path));
+  }
 }
 
 TEST_F(BadInputTest, FailedSaveIntoSameDirectoryKeepsCommittedCheckpoint) {

@@ -69,7 +69,8 @@ struct MetadataIndex {
   bool operator==(const MetadataIndex& o) const { return fqn == o.fqn && offset == o.offset; }
   bool operator!=(const MetadataIndex& o) const { return !(*this == o); }
   bool operator<(const MetadataIndex& o) const {
-    return fqn != o.fqn ? fqn < o.fqn : offset < o.offset;
+    const int c = fqn.compare(o.fqn);
+    return c != 0 ? c < 0 : offset < o.offset;
   }
 };
 

@@ -1,5 +1,4 @@
 #include "dcp/checkpoint.h"
-#include <algorithm>
 
 #include <spdlog/spdlog.h>
 
@@ -10,6 +9,7 @@
 #include <set>
 
 #include "dcp/logging.h"
+#include "dcp/version.h"
 #include "dist.h"
 #include "resolve.h"
 
@@ -180,6 +180,8 @@ Metadata save(const StateDict& state_dict, const SaveOptions& options) {
   };
   std::function<Metadata(std::vector<std::vector<WriteResult>>)> finish_step =
       [&](std::vector<std::vector<WriteResult>> all) {
+        // As every rank will have it (the coordinator's copy does not travel).
+        if (global_metadata.library_version.empty()) global_metadata.library_version = kVersion;
         writer->finish(global_metadata, all);
         return std::move(global_metadata);
       };

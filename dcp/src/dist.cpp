@@ -1,6 +1,9 @@
 #include "dist.h"
 
+#include <spdlog/spdlog.h>
+
 #include "codec.h"
+#include "dcp/logging.h"
 
 namespace dcp {
 
@@ -67,6 +70,25 @@ std::string DistWrapper::envelope(const std::string& step, const std::function<s
   } catch (const std::exception& e) {
     return failed({RankFailure{rank_, step, ErrorCode::kInternal, e.what()}});
   }
+}
+
+DistWrapper::Phases::Phases(const DistWrapper& dist, std::string step)
+    : dist_(dist),
+      step_(std::move(step)),
+      enabled_(logger().should_log(spdlog::level::debug)),
+      last_(std::chrono::steady_clock::now()) {}
+
+void DistWrapper::Phases::mark(const char* phase) {
+  if (!enabled_) return;
+  const auto now = std::chrono::steady_clock::now();
+  line_ += fmt::format("{}{} {:.3f} s", line_.empty() ? "" : ", ", phase,
+                       std::chrono::duration<double>(now - last_).count());
+  last_ = now;
+}
+
+DistWrapper::Phases::~Phases() {
+  if (enabled_)
+    logger().debug("{}, round '{}' on rank {}: {}", dist_.operation_, step_, dist_.rank_, line_);
 }
 
 void DistWrapper::all_ranks(const std::string& step, const std::function<void()>& fn) {

@@ -12,9 +12,13 @@
 
 #include <tbb/parallel_for.h>
 
+#include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "dcp/collectives.h"
@@ -46,22 +50,46 @@ class DistWrapper {
       if (out.size() != 1) fail_local(step + ":global", ErrorCode::kInternal, "wrong plan count");
       return std::move(out[0]);
     }
+    // The coordinator's own plan and reply never go through the wire: it
+    // keeps them as they are (the encoding is lossless, so nothing differs).
+    // The other ranks keep their local plans too: a reply names the items
+    // they keep (wire::encode_reply) instead of carrying them back.
+    Phases phases(*this, step);
     std::vector<RankFailure> failures;
-    std::string mine = envelope(step + ":local", [&] { return wire::encode(local()); });
+    std::optional<T> own;
+    std::string mine = envelope(step + ":local", [&] {
+      own = local();
+      return is_coordinator() ? std::string() : wire::encode(*own);
+    });
+    phases.mark("local");
     std::vector<std::string> gathered =
         transport(step, [&] { return coll_->gather(mine, coordinator_); });
+    phases.mark("gather");
     std::vector<std::string> replies;
+    std::optional<T> own_reply;
     if (is_coordinator()) {
       std::vector<T> all(gathered.size());
+      std::vector<std::string_view> payloads;
+      std::vector<std::vector<size_t>> bounds(gathered.size());
       const std::string verdict = envelope(step + ":global", [&] {
-        collect(gathered, all, failures);
+        payloads = collect(gathered, all, failures, &bounds);
+        phases.mark("decode");
         if (!failures.empty()) return std::string();
+        all[coordinator_] = std::move(*own);
         std::vector<T> out = global(std::move(all));
+        phases.mark("global");
         if (out.size() != static_cast<size_t>(world_size_))
           throw Error(ErrorCode::kInternal, "the global step returned " +
                                                 std::to_string(out.size()) + " plans for " +
                                                 std::to_string(world_size_) + " ranks");
-        for (const auto& o : out) replies.push_back(ok(wire::encode(o)));
+        replies.resize(world_size_);
+        tbb::parallel_for(0, world_size_, [&](int r) {
+          if (r != coordinator_)
+            replies[r] = ok(wire::encode_reply(out[r], payloads[r], bounds[r]));
+        });
+        replies[coordinator_] = ok(std::string());
+        own_reply = std::move(out[coordinator_]);
+        phases.mark("encode");
         return std::string();
       });
       if (!is_ok(verdict))
@@ -70,8 +98,14 @@ class DistWrapper {
         replies.assign(world_size_, failed(failures));
     }
     std::string reply = transport(step, [&] { return coll_->scatter(replies, coordinator_); });
+    phases.mark("scatter");
+    if (own_reply && is_ok(reply)) return std::move(*own_reply);
+    std::vector<RankFailure> theirs;
+    std::string_view payload;
+    if (!split(reply, payload, theirs)) throw CheckpointError(operation_, std::move(theirs));
     T out{};
-    open(reply, out);
+    wire::decode_reply(payload, *own, out);
+    phases.mark("rebuild");
     return out;
   }
 
@@ -86,22 +120,42 @@ class DistWrapper {
       all.push_back(std::move(mine));
       return run_local(step + ":global", [&] { return global(std::move(all)); });
     }
+    Phases phases(*this, step);
     std::vector<RankFailure> failures;
-    std::string mine = envelope(step + ":local", [&] { return wire::encode(local()); });
+    std::optional<T> own;
+    std::string mine = envelope(step + ":local", [&] {
+      T t = local();
+      if (!is_coordinator()) return wire::encode(t);
+      own = std::move(t);
+      return std::string();
+    });
+    phases.mark("local");
     std::vector<std::string> gathered =
         transport(step, [&] { return coll_->gather(mine, coordinator_); });
+    phases.mark("gather");
     std::string result;
+    std::optional<R> own_result;
     if (is_coordinator()) {
       std::vector<T> all(gathered.size());
       result = envelope(step + ":global", [&] {
         collect(gathered, all, failures);
-        return failures.empty() ? wire::encode(global(std::move(all))) : std::string();
+        phases.mark("decode");
+        if (!failures.empty()) return std::string();
+        all[coordinator_] = std::move(*own);
+        own_result = global(std::move(all));
+        phases.mark("global");
+        std::string encoded = wire::encode(*own_result);
+        phases.mark("encode");
+        return encoded;
       });
       if (is_ok(result) && !failures.empty()) result = failed(failures);
     }
     std::string reply = transport(step, [&] { return coll_->broadcast(result, coordinator_); });
+    phases.mark("broadcast");
+    if (own_result && is_ok(reply)) return std::move(*own_result);
     R out{};
     open(reply, out);
+    phases.mark("decode");
     return out;
   }
 
@@ -110,8 +164,14 @@ class DistWrapper {
   T broadcast(const std::string& step, const std::function<T()>& fn) {
     if (!coll_) return run_local(step, fn);
     std::string result;
-    if (is_coordinator()) result = envelope(step, [&] { return wire::encode(fn()); });
+    std::optional<T> own;
+    if (is_coordinator())
+      result = envelope(step, [&] {
+        own = fn();
+        return wire::encode(*own);
+      });
     std::string reply = transport(step, [&] { return coll_->broadcast(result, coordinator_); });
+    if (own && is_ok(reply)) return std::move(*own);
     T out{};
     open(reply, out);
     return out;
@@ -121,6 +181,22 @@ class DistWrapper {
   void all_ranks(const std::string& step, const std::function<void()>& fn);
 
  private:
+  // Times the phases of one round; a debug-level log line lists them when
+  // the round ends (or fails).
+  class Phases {
+   public:
+    Phases(const DistWrapper& dist, std::string step);
+    ~Phases();
+    void mark(const char* phase);  // the time since the previous mark is `phase`'s
+
+   private:
+    const DistWrapper& dist_;
+    std::string step_;
+    bool enabled_;
+    std::chrono::steady_clock::time_point last_;
+    std::string line_;
+  };
+
   template <typename Fn>
   auto run_local(const std::string& step, const Fn& fn) -> decltype(fn()) {
     try {
@@ -148,18 +224,30 @@ class DistWrapper {
       fail_local(step + ":collective", ErrorCode::kInternal, e.what());
     }
   }
+  // Decodes the gathered payloads of the ranks that succeeded (not the
+  // coordinator's own, which stays unencoded) into `all`, or appends the
+  // failures; returns the payloads. `bounds`, for plans, gets each payload's
+  // item bounds.
   template <typename T>
-  void collect(const std::vector<std::string>& gathered, std::vector<T>& all,
-               std::vector<RankFailure>& failures) {
+  std::vector<std::string_view> collect(const std::vector<std::string>& gathered,
+                                        std::vector<T>& all, std::vector<RankFailure>& failures,
+                                        std::vector<std::vector<size_t>>* bounds = nullptr) {
     std::vector<std::string_view> payloads(gathered.size());
     std::vector<size_t> ok_ranks;
     for (size_t r = 0; r < gathered.size(); ++r)
-      if (split(gathered[r], payloads[r], failures)) ok_ranks.push_back(r);
-    if (!failures.empty()) return;
+      if (split(gathered[r], payloads[r], failures) && static_cast<int>(r) != coordinator_)
+        ok_ranks.push_back(r);
+    if (!failures.empty()) return payloads;
     // The other ranks wait for the coordinator here: decode their plans
     // (100k+ items each) in parallel.
-    tbb::parallel_for(size_t{0}, ok_ranks.size(),
-                      [&](size_t i) { wire::decode(payloads[ok_ranks[i]], all[ok_ranks[i]]); });
+    tbb::parallel_for(size_t{0}, ok_ranks.size(), [&](size_t i) {
+      const size_t r = ok_ranks[i];
+      if constexpr (std::is_same_v<T, SavePlan> || std::is_same_v<T, LoadPlan>)
+        wire::decode(payloads[r], all[r], bounds ? &(*bounds)[r] : nullptr);
+      else
+        wire::decode(payloads[r], all[r]);
+    });
+    return payloads;
   }
   template <typename T>
   void open(const std::string& reply, T& out) {

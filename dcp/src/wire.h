@@ -21,12 +21,29 @@ std::string encode(const Metadata& metadata);
 std::string encode(int value);
 std::string encode(const std::vector<RankFailure>& failures);
 
-void decode(std::string_view bytes, SavePlan& out);
-void decode(std::string_view bytes, LoadPlan& out);
+// `bounds`, when given, gets where each item's bytes begin and end: item i
+// is bytes[bounds[i], bounds[i + 1]).
+void decode(std::string_view bytes, SavePlan& out, std::vector<size_t>* bounds = nullptr);
+void decode(std::string_view bytes, LoadPlan& out, std::vector<size_t>* bounds = nullptr);
 void decode(std::string_view bytes, std::vector<WriteResult>& out);
 void decode(std::string_view bytes, Metadata& out);
 void decode(std::string_view bytes, int& out);
 void decode(std::string_view bytes, std::vector<RankFailure>& out);
+
+// The coordinator's reply of the first round. A rank keeps its local plan;
+// the reply names the runs of its items that the final plan keeps, by
+// position, and carries only the items the local plan does not have (an
+// item is "kept" when its encoding is byte for byte the same). A rank then
+// rebuilds its final plan by moving its own items instead of decoding them
+// all. `local_bytes` and `bounds` are the rank's encoded local plan and its
+// item bounds (decode(..., &bounds)).
+std::string encode_reply(const SavePlan& final_plan, std::string_view local_bytes,
+                         const std::vector<size_t>& bounds);
+std::string encode_reply(const LoadPlan& final_plan, std::string_view local_bytes,
+                         const std::vector<size_t>& bounds);
+// Builds `out` from a reply and `local` (whose kept items are moved from).
+void decode_reply(std::string_view bytes, SavePlan& local, SavePlan& out);
+void decode_reply(std::string_view bytes, LoadPlan& local, LoadPlan& out);
 
 }  // namespace wire
 }  // namespace dcp

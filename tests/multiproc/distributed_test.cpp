@@ -116,6 +116,9 @@ DCP_REGISTER_WORKER(round_trip) {
   Metadata md = save(sd, so);
   EXPECT_EQ(md.world_size, world);
   EXPECT_EQ(md.state_dict_metadata.size(), 4u);
+  // Every rank returns the metadata that was committed (the coordinator's
+  // own copy never goes through the wire; the others decode theirs).
+  EXPECT_EQ(serialize_metadata(md), serialize_metadata(read_metadata(dir))) << "rank " << rank;
 
   StateDict dest{{"replicated", at::zeros({5, 3}, at::kDouble)},
                  {"sharded", shard(full, layout("rows", world, rank, kRows, kCols), true)},

@@ -73,8 +73,14 @@ const std::string& Value::to_string() const { return get<std::string>(Kind::kStr
 const Bytes& Value::to_bytes() const { return get<Bytes>(Kind::kBytes); }
 const at::Tensor& Value::tensor() const { return get<at::Tensor>(Kind::kTensor); }
 at::Tensor& Value::tensor() { return get<at::Tensor>(Kind::kTensor); }
-const ShardedTensor& Value::sharded() const { return get<ShardedTensor>(Kind::kSharded); }
-ShardedTensor& Value::sharded() { return get<ShardedTensor>(Kind::kSharded); }
+const ShardedTensor& Value::sharded() const {
+  return *get<std::shared_ptr<ShardedTensor>>(Kind::kSharded);
+}
+ShardedTensor& Value::sharded() {
+  auto& p = get<std::shared_ptr<ShardedTensor>>(Kind::kSharded);
+  if (p.use_count() > 1) p = std::make_shared<ShardedTensor>(*p);  // copy on write
+  return *p;
+}
 const List& Value::list() const { return get<List>(Kind::kList); }
 List& Value::list() { return get<List>(Kind::kList); }
 const Dict& Value::dict() const { return get<Dict>(Kind::kDict); }

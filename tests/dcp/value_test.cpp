@@ -45,5 +45,28 @@ TEST(ValueTest, EqualsIsStructuralAndBitExact) {
   EXPECT_FALSE(Value(1).equals(Value(1.0)));
 }
 
+// Copies of a Value share a sharded tensor until one is asked for it
+// mutably; then each behaves as an independent copy (tensors alias, as a
+// copied at::Tensor does).
+TEST(ValueTest, CopiesOfAShardedTensorAreIndependent) {
+  at::Tensor t = testing::make_tensor(at::kFloat, {2, 4}, 1);
+  const Value a(ShardedTensor{{4, 4}, {Shard{t, {0, 0}}}});
+  Value b = a;
+  EXPECT_EQ(&a.sharded(), &static_cast<const Value&>(b).sharded());  // shared: no copy made
+  b.sharded().local_shards.push_back(Shard{testing::make_tensor(at::kFloat, {2, 4}, 2), {2, 0}});
+  b.sharded().global_size[1] = 8;
+  EXPECT_EQ(a.sharded().local_shards.size(), 1u);
+  EXPECT_EQ(a.sharded().global_size, (std::vector<int64_t>{4, 4}));
+  EXPECT_EQ(b.sharded().local_shards.size(), 2u);
+  EXPECT_EQ(b.sharded().local_shards[0].tensor.data_ptr(), t.data_ptr());  // tensors alias
+  Value c = b;
+  c = Value(1);  // dropping a copy leaves the other whole
+  EXPECT_EQ(b.sharded().local_shards.size(), 2u);
+  EXPECT_FALSE(a.equals(b));
+  Value d = a;
+  d.sharded().local_shards[0].offsets = {2, 0};
+  EXPECT_EQ(a.sharded().local_shards[0].offsets, (std::vector<int64_t>{0, 0}));
+}
+
 }  // namespace
 }  // namespace dcp

@@ -94,7 +94,7 @@ class Value {
   Value(std::string v) : v_(std::move(v)) {}
   Value(Bytes v) : v_(std::move(v)) {}
   Value(at::Tensor v) : v_(std::move(v)) {}
-  Value(ShardedTensor v) : v_(std::move(v)) {}
+  Value(ShardedTensor v) : v_(std::make_shared<ShardedTensor>(std::move(v))) {}
   Value(List v) : v_(std::move(v)) {}
   Value(Dict v) : v_(std::move(v)) {}
   Value(std::shared_ptr<Stateful> v) : v_(std::move(v)) {}
@@ -141,8 +141,12 @@ class Value {
   template <typename T>
   T& get(Kind want);
 
-  std::variant<std::monostate, bool, int64_t, double, std::string, Bytes, at::Tensor, ShardedTensor,
-               List, Dict, std::shared_ptr<Stateful>>
+  // A sharded tensor is shared between copies of a Value until one of them
+  // asks for it mutably (then that one gets its own copy): copying a state
+  // dict of 100k sharded tensors, as flattening does, costs no allocation
+  // per shard. Tensors alias their originals either way, as with at::Tensor.
+  std::variant<std::monostate, bool, int64_t, double, std::string, Bytes, at::Tensor,
+               std::shared_ptr<ShardedTensor>, List, Dict, std::shared_ptr<Stateful>>
       v_;
 };
 

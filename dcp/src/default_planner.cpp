@@ -638,20 +638,36 @@ std::pair<std::vector<SavePlan>, Metadata> DefaultSavePlanner::create_global_pla
         if (item.index.fqn == key) return std::to_string(r);
     return std::string("?");
   };
+  auto& entries = md.state_dict_metadata;
   for (size_t r = 0; r < world; ++r) {
-    // Plans list keys in order: the hint makes insertion O(1) for rank 0.
-    auto hint = md.state_dict_metadata.end();
+    // Plans list keys in order: the entry of the previous item (more shards
+    // of one key) or the one after it (a key an earlier rank has: the usual
+    // case) is found without a search or an allocation; a new key past the
+    // last one is appended; anything else is looked up.
+    auto hint = entries.end(), last = entries.end();
     for (const auto& item : all_plans[r].items) {
       const std::string& key = item.index.fqn;
       const bool is_bytes = item.type == WriteItemType::kByteIO;
-      auto before = md.state_dict_metadata.size();
-      auto it = md.state_dict_metadata.emplace_hint(
-          hint, key,
-          is_bytes ? StorageMetadata(BytesStorageMetadata{})
-                   : StorageMetadata(TensorStorageMetadata{
-                         item.tensor_data->properties, item.tensor_data->size, {}}));
+      auto it = hint;
+      bool fresh = false;
+      if (last != entries.end() && last->first == key) {
+        it = last;
+      } else if (it == entries.end() || it->first != key) {
+        it = entries.empty() || std::prev(entries.end())->first < key ? entries.end()
+                                                                      : entries.lower_bound(key);
+        if (it == entries.end() || it->first != key) {
+          fresh = true;
+          if (is_bytes) {
+            it = entries.emplace_hint(it, key, BytesStorageMetadata{});
+          } else {
+            TensorStorageMetadata t{item.tensor_data->properties, item.tensor_data->size, {}};
+            if (item.type == WriteItemType::kShard) t.chunks.reserve(world);  // one a rank, often
+            it = entries.emplace_hint(it, key, std::move(t));
+          }
+        }
+      }
+      last = it;
       hint = std::next(it);
-      const bool fresh = md.state_dict_metadata.size() != before;
       if (is_bytes) {
         if (!std::holds_alternative<BytesStorageMetadata>(it->second))
           throw InvalidArgumentError("key '" + key + "' is a tensor on rank " + first_rank(key) +
@@ -673,7 +689,7 @@ std::pair<std::vector<SavePlan>, Metadata> DefaultSavePlanner::create_global_pla
       t->chunks.push_back(td.chunk);
     }
   }
-  for (auto& [key, entry] : md.state_dict_metadata)
+  for (auto& [key, entry] : entries)
     if (auto* t = std::get_if<TensorStorageMetadata>(&entry)) validate_chunks(key, *t);
 
   // Merge every rank's flattening map.

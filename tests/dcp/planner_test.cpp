@@ -163,6 +163,69 @@ TEST(PlannerTest, DedupSpreadsReplicatedItems) {
   EXPECT_EQ(plans2[1].items.size(), 0u);
 }
 
+// The metadata entries the global plan builds: keys on some ranks only,
+// several shards of one key on one rank, values; in key order or not. And
+// what ranks disagree on is an error naming the key and both ranks.
+TEST(PlannerTest, GlobalPlanEntriesAndDisagreements) {
+  auto shard = [](const std::string& key, int64_t row, at::ScalarType dtype = at::kFloat,
+                  int64_t total = 8) {
+    WriteItem it;
+    it.index = MetadataIndex(key, {row, 0});
+    it.type = WriteItemType::kShard;
+    it.tensor_data = TensorWriteData{ChunkStorageMetadata{{row, 0}, {2, 4}}, {dtype}, {total, 4}};
+    return it;
+  };
+  auto value = [](const std::string& key) {
+    WriteItem it;
+    it.index = MetadataIndex(key);
+    it.type = WriteItemType::kByteIO;
+    return it;
+  };
+  auto plan = [](std::vector<WriteItem> items) {
+    SavePlan p;
+    p.items = std::move(items);
+    return p;
+  };
+  // "b": rows 0-1 and 2-3 on rank 0, 4-5 and 6-7 on rank 1; "a" and "d" on
+  // rank 0 only, "c" on rank 1 only, "e" on both (replicated value).
+  std::vector<SavePlan> plans = {plan({shard("a", 0, at::kFloat, 2), shard("b", 0), shard("b", 2),
+                                       shard("d", 0, at::kFloat, 2), value("e")}),
+                                 plan({shard("b", 4), shard("b", 6), value("c"), value("e")})};
+  for (bool reversed : {false, true}) {
+    if (reversed)
+      for (auto& p : plans) std::reverse(p.items.begin(), p.items.end());
+    DefaultSavePlanner planner;
+    auto [out, md] = planner.create_global_plan(plans);
+    std::vector<std::string> keys;
+    for (const auto& [k, e] : md.state_dict_metadata) keys.push_back(k);
+    EXPECT_EQ(keys, (std::vector<std::string>{"a", "b", "c", "d", "e"}));
+    const auto& b = std::get<TensorStorageMetadata>(md.state_dict_metadata.at("b"));
+    std::set<int64_t> rows;
+    for (const auto& c : b.chunks) rows.insert(c.offsets[0]);
+    EXPECT_EQ(rows, (std::set<int64_t>{0, 2, 4, 6}));
+    EXPECT_TRUE(std::holds_alternative<BytesStorageMetadata>(md.state_dict_metadata.at("c")));
+  }
+  auto error = [&](std::vector<SavePlan> in, SavePlannerOptions o = {}) {
+    DefaultSavePlanner planner(o);
+    try {
+      planner.create_global_plan(std::move(in));
+    } catch (const InvalidArgumentError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(error({plan({shard("x", 0)}), plan({value("x")})}),
+            "key 'x' is a tensor on rank 0 but a plain value on rank 1");
+  EXPECT_EQ(error({plan({value("x")}), plan({shard("x", 0)})}),
+            "key 'x' is a plain value on rank 0 but a tensor on rank 1");
+  const std::string differs = error({plan({shard("x", 0)}), plan({shard("x", 2, at::kDouble)})});
+  EXPECT_NE(differs.find("key 'x' differs between ranks"), std::string::npos) << differs;
+  EXPECT_NE(differs.find("on rank 1"), std::string::npos) << differs;
+  SavePlannerOptions no_dedup;
+  no_dedup.dedup_replicated = false;
+  EXPECT_EQ(error({plan({value("v")}), plan({value("v")})}, no_dedup), "key 'v' is saved twice");
+}
+
 // Plans that list keys in order take a merge through the plans; plans in
 // any other order (a subclass's) take a hash map. Both decide the same.
 TEST(PlannerTest, DedupDecidesTheSameForSortedAndUnsortedPlans) {

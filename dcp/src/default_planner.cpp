@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <set>
 #include <unordered_map>
+#include <utility>
 
 #include "codec.h"
 #include "dcp/error.h"
@@ -660,9 +661,9 @@ std::pair<std::vector<SavePlan>, Metadata> DefaultSavePlanner::create_global_pla
           if (is_bytes) {
             it = entries.emplace_hint(it, key, BytesStorageMetadata{});
           } else {
-            TensorStorageMetadata t{item.tensor_data->properties, item.tensor_data->size, {}};
-            if (item.type == WriteItemType::kShard) t.chunks.reserve(world);  // one a rank, often
-            it = entries.emplace_hint(it, key, std::move(t));
+            it = entries.emplace_hint(
+                it, key,
+                TensorStorageMetadata{item.tensor_data->properties, item.tensor_data->size, {}});
           }
         }
       }
@@ -810,8 +811,12 @@ LoadPlan DefaultLoadPlanner::create_local_plan() {
       dest_size = t.sizes().vec();
       boxes.emplace_back(std::vector<int64_t>(dest_size.size(), 0), t);
     } else if (dest->is_sharded()) {
-      dest_size = dest->sharded().global_size;
-      for (const Shard& s : dest->sharded().local_shards) boxes.emplace_back(s.offsets, s.tensor);
+      // Read through const access: a mutable one would give the working copy
+      // a ShardedTensor of its own (copy on write) and the load would then
+      // replace the caller's.
+      const ShardedTensor& st = std::as_const(*dest).sharded();
+      dest_size = st.global_size;
+      for (const Shard& s : st.local_shards) boxes.emplace_back(s.offsets, s.tensor);
     } else {
       problems.push_back("'" + key + "': the checkpoint holds tensor " + saved_desc +
                          ", the destination is a " + describe(*dest));
@@ -922,7 +927,7 @@ at::Tensor DefaultLoadPlanner::destination_view(const ReadItem& item) const {
     throw InvalidArgumentError("no destination for " + to_string(item.dest_index));
   at::Tensor t;
   if (it->second->is_sharded()) {
-    for (const Shard& s : it->second->sharded().local_shards)
+    for (const Shard& s : std::as_const(*it->second).sharded().local_shards)  // const: see above
       if (s.offsets == item.dest_index.offset) t = s.tensor;
     if (!t.defined())
       throw InvalidArgumentError("no local shard for " + to_string(item.dest_index));

@@ -238,13 +238,14 @@ void decode_reply_plan(std::string_view bytes, Plan& local, Plan& out) {
   };
   if (in_order) {
     // Compact the local plan in place: no new item vector to fault in.
-    uint64_t w = 0;
+    uint64_t w = 0, end = 0;  // items written; end of the previous run
     while (w < n) {
       const uint64_t head = d.varint();
       if (head & 1) d.fail("new items in an in-order plan reply");
       const uint64_t len = head >> 1, start = copy_run(len, w);
-      if (start < w) d.fail("runs out of order in an in-order plan reply");
-      for (uint64_t i = start; i < start + len; ++i, ++w)
+      if (start < end) d.fail("runs out of order in an in-order plan reply");
+      end = start + len;
+      for (uint64_t i = start; i < end; ++i, ++w)
         if (w != i) local.items[w] = std::move(local.items[i]);
     }
     local.items.resize(w);

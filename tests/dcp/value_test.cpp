@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <utility>
+
 #include "common/test_util.h"
 
 namespace dcp {
@@ -66,6 +68,35 @@ TEST(ValueTest, CopiesOfAShardedTensorAreIndependent) {
   Value d = a;
   d.sharded().local_shards[0].offsets = {2, 0};
   EXPECT_EQ(a.sharded().local_shards[0].offsets, (std::vector<int64_t>{0, 0}));
+}
+
+// A load fills the caller's sharded tensors in place and leaves the
+// ShardedTensor objects themselves where they were: references into the
+// state dict stay valid (a load reads them through const access, so its
+// working copy never takes a copy of its own).
+TEST(ValueTest, LoadKeepsTheCallersShardedTensorObjects) {
+  testing::TempDir dir;
+  at::Tensor full = testing::make_tensor(at::kFloat, {4, 4}, 1);
+  save({{"w",
+         ShardedTensor{{4, 4},
+                       {Shard{full.narrow(0, 0, 2), {0, 0}}, Shard{full.narrow(0, 2, 2), {2, 0}}}}},
+        {"nested", Dict{{"s", ShardedTensor{{4, 4}, {Shard{full, {0, 0}}}}}}},
+        {"step", 3}},
+       dir.sub("ck"));
+  StateDict sd{
+      {"w",
+       ShardedTensor{{4, 4}, {Shard{at::zeros({2, 4}), {0, 0}}, Shard{at::zeros({2, 4}), {2, 0}}}}},
+      {"nested", Dict{{"s", ShardedTensor{{4, 4}, {Shard{at::zeros({4, 4}), {0, 0}}}}}}},
+      {"step", 0}};
+  const ShardedTensor* w = &std::as_const(sd["w"]).sharded();
+  const ShardedTensor* s = &std::as_const(sd["nested"].dict()["s"]).sharded();
+  const Shard& first = w->local_shards[0];
+  load(sd, dir.sub("ck"));
+  EXPECT_EQ(&std::as_const(sd["w"]).sharded(), w);
+  EXPECT_EQ(&std::as_const(sd["nested"].dict()["s"]).sharded(), s);
+  EXPECT_TRUE(at::equal(first.tensor, full.narrow(0, 0, 2)));
+  EXPECT_TRUE(at::equal(s->local_shards[0].tensor, full));
+  EXPECT_EQ(sd["step"].to_int(), 3);
 }
 
 }  // namespace

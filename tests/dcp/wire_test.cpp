@@ -132,6 +132,10 @@ TEST(WireTest, BadRepliesAreCorruptionErrors) {
   const std::string twice{2, 0, 2, 0, 2, 0, 0, 0, 0};
   SavePlan copy = local;
   EXPECT_THROW(wire::decode_reply(twice, copy, out), CorruptionError);
+  // Runs said to be in order that overlap: (2 from 2), then (1 from 3).
+  const std::string overlapping{3, 1, 4, 2, 2, 3, 0, 0, 0};
+  copy = local;
+  EXPECT_THROW(wire::decode_reply(overlapping, copy, out), CorruptionError);
   // The same, or runs going back, said to be in order.
   const std::string back{2, 1, 2, 1, 2, 0, 0, 0, 0};
   copy = local;

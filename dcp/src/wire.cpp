@@ -229,20 +229,29 @@ void decode_reply_plan(std::string_view bytes, Plan& local, Plan& out) {
   const size_t have = local.items.size();
   if (in_order > 1) d.fail("bad order flag in a plan reply");
   if (n > have + d.remaining()) d.fail("implausible item count in a plan reply");
-  auto copy_run = [&](uint64_t len, uint64_t done) {
+  // The next run: its length (checked against the items still to come)
+  // and whether it brings new items.
+  auto next_run = [&](uint64_t done, bool& literal) {
+    const uint64_t head = d.varint(), len = head >> 1;
     if (len == 0 || len > n - done) d.fail("bad run length in a plan reply");
+    literal = head & 1;
+    return len;
+  };
+  // The first local item of a run of `len` of them.
+  auto run_start = [&](uint64_t len) {
     const uint64_t start = d.varint();
     if (start > have || len > have - start)
       d.fail("a plan reply names items the local plan does not have");
     return start;
   };
+  bool literal = false;
   if (in_order) {
     // Compact the local plan in place: no new item vector to fault in.
     uint64_t w = 0, end = 0;  // items written; end of the previous run
     while (w < n) {
-      const uint64_t head = d.varint();
-      if (head & 1) d.fail("new items in an in-order plan reply");
-      const uint64_t len = head >> 1, start = copy_run(len, w);
+      const uint64_t len = next_run(w, literal);
+      if (literal) d.fail("new items in an in-order plan reply");
+      const uint64_t start = run_start(len);
       if (start < end) d.fail("runs out of order in an in-order plan reply");
       end = start + len;
       for (uint64_t i = start; i < end; ++i, ++w)
@@ -255,17 +264,12 @@ void decode_reply_plan(std::string_view bytes, Plan& local, Plan& out) {
     out.items.clear();
     out.items.reserve(n);
     while (out.items.size() < n) {
-      const uint64_t head = d.varint();
-      const uint64_t len = head >> 1;
-      if (head & 1) {
-        if (len == 0 || len > n - out.items.size()) d.fail("bad run length in a plan reply");
-        for (uint64_t k = 0; k < len; ++k) {
-          out.items.emplace_back();
-          get_item(d, out.items.back());
-        }
+      const uint64_t len = next_run(out.items.size(), literal);
+      if (literal) {
+        for (uint64_t k = 0; k < len; ++k) get_item(d, out.items.emplace_back());
         continue;
       }
-      const uint64_t start = copy_run(len, out.items.size());
+      const uint64_t start = run_start(len);
       for (uint64_t i = start; i < start + len; ++i) {
         if (taken[i]) d.fail("a plan reply names a local item twice");
         taken[i] = 1;

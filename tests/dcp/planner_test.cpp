@@ -12,6 +12,25 @@ namespace {
 
 using testing::make_tensor;
 
+// Write items as a rank's local plan has them. A [total, 4] tensor: whole,
+// or the shard of `rows` rows at `row`.
+WriteItem row_item(const std::string& key, int64_t row, int64_t rows, int64_t total,
+                   at::ScalarType dtype = at::kFloat) {
+  WriteItem it;
+  it.index = MetadataIndex(key, {row, 0});
+  it.type = rows == total ? WriteItemType::kTensor : WriteItemType::kShard;
+  it.tensor_data = TensorWriteData{ChunkStorageMetadata{{row, 0}, {rows, 4}}, {dtype}, {total, 4}};
+  return it;
+}
+
+// A plain value.
+WriteItem value_item(const std::string& key) {
+  WriteItem it;
+  it.index = MetadataIndex(key);
+  it.type = WriteItemType::kByteIO;
+  return it;
+}
+
 // Saves every top-level key with a "foo_" prefix.
 class RenameSavePlanner : public DefaultSavePlanner {
  public:
@@ -167,20 +186,12 @@ TEST(PlannerTest, DedupSpreadsReplicatedItems) {
 // several shards of one key on one rank, values; in key order or not. And
 // what ranks disagree on is an error naming the key and both ranks.
 TEST(PlannerTest, GlobalPlanEntriesAndDisagreements) {
-  auto shard = [](const std::string& key, int64_t row, at::ScalarType dtype = at::kFloat,
-                  int64_t total = 8) {
-    WriteItem it;
-    it.index = MetadataIndex(key, {row, 0});
-    it.type = WriteItemType::kShard;
-    it.tensor_data = TensorWriteData{ChunkStorageMetadata{{row, 0}, {2, 4}}, {dtype}, {total, 4}};
-    return it;
+  // Shards of 2 rows of an [8, 4] tensor; whole [2, 4] tensors; values.
+  auto shard = [](const std::string& key, int64_t row, at::ScalarType dtype = at::kFloat) {
+    return row_item(key, row, 2, 8, dtype);
   };
-  auto value = [](const std::string& key) {
-    WriteItem it;
-    it.index = MetadataIndex(key);
-    it.type = WriteItemType::kByteIO;
-    return it;
-  };
+  auto whole = [](const std::string& key) { return row_item(key, 0, 2, 2); };
+  auto value = value_item;
   auto plan = [](std::vector<WriteItem> items) {
     SavePlan p;
     p.items = std::move(items);
@@ -188,9 +199,9 @@ TEST(PlannerTest, GlobalPlanEntriesAndDisagreements) {
   };
   // "b": rows 0-1 and 2-3 on rank 0, 4-5 and 6-7 on rank 1; "a" and "d" on
   // rank 0 only, "c" on rank 1 only, "e" on both (replicated value).
-  std::vector<SavePlan> plans = {plan({shard("a", 0, at::kFloat, 2), shard("b", 0), shard("b", 2),
-                                       shard("d", 0, at::kFloat, 2), value("e")}),
-                                 plan({shard("b", 4), shard("b", 6), value("c"), value("e")})};
+  std::vector<SavePlan> plans = {
+      plan({whole("a"), shard("b", 0), shard("b", 2), whole("d"), value("e")}),
+      plan({shard("b", 4), shard("b", 6), value("c"), value("e")})};
   for (bool reversed : {false, true}) {
     if (reversed)
       for (auto& p : plans) std::reverse(p.items.begin(), p.items.end());
@@ -229,20 +240,6 @@ TEST(PlannerTest, GlobalPlanEntriesAndDisagreements) {
 // Plans that list keys in order take a merge through the plans; plans in
 // any other order (a subclass's) take a hash map. Both decide the same.
 TEST(PlannerTest, DedupDecidesTheSameForSortedAndUnsortedPlans) {
-  // A [total, 4] float tensor: whole, or the shard of `rows` rows at `row`.
-  auto tensor_item = [](const std::string& key, int64_t row, int64_t rows, int64_t total) {
-    WriteItem it;
-    it.index = MetadataIndex(key, {row, 0});
-    it.type = rows == total ? WriteItemType::kTensor : WriteItemType::kShard;
-    it.tensor_data = TensorWriteData{ChunkStorageMetadata{{row, 0}, {rows, 4}}, {}, {total, 4}};
-    return it;
-  };
-  auto bytes_item = [](const std::string& key) {
-    WriteItem it;
-    it.index = MetadataIndex(key);
-    it.type = WriteItemType::kByteIO;
-    return it;
-  };
   // 3 ranks: rank 0 alone holds a large tensor; replicated tensors of
   // different sizes on all ranks or on two; shards of "s" (rows 0-3 on
   // ranks 0 and 1 both, rows 4-7 on rank 2); a value on every rank.
@@ -250,12 +247,11 @@ TEST(PlannerTest, DedupDecidesTheSameForSortedAndUnsortedPlans) {
   for (int r = 0; r < 3; ++r) {
     for (int i = 0; i < 6; ++i)
       if (i < 3 || i % 3 != r)
-        plans[r].items.push_back(
-            tensor_item("rep" + std::to_string(i), 0, 8 * (i + 1), 8 * (i + 1)));
-    plans[r].items.push_back(r < 2 ? tensor_item("s", 0, 4, 8) : tensor_item("s", 4, 4, 8));
-    plans[r].items.push_back(bytes_item("step"));
+        plans[r].items.push_back(row_item("rep" + std::to_string(i), 0, 8 * (i + 1), 8 * (i + 1)));
+    plans[r].items.push_back(r < 2 ? row_item("s", 0, 4, 8) : row_item("s", 4, 4, 8));
+    plans[r].items.push_back(value_item("step"));
     const int64_t unique_rows = r == 0 ? 1000 : 8;
-    plans[r].items.push_back(tensor_item("u" + std::to_string(r), 0, unique_rows, unique_rows));
+    plans[r].items.push_back(row_item("u" + std::to_string(r), 0, unique_rows, unique_rows));
   }
   auto decide = [](std::vector<SavePlan> in) {
     DefaultSavePlanner planner;

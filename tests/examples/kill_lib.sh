@@ -108,7 +108,8 @@ finish_and_compare() {
 
 # series_finished LOG: a run trained to the end before the test could kill
 # it (a fast or loaded machine); it must have ended with the reference
-# digest. Counts the series ($series): the test goes on in a fresh directory.
+# digest. Counts the series ($series) and moves $dir to a fresh directory,
+# where the test goes on.
 series_finished() {
   local got
   got="$(final_sha "$1")"
@@ -118,6 +119,7 @@ series_finished() {
     exit 1
   fi
   series=$((${series:-0} + 1))
+  dir="$work/killed$series"
   echo "series $series trained to the end before the test made its kills (digest equal); going on in a fresh directory"
 }
 

@@ -42,7 +42,6 @@ while [ "$kills" -lt "$KILLS" ]; do
   if [ "${#pids[@]}" -eq 0 ]; then
     wait "$launcher" || true
     series_finished "$work/run.log"
-    dir="$work/killed$series"
     continue
   fi
   if [ $((attempts % 2)) -eq 1 ]; then

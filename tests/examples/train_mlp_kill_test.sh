@@ -38,7 +38,6 @@ while [ "$kills" -lt "$KILLS" ] || [ "$during_save" -lt 2 ]; do
   if ! kill -KILL "$pid" 2>/dev/null; then
     wait "$pid" || true
     series_finished "$work/run.log"
-    dir="$work/killed$series"
     continue
   fi
   wait "$pid" 2>/dev/null || true

@@ -80,6 +80,12 @@ class ProcessGroupCollectives final : public Collectives {
     return unpack(t[0], "broadcast");
   }
 
+  void barrier() override {
+    c10d::BarrierOptions opts;
+    opts.timeout = timeout_;
+    wait(pg_->barrier(opts), "barrier");
+  }
+
  private:
   void check_root(int root) const {
     if (root < 0 || root >= world_size())

@@ -3,6 +3,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "dcp/replicas.h"
+
 namespace dcp {
 
 const char* error_code_name(ErrorCode code) {
@@ -42,6 +44,24 @@ std::string summarize(const std::string& operation, const std::vector<RankFailur
   return s;
 }
 }  // namespace
+
+const char* replica_check_name(ReplicaCheck check) {
+  switch (check) {
+    case ReplicaCheck::kError:
+      return "error";
+    case ReplicaCheck::kWarn:
+      return "warn";
+    case ReplicaCheck::kOff:
+      return "off";
+  }
+  return "unknown";
+}
+
+ReplicaCheck replica_check_from_name(const std::string& name) {
+  for (ReplicaCheck c : {ReplicaCheck::kError, ReplicaCheck::kWarn, ReplicaCheck::kOff})
+    if (name == replica_check_name(c)) return c;
+  throw InvalidArgumentError("unknown replica check '" + name + "' (known: error, warn, off)");
+}
 
 CheckpointError::CheckpointError(std::string operation, std::vector<RankFailure> failures)
     : Error(

@@ -353,6 +353,25 @@ void decode(std::string_view bytes, int& out) {
   finish(d);
 }
 
+std::string encode(const std::string& value) { return value; }
+void decode(std::string_view bytes, std::string& out) { out.assign(bytes); }
+
+std::string encode(const std::vector<std::string>& values) {
+  codec::Encoder e;
+  e.varint(values.size());
+  for (const auto& v : values) e.str(v);
+  return e.take();
+}
+void decode(std::string_view bytes, std::vector<std::string>& out) {
+  auto d = decoder(bytes);
+  const uint64_t n = d.varint();
+  if (n > bytes.size()) d.fail("bad string count");
+  out.clear();
+  out.reserve(n);
+  for (uint64_t i = 0; i < n; ++i) out.push_back(d.str());
+  finish(d);
+}
+
 std::string encode(const std::vector<RankFailure>& failures) {
   codec::Encoder e;
   e.varint(failures.size());

@@ -19,6 +19,8 @@ std::string encode(const LoadPlan& plan);
 std::string encode(const std::vector<WriteResult>& results);
 std::string encode(const Metadata& metadata);
 std::string encode(int value);
+std::string encode(const std::string& value);
+std::string encode(const std::vector<std::string>& values);
 std::string encode(const std::vector<RankFailure>& failures);
 
 // `bounds`, when given, gets where each item's bytes begin and end: item i
@@ -28,6 +30,8 @@ void decode(std::string_view bytes, LoadPlan& out, std::vector<size_t>* bounds =
 void decode(std::string_view bytes, std::vector<WriteResult>& out);
 void decode(std::string_view bytes, Metadata& out);
 void decode(std::string_view bytes, int& out);
+void decode(std::string_view bytes, std::string& out);
+void decode(std::string_view bytes, std::vector<std::string>& out);
 void decode(std::string_view bytes, std::vector<RankFailure>& out);
 
 // The coordinator's reply of the first round. A rank keeps its local plan;

@@ -10,6 +10,7 @@
 #include <c10/util/intrusive_ptr.h>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -34,7 +35,33 @@ class Collectives {
   virtual std::string scatter(const std::vector<std::string>& parts, int root) = 0;
   // `data` of `root`, on every rank.
   virtual std::string broadcast(const std::string& data, int root) = 0;
+  // Returns once every rank of the group has called it. The default is a
+  // gather to rank 0 and a broadcast from it (so a subclass written before
+  // barrier() existed still compiles); the c10d adapter uses the group's own.
+  virtual void barrier();
 };
+
+// Rounds of your own under the error discipline of save() and load() (the
+// CheckpointManager makes its decisions with them). `fn` runs inside the
+// round: when it throws on any rank, or a rank's collective fails, every rank
+// throws the same CheckpointError naming `operation`, `step`, the rank and
+// its message, at once: no rank is left waiting for a peer that gave up.
+// Every rank must call the same rounds in the same order. Without
+// collectives (one process) fn runs directly; what it throws still becomes
+// a CheckpointError.
+//
+// fn() on `root` only; every rank returns its result.
+std::string checked_broadcast(const std::shared_ptr<Collectives>& collectives,
+                              const std::string& operation, const std::string& step,
+                              const std::function<std::string()>& fn, int root = 0);
+// fn() on every rank; every rank returns all the results, in rank order.
+std::vector<std::string> checked_all_gather(const std::shared_ptr<Collectives>& collectives,
+                                            const std::string& operation, const std::string& step,
+                                            const std::function<std::string()>& fn, int root = 0);
+// fn() on every rank; returns on every rank when all succeeded.
+void checked_all_ranks(const std::shared_ptr<Collectives>& collectives,
+                       const std::string& operation, const std::string& step,
+                       const std::function<void()>& fn, int root = 0);
 
 // Collectives over a c10d process group. Each operation waits at most
 // `timeout`; a rank that died or hangs makes the others throw TimeoutError

@@ -11,6 +11,7 @@
 #include "dcp/memory_storage.h"
 #include "dcp/metadata.h"
 #include "dcp/planner.h"
+#include "dcp/replicas.h"
 #include "dcp/storage.h"
 #include "dcp/value.h"
 #include "dcp/version.h"

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "dcp/planner.h"
+#include "dcp/replicas.h"
 
 namespace dcp {
 
@@ -55,6 +56,9 @@ struct SavePlannerOptions {
   // Which rank writes a replicated item: false (default) spreads them to
   // balance bytes per rank; true always picks the lowest rank holding it.
   bool dedup_to_lowest_rank = false;
+  // Copies of a replicated item that differ between ranks (dcp/replicas.h):
+  // an error by default.
+  ReplicaCheck check_replicas = ReplicaCheck::kError;
 };
 
 class DefaultSavePlanner : public SavePlanner {

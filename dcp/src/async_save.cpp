@@ -10,6 +10,7 @@
 
 #include "dcp/error.h"
 #include "dcp/logging.h"
+#include "dist.h"
 #include "resolve.h"
 
 namespace dcp {
@@ -203,9 +204,13 @@ struct AsyncSaver::Task {
   SaveOptions options;
   Slot* slot;
   std::shared_ptr<AsyncSaveHandle::State> state;
+  // Set when staging failed on this rank: the task only takes part in the
+  // first round, so that the other ranks' saves fail with it at once.
+  std::exception_ptr stage_failure;
 
   void run() {
     try {
+      if (stage_failure) save_after_failure(options, "stage", stage_failure);
       Metadata md = dcp::save(staged, options);
       std::lock_guard<std::mutex> lock(state->mu);
       state->metadata = std::move(md);
@@ -265,20 +270,40 @@ AsyncSaveHandle AsyncSaver::save(const StateDict& state_dict, const SaveOptions&
     ++in_flight_;
   }
   auto task = std::make_unique<Task>();
-  try {
-    StateDict resolved;
-    for (const auto& kv : state_dict) resolved.emplace(kv.first, resolve_stateful(kv.second));
-    task->staged = slot->stager->stage(resolved);
-  } catch (...) {
-    std::lock_guard<std::mutex> lock(mu_);
-    slot->busy = false;
-    --in_flight_;
-    cv_.notify_all();
-    throw;
-  }
   task->options = options;
   task->slot = slot;
   task->state = std::make_shared<AsyncSaveHandle::State>();
+  const std::string operation = "save of '" + options.checkpoint_id + "'";
+  const int rank = options.collectives ? options.collectives->rank() : 0;
+  try {
+    StateDict resolved;
+    for (const auto& kv : state_dict)
+      with_context(operation, rank, "state_dict", "state_dict() of '" + kv.first + "'",
+                   [&] { resolved.emplace(kv.first, resolve_stateful(kv.second)); });
+    with_context(operation, rank, "stage", "staging",
+                 [&] { task->staged = slot->stager->stage(resolved); });
+  } catch (const CheckpointError&) {
+    // This rank throws at once. The other ranks' background saves wait in
+    // their first round for this one: a task that takes part in that round
+    // with the failure makes them fail with it too, instead of waiting until
+    // the collectives time out.
+    if (options.collectives && options.collectives->world_size() > 1) {
+      task->staged.clear();
+      task->stage_failure = std::current_exception();
+      task->state->seen = true;  // thrown here; not again by the next save()
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        queue_.push_back(std::move(task));
+      }
+      cv_.notify_all();
+    } else {
+      std::lock_guard<std::mutex> lock(mu_);
+      slot->busy = false;
+      --in_flight_;
+      cv_.notify_all();
+    }
+    throw;
+  }
   AsyncSaveHandle handle(task->state);
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -5,6 +5,9 @@
 
 #include <ATen/ATen.h>
 
+#include <c10/util/Exception.h>
+
+#include <cstdio>
 #include <cstring>
 
 #include "dcp/collectives.h"
@@ -122,22 +125,38 @@ class ProcessGroupCollectives final : public Collectives {
     return std::string(reinterpret_cast<const char*>(p + kLenBytes), n);
   }
 
+  // Waits for one operation. Every failure of a collective is classified
+  // here, and only here. Gloo 1.13 throws one exception type whether a peer
+  // closed its connection or did not answer in time, so the time it took
+  // tells them apart: an error well before the timeout is a peer that is
+  // gone (it exited or crashed: the kernel closed its sockets), one at the
+  // timeout is a peer that hangs (or is stuck in another step).
   void wait(const c10::intrusive_ptr<c10d::Work>& work, const char* op) {
+    const auto start = std::chrono::steady_clock::now();
     try {
       work->wait(timeout_);
     } catch (const std::exception& e) {
-      const std::string what = e.what();
-      const bool timed_out =
-          what.find("imed out") != std::string::npos || what.find("imeout") != std::string::npos;
-      const std::string msg =
-          std::string("collective ") + op + " on rank " + std::to_string(rank()) + " failed" +
-          (timed_out ? " (a peer did not answer within " + std::to_string(timeout_.count()) + " ms)"
-                     : "") +
-          ": " + what.substr(0, what.find('\n'));
-      // A peer that died usually shows as a timeout or a closed connection;
-      // both mean the same to the caller: the group cannot finish the step.
-      throw TimeoutError(msg);
+      const auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(
+          std::chrono::steady_clock::now() - start);
+      std::string what = e.what();
+      if (const auto* c10e = dynamic_cast<const c10::Error*>(&e))
+        what = c10e->what_without_backtrace();
+      what = what.substr(0, what.find('\n'));
+      const std::string where = std::string("collective ") + op + " on rank " +
+                                std::to_string(rank()) + " of " + std::to_string(world_size());
+      if (elapsed >= timeout_ * 9 / 10)
+        throw TimeoutError(where + ": no answer within the timeout of " + ms_text(timeout_) +
+                           " (a peer rank hangs, or is in another step): " + what);
+      throw PeerLostError(where + ": a peer's connection closed after " + ms_text(elapsed) +
+                          ", before the timeout of " + ms_text(timeout_) +
+                          " (a rank exited or crashed): " + what);
     }
+  }
+
+  static std::string ms_text(std::chrono::milliseconds ms) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f s", ms.count() / 1000.0);
+    return buf;
   }
 
   c10::intrusive_ptr<c10d::ProcessGroup> pg_;

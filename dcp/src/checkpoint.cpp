@@ -61,6 +61,17 @@ Value resolve_for_load(const Value& v, ObjectPath& path, std::vector<Fixup>& fix
   }
 }
 
+std::string path_text(const ObjectPath& path) {
+  std::string s;
+  for (const auto& e : path) {
+    if (e.is_index)
+      s += "[" + std::to_string(e.index) + "]";
+    else
+      s += (s.empty() ? "" : ".") + e.key;
+  }
+  return s;
+}
+
 Value& at_path(Dict& root, const ObjectPath& path) {
   Value* node = &root.at(path.at(0).key);
   for (size_t i = 1; i < path.size(); ++i)
@@ -132,33 +143,80 @@ Value resolve_stateful(const Value& v) {
   }
 }
 
-Metadata save(const StateDict& state_dict, const SaveOptions& options) {
-  const auto t0 = Clock::now();
+namespace {
+
+// The writer of a save: the caller's (reset to the checkpoint id) or one
+// made for the id's scheme.
+std::shared_ptr<StorageWriter> writer_for(const SaveOptions& options) {
   std::shared_ptr<StorageWriter> writer = options.storage_writer;
   if (writer) {
     writer->reset(options.checkpoint_id);
   } else {
     writer = make_storage_writer(options.checkpoint_id);
   }
+  return writer;
+}
+
+std::string display_id(const std::string& id, const std::shared_ptr<StorageWriter>& writer) {
+  if (!writer) return id;
+  try {
+    return writer->checkpoint_id();
+  } catch (...) {
+    return id;
+  }
+}
+
+}  // namespace
+
+void save_after_failure(const SaveOptions& options, const std::string& step,
+                        std::exception_ptr failure) {
+  DistWrapper dist("save of '" + display_id(options.checkpoint_id, options.storage_writer) + "'",
+                   options.collectives, options.coordinator_rank);
+  std::function<SavePlan()> local = [&]() -> SavePlan {
+    with_context(dist.operation(), dist.rank(), step, "", [&] { std::rethrow_exception(failure); });
+    return {};
+  };
+  std::function<std::vector<SavePlan>(std::vector<SavePlan>)> global = [](auto all) { return all; };
+  dist.reduce_scatter<SavePlan>("plan", local, global);
+  throw Error(ErrorCode::kInternal, "save_after_failure: the failed save went through");
+}
+
+Metadata save(const StateDict& state_dict, const SaveOptions& options) {
+  const auto t0 = Clock::now();
+  // Whatever a rank does before the first round happens inside it, so that
+  // its failure reaches every rank there: making the writer, resolving the
+  // Stateful objects (their state_dict() may throw), planning.
+  std::shared_ptr<StorageWriter> writer;
+  std::exception_ptr setup_error;
+  try {
+    writer = writer_for(options);
+  } catch (...) {
+    setup_error = std::current_exception();
+  }
   std::shared_ptr<SavePlanner> planner =
       options.planner ? options.planner : std::make_shared<DefaultSavePlanner>();
-  DistWrapper dist("save of '" + writer->checkpoint_id() + "'", options.collectives,
-                   options.coordinator_rank);
+  DistWrapper dist("save of '" + display_id(options.checkpoint_id, writer) + "'",
+                   options.collectives, options.coordinator_rank);
 
   // Stateful objects are replaced by their state dicts in a copy; a state dict
   // without any (the common case at scale) is planned as it is, uncopied.
   StateDict resolved_copy;
-  const bool any_stateful = std::any_of(state_dict.begin(), state_dict.end(), [](const auto& kv) {
-    return contains_stateful(kv.second);
-  });
-  if (any_stateful)
-    for (const auto& kv : state_dict) resolved_copy.emplace(kv.first, resolve_stateful(kv.second));
-  const StateDict& resolved = any_stateful ? resolved_copy : state_dict;
-
+  const StateDict* resolved = &state_dict;
   Metadata global_metadata;
   std::function<SavePlan()> local_step = [&] {
+    if (setup_error) std::rethrow_exception(setup_error);
+    const bool any_stateful = std::any_of(state_dict.begin(), state_dict.end(), [](const auto& kv) {
+      return contains_stateful(kv.second);
+    });
+    if (any_stateful) {
+      for (const auto& kv : state_dict)
+        with_context(dist.operation(), dist.rank(), "state_dict",
+                     "state_dict() of '" + kv.first + "'",
+                     [&] { resolved_copy.emplace(kv.first, resolve_stateful(kv.second)); });
+      resolved = &resolved_copy;
+    }
     const auto meta = writer->storage_meta();
-    planner->set_up_planner(resolved, meta, dist.is_coordinator());
+    planner->set_up_planner(*resolved, meta, dist.is_coordinator());
     writer->set_up_storage_writer(dist.is_coordinator(), dist.rank());
     return writer->prepare_local_plan(planner->create_local_plan());
   };
@@ -172,21 +230,29 @@ Metadata save(const StateDict& state_dict, const SaveOptions& options) {
   const auto t_plan = Clock::now();
 
   Clock::time_point t_written;
-  std::function<std::vector<WriteResult>()> write_step = [&] {
+  std::function<wire::WriteReport()> write_step = [&] {
     SavePlan final_plan = planner->finish_plan(std::move(central));
-    auto results = writer->write_data(final_plan, *planner).get();
+    wire::WriteReport report;
+    report.results = writer->write_data(final_plan, *planner).get();
     t_written = Clock::now();
-    return results;
+    report.digests = planner->replica_digests(report.results);
+    return report;
   };
-  std::function<Metadata(std::vector<std::vector<WriteResult>>)> finish_step =
-      [&](std::vector<std::vector<WriteResult>> all) {
+  std::function<Metadata(std::vector<wire::WriteReport>)> finish_step =
+      [&](std::vector<wire::WriteReport> all) {
+        std::vector<std::vector<ReplicaDigest>> digests(all.size());
+        std::vector<std::vector<WriteResult>> results(all.size());
+        for (size_t r = 0; r < all.size(); ++r) {
+          digests[r] = std::move(all[r].digests);
+          results[r] = std::move(all[r].results);
+        }
+        planner->check_replicas(digests);
         // As every rank will have it (the coordinator's copy does not travel).
         if (global_metadata.library_version.empty()) global_metadata.library_version = kVersion;
-        writer->finish(global_metadata, all);
+        writer->finish(global_metadata, results);
         return std::move(global_metadata);
       };
-  Metadata md =
-      dist.all_reduce<std::vector<WriteResult>, Metadata>("write", write_step, finish_step);
+  Metadata md = dist.all_reduce<wire::WriteReport, Metadata>("write", write_step, finish_step);
   const double secs = seconds_since(t0);
   const uint64_t bytes = md.total_bytes();
   if (options.stats) {
@@ -221,11 +287,29 @@ std::shared_ptr<StorageReader> reader_for(const LoadOptions& options) {
   return reader;
 }
 
-// load() with the reader chosen and, when `known` is set, the metadata
-// already read (load_all reads it first to build its template).
-LoadResult load_with(StateDict& state_dict, const LoadOptions& options,
-                     const std::shared_ptr<StorageReader>& reader, std::optional<Metadata> known) {
+std::string display_id(const std::string& id, const std::shared_ptr<StorageReader>& reader) {
+  if (!reader) return id;
+  try {
+    return reader->checkpoint_id();
+  } catch (...) {
+    return id;
+  }
+}
+
+// A load (or load_all, when `make_template` is set: it builds the state
+// dict from the metadata). Whatever a rank does before the first round
+// happens inside it, so that its failure reaches every rank there: making
+// the reader, building the template, calling the Stateful objects'
+// state_dict(). The first round reads the metadata on the coordinator.
+LoadResult load_impl(StateDict& state_dict, const LoadOptions& options, bool make_template) {
   const auto t0 = Clock::now();
+  std::shared_ptr<StorageReader> reader;
+  std::exception_ptr setup_error;
+  try {
+    reader = reader_for(options);
+  } catch (...) {
+    setup_error = std::current_exception();
+  }
   std::shared_ptr<LoadPlanner> planner = options.planner;
   if (!planner) {
     LoadPlannerOptions po;
@@ -233,23 +317,30 @@ LoadResult load_with(StateDict& state_dict, const LoadOptions& options,
     po.exclude = options.exclude;
     planner = std::make_shared<DefaultLoadPlanner>(po);
   }
-  DistWrapper dist("load of '" + reader->checkpoint_id() + "'", options.collectives,
-                   options.coordinator_rank);
+  DistWrapper dist("load of '" + display_id(options.checkpoint_id, reader) + "'",
+                   options.collectives, options.coordinator_rank);
 
   StateDict working;
   std::vector<Fixup> fixups;
-  ObjectPath path;
-  for (const auto& kv : state_dict) {
-    path.push_back(PathElement{false, kv.first, 0});
-    working.emplace(kv.first, resolve_for_load(kv.second, path, fixups));
-    path.pop_back();
-  }
-
-  std::function<Metadata()> read_md = [&] { return reader->read_metadata(); };
-  Metadata md = known ? std::move(*known) : dist.broadcast<Metadata>("read_metadata", read_md);
+  std::function<int()> set_up = [&] {
+    if (setup_error) std::rethrow_exception(setup_error);
+    return 0;
+  };
+  std::function<Metadata(std::vector<int>)> read_md = [&](std::vector<int>) {
+    return reader->read_metadata();
+  };
+  Metadata md = dist.all_reduce<int, Metadata>("read_metadata", set_up, read_md);
   const auto t_md = Clock::now();
 
   std::function<LoadPlan()> local_step = [&] {
+    if (make_template) state_dict = state_dict_from_metadata(md);
+    ObjectPath path;
+    for (const auto& kv : state_dict)
+      with_context(dist.operation(), dist.rank(), "state_dict",
+                   "state_dict() of '" + kv.first + "'", [&] {
+                     path.assign(1, PathElement{false, kv.first, 0});
+                     working.emplace(kv.first, resolve_for_load(kv.second, path, fixups));
+                   });
     reader->set_up_storage_reader(md, dist.is_coordinator());
     planner->set_up_planner(working, md, dist.is_coordinator());
     return reader->prepare_local_plan(planner->create_local_plan());
@@ -280,7 +371,9 @@ LoadResult load_with(StateDict& state_dict, const LoadOptions& options,
   dist.all_ranks("load_state_dict", [&] {
     for (const Fixup& f : fixups) {
       Value& v = at_path(working, f.path);
-      f.object->load_state_dict(v.is_dict() ? v.dict() : Dict{});
+      with_context(dist.operation(), dist.rank(), "load_state_dict",
+                   "load_state_dict() of '" + path_text(f.path) + "'",
+                   [&] { f.object->load_state_dict(v.is_dict() ? v.dict() : Dict{}); });
     }
     for (auto& kv : state_dict) copy_back(kv.second, working.at(kv.first));
   });
@@ -306,7 +399,7 @@ LoadResult load_with(StateDict& state_dict, const LoadOptions& options,
 }  // namespace
 
 LoadResult load(StateDict& state_dict, const LoadOptions& options) {
-  return load_with(state_dict, options, reader_for(options), std::nullopt);
+  return load_impl(state_dict, options, /*make_template=*/false);
 }
 
 LoadResult load(StateDict& state_dict, const std::string& checkpoint_id) {
@@ -316,16 +409,8 @@ LoadResult load(StateDict& state_dict, const std::string& checkpoint_id) {
 }
 
 StateDict load_all(const LoadOptions& options) {
-  std::shared_ptr<StorageReader> reader = reader_for(options);
-  Metadata md;
-  try {
-    md = reader->read_metadata();
-  } catch (const Error& e) {
-    throw CheckpointError("load of '" + reader->checkpoint_id() + "'",
-                          {RankFailure{0, "read_metadata", e.code(), e.what()}});
-  }
-  StateDict sd = state_dict_from_metadata(md);
-  load_with(sd, options, reader, std::move(md));
+  StateDict sd;
+  load_impl(sd, options, /*make_template=*/true);
   return sd;
 }
 

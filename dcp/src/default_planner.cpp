@@ -9,6 +9,7 @@
 
 #include "codec.h"
 #include "dcp/error.h"
+#include "wire.h"
 
 namespace dcp {
 
@@ -582,15 +583,17 @@ std::vector<Replicated> find_replicated_hashing(const std::vector<SavePlan>& pla
 
 }  // namespace
 
-void DefaultSavePlanner::dedup(std::vector<SavePlan>& all_plans) const {
+std::vector<std::vector<ReplicaRequest>> DefaultSavePlanner::dedup(
+    std::vector<SavePlan>& all_plans) const {
   const size_t world = all_plans.size();
+  std::vector<std::vector<ReplicaRequest>> requests(world);
   std::vector<int64_t> load(world, 0);
   // DefaultSavePlanner's local plans list keys in order (flat_ is a map);
   // a subclass's plans may not, and take the hash map.
   const bool sorted = std::all_of(all_plans.begin(), all_plans.end(), sorted_by_fqn);
   std::vector<Replicated> reps =
       sorted ? find_replicated_merging(all_plans, load) : find_replicated_hashing(all_plans, load);
-  if (reps.empty()) return;
+  if (reps.empty()) return requests;
   // Largest first onto the least-loaded holder (greedy balancing); ties in
   // key order, so every run decides the same.
   std::sort(reps.begin(), reps.end(), [](const Replicated& a, const Replicated& b) {
@@ -608,8 +611,16 @@ void DefaultSavePlanner::dedup(std::vector<SavePlan>& all_plans) const {
   }
   // Decide first, then compact: `reps` points into the plans.
   for (const Replicated& d : reps)
-    for (const auto& h : d.holders)
+    for (const auto& h : d.holders) {
+      const WriteItem& item = all_plans[h.first].items[h.second];
+      if (options_.check_replicas != ReplicaCheck::kOff) {
+        if (h.first == d.writer)
+          requests[h.first].push_back(ReplicaRequest{WriteItem{item.index, item.type, {}}, true});
+        else
+          requests[h.first].push_back(ReplicaRequest{item, false});
+      }
       if (h.first != d.writer) keep[h.first][h.second] = 0;
+    }
   reps.clear();
   for (size_t r = 0; r < world; ++r) {
     auto& items = all_plans[r].items;
@@ -621,13 +632,15 @@ void DefaultSavePlanner::dedup(std::vector<SavePlan>& all_plans) const {
       }
     items.resize(out);
   }
+  return requests;
 }
 
 std::pair<std::vector<SavePlan>, Metadata> DefaultSavePlanner::create_global_plan(
     std::vector<SavePlan> all_plans) {
   const size_t world = all_plans.size();
 
-  if (options_.dedup_replicated && world > 1) dedup(all_plans);
+  std::vector<std::vector<ReplicaRequest>> requests;
+  if (options_.dedup_replicated && world > 1) requests = dedup(all_plans);
 
   Metadata md;
   md.world_size = static_cast<int32_t>(world);
@@ -712,10 +725,17 @@ std::pair<std::vector<SavePlan>, Metadata> DefaultSavePlanner::create_global_pla
     }
     md.planner_data = encode_flatten_mapping(merged);
   }
+  // A final plan's planner_data is what the replica check asks of its rank
+  // (the flattening maps are in the metadata now).
+  for (size_t r = 0; r < world; ++r)
+    all_plans[r].planner_data = r < requests.size() ? wire::encode(requests[r]) : std::string();
   return {std::move(all_plans), std::move(md)};
 }
 
 SavePlan DefaultSavePlanner::finish_plan(SavePlan central_plan) {
+  replica_requests_.clear();
+  if (!central_plan.planner_data.empty())
+    wire::decode(central_plan.planner_data, replica_requests_);
   plan_ = central_plan;
   return central_plan;
 }

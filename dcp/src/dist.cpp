@@ -1,5 +1,6 @@
 #include "dist.h"
 
+#include <c10/util/Exception.h>
 #include <spdlog/spdlog.h>
 
 #include "codec.h"
@@ -27,7 +28,7 @@ DistWrapper::DistWrapper(std::string operation, std::shared_ptr<Collectives> col
 }
 
 void DistWrapper::fail_local(const std::string& step, ErrorCode code, const std::string& msg) {
-  throw CheckpointError(operation_, {RankFailure{rank_, step, code, msg}});
+  throw CheckpointError(operation_, {RankFailure{rank_, step, code, msg, false}});
 }
 
 std::string DistWrapper::ok(const std::string& payload) {
@@ -65,11 +66,30 @@ std::string DistWrapper::envelope(const std::string& step, const std::function<s
     return ok(fn());
   } catch (const CheckpointError& e) {
     return failed(e.failures());
-  } catch (const Error& e) {
-    return failed({RankFailure{rank_, step, e.code(), e.what()}});
-  } catch (const std::exception& e) {
-    return failed({RankFailure{rank_, step, ErrorCode::kInternal, e.what()}});
+  } catch (...) {
+    return failed({current_failure(step)});
   }
+}
+
+RankFailure current_failure(int rank, const std::string& step) {
+  RankFailure f{rank, step, ErrorCode::kInternal, "", false};
+  try {
+    throw;
+  } catch (const Error& e) {
+    f.code = e.code();
+    f.retryable = e.retryable();
+    f.message = e.what();
+  } catch (const c10::Error& e) {
+    f.message = e.what_without_backtrace();
+    logger().debug("rank {} in {}: {}", rank, step, e.what());
+  } catch (const std::bad_alloc&) {
+    f.message = "out of memory (std::bad_alloc)";
+  } catch (const std::exception& e) {
+    f.message = e.what();
+  } catch (...) {
+    f.message = "an exception that is not a std::exception";
+  }
+  return f;
 }
 
 DistWrapper::Phases::Phases(const DistWrapper& dist, std::string step)

@@ -4,8 +4,9 @@
 // RankFailure that travels with the round's messages, so every rank throws
 // the same CheckpointError naming the failed ranks, steps and messages; the
 // coordinator does not run a global step (nor write metadata) after a
-// failure. A rank that dies makes the others' collectives time out, which
-// they report as a TimeoutError failure of their own.
+// failure. A rank that dies makes the others' collectives fail (PeerLostError
+// at once, or TimeoutError for a rank that hangs), which they report as a
+// failure of their own.
 //
 // Without Collectives (one process) the rounds are direct calls.
 #pragma once
@@ -27,12 +28,36 @@
 
 namespace dcp {
 
+// The failure of `rank` in `step` for the exception being handled (call it
+// inside a catch block): its code, retryable() and message; the message has
+// no backtrace (c10::Error's what() carries one: it goes to the debug log).
+RankFailure current_failure(int rank, const std::string& step);
+
+// Runs fn; what it throws (but a CheckpointError, which passes as it is)
+// becomes a CheckpointError of `operation` whose one failure is this rank's
+// in `step`, its message prefixed with `context` ("state_dict() of 'rng'")
+// unless that is empty.
+template <typename Fn>
+auto with_context(const std::string& operation, int rank, const std::string& step,
+                  const std::string& context, const Fn& fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const CheckpointError&) {
+    throw;
+  } catch (...) {
+    RankFailure f = current_failure(rank, step);
+    if (!context.empty()) f.message = context + ": " + f.message;
+    throw CheckpointError(operation, {std::move(f)});
+  }
+}
+
 class DistWrapper {
  public:
   // `collectives` may be null: a single process, rank 0 of 1.
   DistWrapper(std::string operation, std::shared_ptr<Collectives> collectives,
               int coordinator_rank);
 
+  const std::string& operation() const { return operation_; }
   int rank() const { return rank_; }
   int world_size() const { return world_size_; }
   bool is_coordinator() const { return rank_ == coordinator_; }
@@ -203,13 +228,14 @@ class DistWrapper {
       return fn();
     } catch (const CheckpointError&) {
       throw;
-    } catch (const Error& e) {
-      fail_local(step, e.code(), e.what());
-    } catch (const std::exception& e) {
-      fail_local(step, ErrorCode::kInternal, e.what());
+    } catch (...) {
+      throw CheckpointError(operation_, {current_failure(step)});
     }
   }
   [[noreturn]] void fail_local(const std::string& step, ErrorCode code, const std::string& msg);
+  RankFailure current_failure(const std::string& step) const {
+    return dcp::current_failure(rank_, step);
+  }
 
   // Runs fn, returning ok(payload) or failed({this rank's failure}).
   std::string envelope(const std::string& step, const std::function<std::string()>& fn);
@@ -218,10 +244,8 @@ class DistWrapper {
   auto transport(const std::string& step, const Fn& fn) -> decltype(fn()) {
     try {
       return fn();
-    } catch (const Error& e) {
-      fail_local(step + ":collective", e.code(), e.what());
-    } catch (const std::exception& e) {
-      fail_local(step + ":collective", ErrorCode::kInternal, e.what());
+    } catch (...) {
+      throw CheckpointError(operation_, {current_failure(step + ":collective")});
     }
   }
   // Decodes the gathered payloads of the ranks that succeeded (not the

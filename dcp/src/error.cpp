@@ -1,5 +1,6 @@
 #include "dcp/error.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -27,6 +28,8 @@ const char* error_code_name(ErrorCode code) {
       return "config";
     case ErrorCode::kTimeout:
       return "timeout";
+    case ErrorCode::kPeerLost:
+      return "peer lost";
     case ErrorCode::kCheckpoint:
       return "checkpoint";
   }
@@ -64,14 +67,9 @@ ReplicaCheck replica_check_from_name(const std::string& name) {
 }
 
 CheckpointError::CheckpointError(std::string operation, std::vector<RankFailure> failures)
-    : Error(
-          ErrorCode::kCheckpoint, summarize(operation, failures),
-          !failures.empty() &&
-              [&] {
-                for (const auto& f : failures)
-                  if (f.code != ErrorCode::kTimeout && f.code != ErrorCode::kStorage) return false;
-                return true;
-              }()),
+    : Error(ErrorCode::kCheckpoint, summarize(operation, failures),
+            !failures.empty() && std::all_of(failures.begin(), failures.end(),
+                                             [](const RankFailure& f) { return f.retryable; })),
       operation_(std::move(operation)),
       failures_(std::move(failures)) {}
 

@@ -2,6 +2,8 @@
 
 #include <c10/core/ScalarType.h>
 
+#include "dcp/storage.h"
+
 namespace dcp {
 
 const char* to_string(WriteItemType type) {
@@ -22,5 +24,11 @@ std::optional<int64_t> WriteItem::tensor_storage_size() const {
   for (int64_t s : tensor_data->chunk.sizes) numel *= s;
   return numel * static_cast<int64_t>(c10::elementSize(tensor_data->properties.dtype));
 }
+
+std::vector<ReplicaDigest> SavePlanner::replica_digests(const std::vector<WriteResult>&) {
+  return {};
+}
+
+void SavePlanner::check_replicas(const std::vector<std::vector<ReplicaDigest>>&) {}
 
 }  // namespace dcp

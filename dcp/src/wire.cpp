@@ -307,8 +307,8 @@ void decode_reply(std::string_view bytes, LoadPlan& local, LoadPlan& out) {
   decode_reply_plan(bytes, local, out);
 }
 
-std::string encode(const std::vector<WriteResult>& results) {
-  codec::Encoder e;
+namespace {
+void put_results(codec::Encoder& e, const std::vector<WriteResult>& results) {
   e.varint(results.size());
   for (const auto& r : results) {
     put_index(e, r.index);
@@ -319,11 +319,8 @@ std::string encode(const std::vector<WriteResult>& results) {
     e.u8(static_cast<uint8_t>(r.storage_data.checksum_type));
     e.u64(r.storage_data.checksum);
   }
-  return e.take();
 }
-
-void decode(std::string_view bytes, std::vector<WriteResult>& results) {
-  auto d = decoder(bytes);
+void get_results(codec::Decoder& d, std::vector<WriteResult>& results) {
   results.resize(d.count("write result"));
   for (auto& r : results) {
     r.index = get_index(d);
@@ -333,6 +330,74 @@ void decode(std::string_view bytes, std::vector<WriteResult>& results) {
     r.storage_data.length = d.varint();
     r.storage_data.checksum_type = static_cast<ChecksumType>(d.u8());
     r.storage_data.checksum = d.u64();
+  }
+}
+}  // namespace
+
+std::string encode(const std::vector<WriteResult>& results) {
+  codec::Encoder e;
+  put_results(e, results);
+  return e.take();
+}
+void decode(std::string_view bytes, std::vector<WriteResult>& results) {
+  auto d = decoder(bytes);
+  get_results(d, results);
+  finish(d);
+}
+
+std::string encode(const std::vector<ReplicaRequest>& requests) {
+  if (requests.empty()) return std::string();
+  codec::Encoder e;
+  e.varint(requests.size());
+  for (const auto& q : requests) {
+    e.u8(q.written ? 1 : 0);
+    if (q.written) {
+      put_index(e, q.item.index);
+      e.u8(static_cast<uint8_t>(q.item.type));
+    } else {
+      put_item(e, q.item);
+    }
+  }
+  return e.take();
+}
+void decode(std::string_view bytes, std::vector<ReplicaRequest>& out) {
+  out.clear();
+  if (bytes.empty()) return;
+  auto d = decoder(bytes);
+  out.resize(d.count("replica request"));
+  for (auto& q : out) {
+    q.written = d.u8() != 0;
+    if (q.written) {
+      q.item.index = get_index(d);
+      const uint8_t type = d.u8();
+      if (type > 2) d.fail("bad write item type");
+      q.item.type = static_cast<WriteItemType>(type);
+    } else {
+      get_item(d, q.item);
+    }
+  }
+  finish(d);
+}
+
+std::string encode(const WriteReport& report) {
+  codec::Encoder e;
+  put_results(e, report.results);
+  e.varint(report.digests.size());
+  for (const auto& g : report.digests) {
+    put_index(e, g.index);
+    e.u64(g.digest);
+    e.u8(g.written ? 1 : 0);
+  }
+  return e.take();
+}
+void decode(std::string_view bytes, WriteReport& report) {
+  auto d = decoder(bytes);
+  get_results(d, report.results);
+  report.digests.resize(d.count("replica digest"));
+  for (auto& g : report.digests) {
+    g.index = get_index(d);
+    g.digest = d.u64();
+    g.written = d.u8() != 0;
   }
   finish(d);
 }
@@ -379,6 +444,7 @@ std::string encode(const std::vector<RankFailure>& failures) {
     e.svarint(f.rank);
     e.str(f.step);
     e.u8(static_cast<uint8_t>(f.code));
+    e.u8(f.retryable ? 1 : 0);
     e.str(f.message);
   }
   return e.take();
@@ -390,6 +456,7 @@ void decode(std::string_view bytes, std::vector<RankFailure>& out) {
     f.rank = static_cast<int>(d.svarint());
     f.step = d.str();
     f.code = static_cast<ErrorCode>(d.u8());
+    f.retryable = d.u8() != 0;
     f.message = d.str();
   }
   finish(d);

@@ -6,6 +6,7 @@
 #include <string_view>
 #include <vector>
 
+#include "dcp/default_planner.h"
 #include "dcp/error.h"
 #include "dcp/metadata.h"
 #include "dcp/planner.h"
@@ -14,9 +15,19 @@
 namespace dcp {
 namespace wire {
 
+// What a rank reports after writing: its write results and the digests of
+// its copies of replicated items.
+struct WriteReport {
+  std::vector<WriteResult> results;
+  std::vector<ReplicaDigest> digests;
+};
+
 std::string encode(const SavePlan& plan);
 std::string encode(const LoadPlan& plan);
 std::string encode(const std::vector<WriteResult>& results);
+std::string encode(const WriteReport& report);
+// An empty list encodes as no bytes.
+std::string encode(const std::vector<ReplicaRequest>& requests);
 std::string encode(const Metadata& metadata);
 std::string encode(int value);
 std::string encode(const std::string& value);
@@ -28,6 +39,8 @@ std::string encode(const std::vector<RankFailure>& failures);
 void decode(std::string_view bytes, SavePlan& out, std::vector<size_t>* bounds = nullptr);
 void decode(std::string_view bytes, LoadPlan& out, std::vector<size_t>* bounds = nullptr);
 void decode(std::string_view bytes, std::vector<WriteResult>& out);
+void decode(std::string_view bytes, WriteReport& out);
+void decode(std::string_view bytes, std::vector<ReplicaRequest>& out);
 void decode(std::string_view bytes, Metadata& out);
 void decode(std::string_view bytes, int& out);
 void decode(std::string_view bytes, std::string& out);

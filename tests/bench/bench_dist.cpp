@@ -7,7 +7,10 @@
 //     the commit round (results, metadata), until the slowest rank is
 //     through; for the first save of fresh processes, for a second save
 //     in the same processes, and for a first save with glibc's malloc on
-//     transparent huge pages; --repeats times (medians).
+//     transparent huge pages; --repeats times (medians);
+//   - the replica check's cost: 2 ranks that hold the same state (data
+//     parallel: --mib MiB in 64 tensors and 10,000 small ones) save with
+//     check_replicas error and off, alternating (medians).
 //
 //   dcp_bench_dist [--dir D] [--mib N] [--tensors N] [--repeats N] [--debug 1]
 //
@@ -59,7 +62,33 @@ int rank_main(const std::string& role, const std::string& dir, int64_t mib, int6
   const int rank = ctx->rank(), world = ctx->world_size();
   auto barrier = [&] { coll->broadcast("", 0); };
 
-  if (role == "throughput") {
+  if (role == "replicas") {
+    // Data parallel: every rank holds the same 64 tensors of mib/64 MiB and
+    // 10,000 small ones; dedup writes each once, the replica check compares
+    // the copies (DCP_BENCH_CHECK: error or off).
+    at::manual_seed(1);  // the same values on every rank
+    dcp::StateDict sd;
+    const int64_t numel = mib * (int64_t{1} << 20) / 4 / 64;
+    for (int i = 0; i < 64; ++i) sd["layer" + std::to_string(i)] = at::rand({numel});
+    for (int i = 0; i < 10000; ++i) sd["small" + std::to_string(i)] = at::rand({16});
+    dcp::SavePlannerOptions po;
+    po.check_replicas = dcp::replica_check_from_name(std::getenv("DCP_BENCH_CHECK"));
+    double timed = 0;
+    for (int i = 0; i < 2; ++i) {  // the first save warms up
+      const std::string ck = dir + "/rep" + std::to_string(i);
+      barrier();
+      auto t0 = Clock::now();
+      dcp::SaveOptions so;
+      so.checkpoint_id = ck;
+      so.collectives = coll;
+      so.planner = std::make_shared<dcp::DefaultSavePlanner>(po);
+      dcp::save(sd, so);
+      barrier();
+      timed = secs_since(t0);
+      if (rank == 0) run("rm -rf '" + ck + "'");
+    }
+    if (rank == 0) std::printf("RESULT save_seconds=%.6f\n", timed);
+  } else if (role == "throughput") {
     // 64 global tensors of mib/64 MiB; this rank holds rows [r*n/w, (r+1)*n/w).
     const int64_t rows = 1024, cols = mib * (int64_t{1} << 20) / 4 / 64 / rows;
     dcp::StateDict sd;
@@ -134,7 +163,8 @@ int free_port() {
 // Starts `world` ranks of this program with `role`; returns rank 0's RESULT lines.
 std::map<std::string, double> launch(int world, const std::string& role,
                                      const std::vector<std::string>& args,
-                                     const char* glibc_tunables = nullptr) {
+                                     const char* glibc_tunables = nullptr,
+                                     const char* check = "error") {
   const int port = free_port();
   std::vector<pid_t> pids;
   int pipefd[2];
@@ -152,6 +182,7 @@ std::map<std::string, double> launch(int world, const std::string& role,
       ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
       ::setenv("DCP_BENCH_ROLE", role.c_str(), 1);
       if (glibc_tunables) ::setenv("GLIBC_TUNABLES", glibc_tunables, 1);
+      ::setenv("DCP_BENCH_CHECK", check, 1);
       std::vector<char*> argv{const_cast<char*>("/proc/self/exe")};
       for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
       argv.push_back(nullptr);
@@ -233,6 +264,14 @@ int main(int argc, char** argv) {
   }
   const double gb = mib * 1048576.0 / 1e9;
   const double t1 = gb / median(one), t2 = gb / median(two);
+  // The replica check on 2 ranks that hold the same state: with and without.
+  std::vector<double> checked, unchecked;
+  for (int r = 0; r < repeats; ++r)
+    for (const char* check : (r % 2 == 0 ? std::vector<const char*>{"error", "off"}
+                                         : std::vector<const char*>{"off", "error"})) {
+      double s = launch(2, "replicas", passthrough, nullptr, check).at("save_seconds");
+      (std::string(check) == "error" ? checked : unchecked).push_back(s);
+    }
   // The planning save, `repeats` times (fresh processes each): medians. And
   // the same with glibc's malloc asking for transparent huge pages (what a
   // user can set, GLIBC_TUNABLES=glibc.malloc.hugetlb=1): a first save is
@@ -259,8 +298,16 @@ int main(int argc, char** argv) {
   std::printf(
       "    with GLIBC_TUNABLES=glibc.malloc.hugetlb=1: plan %.3f s, commit %.3f s (first save)\n",
       thp.at("plan_seconds_first"), thp.at("finish_seconds_first"));
+  std::printf(
+      "  replicated state on 2 ranks (%lld MiB in 64 tensors + 10,000 small, each written once): "
+      "save %.3f s with the replica check, %.3f s without\n",
+      static_cast<long long>(mib), median(checked), median(unchecked));
   std::printf("\nsave_gbps_1rank=%.3f\nsave_gbps_2ranks=%.3f\nsave_2ranks_vs_1rank=%.3f\n", t1, t2,
               t2 / t1);
+  std::printf(
+      "replicated_save_seconds_checked=%.3f\nreplicated_save_seconds_unchecked=%.3f\n"
+      "replica_check_cost_ratio=%.3f\n",
+      median(checked), median(unchecked), median(checked) / median(unchecked));
   std::printf(
       "plan_seconds_100k_4ranks=%.3f\ncommit_seconds_100k_4ranks=%.3f\n"
       "plan_seconds_100k_4ranks_second_save=%.3f\ncommit_seconds_100k_4ranks_second_save=%.3f\n"

@@ -366,7 +366,8 @@ TEST(CheckpointIdTest, RegistryPicksBackendByScheme) {
   try {
     save({{"a", 1}}, "s3://bucket/x");
     FAIL();
-  } catch (const InvalidArgumentError& e) {
+  } catch (const CheckpointError& e) {  // save() throws one type, whatever failed
+    EXPECT_EQ(e.root_code(), ErrorCode::kInvalidArgument);
     EXPECT_NE(std::string(e.what()).find("no storage backend 's3'"), std::string::npos);
   }
 }

@@ -142,5 +142,44 @@ TEST(WireTest, BadRepliesAreCorruptionErrors) {
   EXPECT_THROW(wire::decode_reply(back, copy, out), CorruptionError);
 }
 
+// What the replica check sends: the requests in a final plan, the digests
+// with the write results; and the failures (with their retryable bit).
+TEST(WireTest, ReplicaRequestsDigestsAndFailuresRoundTrip) {
+  EXPECT_EQ(wire::encode(std::vector<ReplicaRequest>{}), "");  // the usual final plan
+  std::vector<ReplicaRequest> asked{
+      {shard("w", 4), false}, {WriteItem{MetadataIndex("step"), WriteItemType::kByteIO, {}}, true}};
+  std::vector<ReplicaRequest> back;
+  wire::decode(wire::encode(asked), back);
+  ASSERT_EQ(back.size(), 2u);
+  EXPECT_EQ(wire::encode(back), wire::encode(asked));
+  EXPECT_FALSE(back[0].written);
+  EXPECT_EQ(back[0].item.tensor_data->chunk.sizes, (std::vector<int64_t>{4, 8}));
+  EXPECT_TRUE(back[1].written);
+  EXPECT_EQ(back[1].item.type, WriteItemType::kByteIO);
+  EXPECT_THROW(wire::decode(std::string("\x05"), back), CorruptionError);
+
+  wire::WriteReport report;
+  report.results.push_back(WriteResult{MetadataIndex("w", {4, 0}), 128,
+                                       StorageInfo{"__0_0", 64, 128, ChecksumType::kXXH3_64, 9}});
+  report.digests.push_back(ReplicaDigest{MetadataIndex("step"), 0x1234567890abcdefULL, true});
+  wire::WriteReport report_back;
+  wire::decode(wire::encode(report), report_back);
+  ASSERT_EQ(report_back.results.size(), 1u);
+  EXPECT_EQ(report_back.results[0].storage_data, report.results[0].storage_data);
+  ASSERT_EQ(report_back.digests.size(), 1u);
+  EXPECT_EQ(report_back.digests[0].digest, 0x1234567890abcdefULL);
+  EXPECT_TRUE(report_back.digests[0].written);
+
+  std::vector<RankFailure> failures{{2, "write:local", ErrorCode::kStorage, "ENOSPC", true},
+                                    {0, "plan:local", ErrorCode::kInvalidArgument, "bad", false}};
+  std::vector<RankFailure> failures_back;
+  wire::decode(wire::encode(failures), failures_back);
+  ASSERT_EQ(failures_back.size(), 2u);
+  EXPECT_TRUE(failures_back[0].retryable);
+  EXPECT_FALSE(failures_back[1].retryable);
+  EXPECT_TRUE(CheckpointError("save", {failures_back[0]}).retryable());
+  EXPECT_FALSE(CheckpointError("save", failures_back).retryable());
+}
+
 }  // namespace
 }  // namespace dcp

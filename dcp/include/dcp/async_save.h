@@ -102,6 +102,11 @@ class AsyncSaver {
   // max_in_flight saves pending it first waits for the oldest. A failure of
   // an earlier save that nobody has seen through its handle is thrown here,
   // once, and this save is not started.
+  // When state_dict() or staging throws, this throws a CheckpointError (step
+  // "state_dict" or "stage") at once; on several ranks the background thread
+  // still takes part in the save's first round with that failure, so the
+  // other ranks' handles fail with the same error instead of waiting for
+  // the collectives' timeout.
   AsyncSaveHandle save(const StateDict& state_dict, const SaveOptions& options);
 
   // Waits for every save in flight. Does not throw.

@@ -22,8 +22,9 @@ class ProcessGroup;
 namespace dcp {
 
 // Every rank of the group calls each method in the same order. Methods throw
-// TimeoutError when a peer does not take part within the timeout, and
-// StorageError-free dcp::Error for other transport failures.
+// TimeoutError when a peer does not take part within the timeout,
+// PeerLostError when a peer's connection closed first (it exited or
+// crashed), and another dcp::Error for any other failure.
 class Collectives {
  public:
   virtual ~Collectives() = default;
@@ -64,8 +65,10 @@ void checked_all_ranks(const std::shared_ptr<Collectives>& collectives,
                        const std::function<void()>& fn, int root = 0);
 
 // Collectives over a c10d process group. Each operation waits at most
-// `timeout`; a rank that died or hangs makes the others throw TimeoutError
-// (not hang). Not thread-safe: use one group per thread that checkpoints
+// `timeout`: a rank that died makes the others throw PeerLostError at once,
+// one that hangs makes them throw TimeoutError at the timeout (the adapter
+// tells the two apart by the time the failed operation took, since Gloo
+// reports both the same way). Not thread-safe: use one group per thread that checkpoints
 // (async saves use a group of their own).
 std::shared_ptr<Collectives> make_process_group_collectives(
     c10::intrusive_ptr<c10d::ProcessGroup> process_group,

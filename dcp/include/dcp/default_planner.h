@@ -61,6 +61,15 @@ struct SavePlannerOptions {
   ReplicaCheck check_replicas = ReplicaCheck::kError;
 };
 
+// What the global plan asks of one rank for the replica check: the digest
+// of its copy of a replicated item, the one it writes (`written`; only the
+// index is sent, and the write result's checksum serves when storage has
+// one) or one dedup dropped from its plan (the whole item, to resolve).
+struct ReplicaRequest {
+  WriteItem item;
+  bool written = false;
+};
+
 class DefaultSavePlanner : public SavePlanner {
  public:
   explicit DefaultSavePlanner(SavePlannerOptions options = {});
@@ -72,10 +81,13 @@ class DefaultSavePlanner : public SavePlanner {
       std::vector<SavePlan> all_plans) override;
   SavePlan finish_plan(SavePlan central_plan) override;
   WriteData resolve_data(const WriteItem& item) override;
+  std::vector<ReplicaDigest> replica_digests(const std::vector<WriteResult>& written) override;
+  void check_replicas(const std::vector<std::vector<ReplicaDigest>>& all) override;
 
  protected:
-  // Keeps each item saved by several ranks in one rank's plan only.
-  void dedup(std::vector<SavePlan>& all_plans) const;
+  // Keeps each item saved by several ranks in one rank's plan only. Returns,
+  // per rank, what the replica check asks of it (nothing when it is off).
+  std::vector<std::vector<ReplicaRequest>> dedup(std::vector<SavePlan>& all_plans) const;
 
   // The value (tensor, sharded tensor or plain value) behind `index`; for a
   // shard, the shard's tensor. Throws InvalidArgumentError when absent.
@@ -87,6 +99,8 @@ class DefaultSavePlanner : public SavePlanner {
   std::optional<StorageMeta> storage_meta_;
   bool is_coordinator_ = false;
   SavePlan plan_;
+  // This rank's part of the replica check, from its final plan.
+  std::vector<ReplicaRequest> replica_requests_;
 };
 
 struct LoadPlannerOptions {

@@ -2,7 +2,18 @@
 //
 // Every failure is thrown as a dcp::Error (or a subclass). Each carries a
 // code, says whether retrying the same call can help, and its message names
-// what failed: the path, the key, the rank, the errno text.
+// what failed: the path, the key, the rank, the errno text. No message
+// carries a C++ backtrace.
+//
+// retryable() is decided once, here, per code:
+//   kTimeout                 yes: a slow peer or storage may answer next time
+//   kStorage                 by errno: yes for EINTR, EAGAIN, EBUSY, EIO,
+//                            ETIMEDOUT, ENOSPC and EDQUOT (space can come
+//                            back), no for the rest (EACCES, EROFS, ENOTDIR...)
+//   kCheckpoint              yes when every rank's failure is retryable
+//   every other code         no: the input, the data or the group is wrong
+//                            (kPeerLost: a rank is gone; the group must be
+//                            rebuilt before anything collective can work)
 //
 // Protocol entry points (save, load, ...) throw CheckpointError, which
 // carries the failures of every rank that failed; the lower layers throw the
@@ -25,6 +36,7 @@ enum class ErrorCode {
   kPlanMismatch,     // the state dict and the checkpoint disagree (keys, shapes, dtypes)
   kConfig,           // a configuration value is wrong
   kTimeout,          // a peer or a collective did not answer in time
+  kPeerLost,         // a peer rank's connection closed: it exited or crashed
   kCheckpoint,       // a protocol step failed on one or more ranks (CheckpointError)
 };
 
@@ -83,6 +95,10 @@ class TimeoutError : public Error {
  public:
   explicit TimeoutError(const std::string& m) : Error(ErrorCode::kTimeout, m, true) {}
 };
+class PeerLostError : public Error {
+ public:
+  explicit PeerLostError(const std::string& m) : Error(ErrorCode::kPeerLost, m) {}
+};
 
 // One rank's failure inside a protocol step.
 struct RankFailure {
@@ -90,10 +106,12 @@ struct RankFailure {
   std::string step;  // "local_plan", "global_plan", "write_data", "finish", "read_data", ...
   ErrorCode code = ErrorCode::kInternal;
   std::string message;
+  bool retryable = false;  // the failing rank's Error::retryable()
 };
 
-// Thrown by save/load on every rank when any rank failed: all ranks see the
-// same list of failures.
+// Thrown by save/load (and the checked rounds of collectives.h) on every
+// rank when any rank failed: all ranks see the same list of failures,
+// the failing rank too.
 class CheckpointError : public Error {
  public:
   CheckpointError(std::string operation, std::vector<RankFailure> failures);
@@ -111,8 +129,9 @@ class CheckpointError : public Error {
 // The error text of an errno value ("No such file or directory").
 std::string errno_text(int err);
 
-// Throws the StorageError for a failed system call: "<what> '<path>': <errno text>".
-// Retryable for EINTR, EAGAIN, EIO, ENOSPC-free transient conditions (see error.cpp).
+// Throws the error for a failed system call: "<what> '<path>': <errno text>".
+// NotFoundError for ENOENT, else a StorageError, retryable as the table at
+// the top of this file says.
 [[noreturn]] void throw_errno(const std::string& what, const std::string& path, int err);
 
 }  // namespace dcp

@@ -72,6 +72,16 @@ struct LoadPlan {
 // writes its logical contents) or bytes.
 using WriteData = std::variant<at::Tensor, Bytes>;
 
+struct WriteResult;
+
+// One rank's copy of a replicated item, for the replica check
+// (dcp/replicas.h): the XXH3-64 checksum of its bytes as storage writes them.
+struct ReplicaDigest {
+  MetadataIndex index;
+  uint64_t digest = 0;
+  bool written = false;  // this rank's copy is the one written
+};
+
 // Plans the save of a state dict. Call sequence on every rank:
 //   1. set_up_planner(state_dict, storage_meta, is_coordinator)
 //   2. create_local_plan()            -> this rank's plan
@@ -98,6 +108,15 @@ class SavePlanner {
   // Thread-safe and idempotent: storage may call it from several threads and
   // more than once per item. Allocating transformations belong here (lazily).
   virtual WriteData resolve_data(const WriteItem& item) = 0;
+
+  // The replica check (dcp/replicas.h), which DCP does not have; the
+  // defaults do nothing. On every rank after write_data: the digests of the
+  // copies of replicated items that the global plan asked this rank for
+  // (`written`: this rank's results, whose checksums may serve).
+  virtual std::vector<ReplicaDigest> replica_digests(const std::vector<WriteResult>& written);
+  // On the coordinator, before the metadata is written: every rank's
+  // digests (index = rank). Throwing fails the save: nothing commits.
+  virtual void check_replicas(const std::vector<std::vector<ReplicaDigest>>& all);
 };
 
 // Plans the load into a destination state dict. Call sequence on every rank:

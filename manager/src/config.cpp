@@ -17,10 +17,6 @@ SavePolicy::SavePolicy() : on_signals{SIGTERM, SIGUSR1} {}
 
 namespace {
 
-const std::pair<const char*, int> kSignals[] = {{"SIGTERM", SIGTERM}, {"SIGUSR1", SIGUSR1},
-                                                {"SIGUSR2", SIGUSR2}, {"SIGINT", SIGINT},
-                                                {"SIGHUP", SIGHUP},   {"SIGQUIT", SIGQUIT}};
-
 class Reader {
  public:
   explicit Reader(std::string source) : source_(std::move(source)) {}
@@ -189,20 +185,6 @@ CheckpointManagerOptions parse(const YAML::Node& root, const Reader& r) {
 }
 
 }  // namespace
-
-int signal_from_name(const std::string& name) {
-  for (const auto& [n, s] : kSignals)
-    if (name == n) return s;
-  std::string known;
-  for (const auto& [n, s] : kSignals) known += (known.empty() ? "" : ", ") + std::string(n);
-  throw ConfigError("unknown signal '" + name + "' (known: " + known + ")");
-}
-
-std::string signal_name(int signal) {
-  for (const auto& [n, s] : kSignals)
-    if (s == signal) return n;
-  return "signal " + std::to_string(signal);
-}
 
 CheckpointManagerOptions parse_manager_options(const std::string& yaml, const std::string& source) {
   YAML::Node root;

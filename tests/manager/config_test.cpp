@@ -1,14 +1,25 @@
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <cmath>
 #include <csignal>
+#include <cstdint>
 #include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <map>
 
+#include "common/test_util.h"
 #include "dcp/error.h"
+#include "dcp/manager/manager.h"
 #include "dcp/manager/options.h"
 
 namespace dcp {
 namespace manager {
 namespace {
+
+namespace fs = std::filesystem;
 
 const std::string kDir = DCP_MANAGER_TEST_DIR;
 
@@ -114,6 +125,97 @@ TEST(ManagerConfigTest, BadConfigsNameKeyAndLine) {
     }
   }
   EXPECT_THROW(load_manager_options(kDir + "/bad_configs/no_such_file.yaml"), ConfigError);
+}
+
+// The text of the ConfigError `fn` throws ("" and a failure when none).
+template <typename Fn>
+std::string config_error(Fn fn) {
+  try {
+    fn();
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no ConfigError";
+  return "";
+}
+
+// A programmatically built struct is held to the same ranges, naming the field.
+TEST(ManagerConfigTest, ValidateNamesTheField) {
+  EXPECT_NO_THROW(validate(CheckpointManagerOptions{}));
+  struct Case {
+    std::function<void(CheckpointManagerOptions&)> change;
+    const char* fragment;
+  };
+  const std::vector<Case> cases = {
+      {[](auto& o) { o.dir = ""; }, "checkpoint.dir: must not be empty"},
+      {[](auto& o) { o.save.every_steps = -1; }, "checkpoint.save.every_steps: must be in 0.."},
+      {[](auto& o) { o.save.every_seconds = NAN; }, "checkpoint.save.every_seconds: must be a fin"},
+      {[](auto& o) {
+         o.save.at_steps = {5, 0};
+       },
+       "checkpoint.save.at_steps[1]: must be in 1.."},
+      {[](auto& o) { o.save.on_signals = {SIGKILL}; }, "checkpoint.save.on_signals[0]: "},
+      {[](auto& o) { o.async.max_in_flight = 0; }, "checkpoint.async.max_in_flight: must be in"},
+      {[](auto& o) { o.keep.last = -1; }, "checkpoint.keep.last: must be in 0..2147483647"},
+      {[](auto& o) { o.keep.every_seconds = INFINITY; }, "checkpoint.keep.every_seconds: must"},
+      {[](auto& o) { o.keep.best.count = 2; }, "checkpoint.keep.best.count: count > 0 needs a"},
+      {[](auto& o) { o.resume.from = "12345678901234567890"; }, "checkpoint.resume.from: a step"},
+      {[](auto& o) { o.resume.from = ""; }, "checkpoint.resume.from: must be latest"},
+      {[](auto& o) { o.storage.threads = 2000; }, "checkpoint.storage.threads: must be in 1..1024"},
+      {[](auto& o) { o.storage.check_replicas = static_cast<ReplicaCheck>(9); },
+       "checkpoint.storage.check_replicas: "},
+      {[](auto& o) { o.on_error = static_cast<OnError>(9); }, "checkpoint.on_error: "},
+  };
+  for (const auto& c : cases) {
+    CheckpointManagerOptions o;
+    c.change(o);
+    const std::string e = config_error([&] { validate(o); });
+    EXPECT_EQ(e.rfind(c.fragment, 0), 0u) << e;
+  }
+}
+
+// The state of a directory tree: every path with its contents.
+std::map<std::string, std::string> snapshot(const std::string& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    out[e.path().string()] = e.is_regular_file() ? testing::read_file(e.path().string()) : "<dir>";
+  return out;
+}
+
+// Before the manager takes the lock, removes leftovers or runs retention.
+TEST(ManagerConfigTest, AManagerWithBadOptionsTouchesNothing) {
+  testing::TempDir tmp;
+  const std::string dir = tmp.sub("run");
+  fs::create_directories(dir + "/.tmp.x");
+  testing::write_file(dir + "/.tmp.x/.metadata", "committed-looking leftover");
+  testing::write_file(dir + "/.tmp.x/dcp_manager.record", "step 50");
+  fs::create_directories(dir + "/step_0000000010");
+  testing::write_file(dir + "/step_0000000010/__0_0.distcp", "data");
+  testing::write_file(dir + "/notes.txt", "mine");
+  const auto before = snapshot(dir);
+  const std::vector<std::function<void(CheckpointManagerOptions&)>> bad = {
+      [](auto& o) { o.storage.threads = 0; },
+      [](auto& o) { o.keep.last = -1; },
+      [](auto& o) { o.async.max_in_flight = 0; },
+      [](auto& o) { o.save.on_signals = {SIGKILL}; },
+      [](auto& o) { o.resume.from = "99999999999999999999"; },
+  };
+  for (const auto& change : bad) {
+    CheckpointManagerOptions o;
+    o.dir = dir;
+    o.storage.fsync = false;
+    change(o);
+    EXPECT_THROW(CheckpointManager m(o), ConfigError);
+    EXPECT_FALSE(fs::exists(dir + "/.lock"));
+    EXPECT_TRUE(fs::exists(dir + "/.tmp.x"));
+    EXPECT_EQ(snapshot(dir), before);
+  }
+  // Nor is a missing directory created.
+  CheckpointManagerOptions o;
+  o.dir = tmp.sub("never");
+  o.storage.threads = 0;
+  EXPECT_THROW(CheckpointManager m(o), ConfigError);
+  EXPECT_FALSE(fs::exists(o.dir));
 }
 
 }  // namespace

@@ -117,18 +117,25 @@ struct CheckpointManagerOptions {
 // Throws ConfigError ("checkpoint.storage.threads: must be in 1..1024, not
 // 0") for the first field outside its documented range above, an unknown
 // signal or enum value, or best.count > 0 without a metric. The
-// CheckpointManager calls it before it touches the directory.
+// CheckpointManager calls it before it touches the directory; the loaders
+// below apply the same checks.
 void validate(const CheckpointManagerOptions& options);
 
 // Reads the `checkpoint:` section of a YAML file (configs/default.yaml shows
-// every key). Unknown keys, wrong types and out-of-range values are a
-// ConfigError naming the file, the key and its line. Then applies the
-// environment: $DCP_CHECKPOINT_DIR replaces `dir`, $DCP_RESUME_FROM
-// replaces `resume.from`.
+// every key). A ConfigError naming the file, the line and the key, before
+// anything is used: a path that is not a readable regular file, invalid
+// YAML (an unterminated quote or bracket too), more than one document, a
+// duplicate key in any mapping, a key that is not a plain string, an
+// unknown key, a wrong type (booleans are true or false only; numbers are
+// plain decimal, not quoted), a number outside the field's range (see
+// validate()), a non-finite number of seconds. Then applies the environment
+// (see apply_environment).
 CheckpointManagerOptions load_manager_options(const std::string& path);
 // The same from YAML text; `source` names it in errors. No environment.
 CheckpointManagerOptions parse_manager_options(const std::string& yaml, const std::string& source);
-// Applies $DCP_CHECKPOINT_DIR and $DCP_RESUME_FROM to `options`.
+// Applies $DCP_CHECKPOINT_DIR (replaces `dir`) and $DCP_RESUME_FROM
+// (replaces `resume.from`) when set and not empty; a value that validate()
+// would refuse is a ConfigError naming the variable.
 void apply_environment(CheckpointManagerOptions& options);
 
 // "SIGTERM" <-> SIGTERM for the signals the manager accepts.

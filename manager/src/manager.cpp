@@ -393,6 +393,7 @@ CheckpointManager::CheckpointManager(CheckpointManagerOptions options,
     : options_(std::move(options)),
       coll_(std::move(collectives)),
       async_coll_(std::move(async_collectives)) {
+  validate(options_);
   if (coll_) rank_ = coll_->rank();
   if (options_.dir.empty()) throw ConfigError("checkpoint.dir: must not be empty");
   if (options_.async.enabled && world_size() > 1 && !async_coll_)
@@ -594,6 +595,9 @@ void CheckpointManager::start_save(int64_t step, bool async, bool force,
   pending->start = Clock::now();
   SaveOptions so;
   so.storage_writer = writer;
+  SavePlannerOptions po;
+  po.check_replicas = options_.storage.check_replicas;
+  so.planner = std::make_shared<DefaultSavePlanner>(po);
   so.stats = pending->stats.get();
   last_save_time_ = Clock::now();
   last_saved_step_ = step;

@@ -1,27 +1,36 @@
 // The CheckpointManager's policy: when to save, how, what to keep, how to
-// resume. Plain structs with documented defaults; load_manager_options()
-// reads them from YAML (configs/default.yaml documents every key).
+// resume. Plain structs with documented defaults and ranges;
+// load_manager_options() reads them from YAML (configs/default.yaml
+// documents every key) and validate() checks a struct built in code.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "dcp/replicas.h"
+
 namespace dcp {
 namespace manager {
 
+// Upper bounds of the ranges below (validate() refuses anything outside a range).
+inline constexpr int kMaxAsyncInFlight = 64;     // async.max_in_flight: 1..64
+inline constexpr int kMaxStorageThreads = 1024;  // storage.threads: 1..1024
+
 struct SavePolicy {
-  // Save when step % every_steps == 0 (steps > 0). 0 turns the rule off. Default 1000.
+  // Save when step % every_steps == 0 (steps > 0). 0 turns the rule off.
+  // Default 1000; 0..INT64_MAX.
   int64_t every_steps = 1000;
   // Save when this many seconds passed since the last save (decided on the
-  // coordinator). 0 (default) turns the rule off.
+  // coordinator). 0 (default) turns the rule off. Finite, >= 0.
   double every_seconds = 0;
-  // Save at exactly these steps as well.
+  // Save at exactly these steps as well (each 1..INT64_MAX).
   std::vector<int64_t> at_steps;
   // Save (synchronously) in on_train_end(). Default true.
   bool at_end = true;
   // Signals that ask for a final synchronous save and a stop at the next
   // on_step (preemption). Default SIGTERM and SIGUSR1. Empty: no handlers.
+  // Only the signals signal_from_name() knows.
   std::vector<int> on_signals;
   SavePolicy();
 };
@@ -31,7 +40,7 @@ struct AsyncPolicy {
   // only for the copy to staging memory. Default true.
   bool enabled = true;
   // Async saves staged but not committed at once; each holds a copy of the
-  // state in memory. Default 1.
+  // state in memory. Default 1; 1..kMaxAsyncInFlight (64).
   int max_in_flight = 1;
 };
 
@@ -41,7 +50,8 @@ struct BestPolicy {
   std::string metric;
   // "min" (default: lower is better) or "max".
   bool maximize = false;
-  // How many of the best to keep. Default 0 (off).
+  // How many of the best to keep. Default 0 (off); 0..INT_MAX; > 0 needs
+  // a metric.
   int count = 0;
 };
 
@@ -49,20 +59,23 @@ struct BestPolicy {
 // is always kept and a save in flight is never touched.
 struct KeepPolicy {
   // The newest `last` committed checkpoints. 0 keeps every checkpoint
-  // (nothing is deleted). Default 3.
+  // (nothing is deleted). Default 3; 0..INT_MAX.
   int last = 3;
-  // Every checkpoint whose step is a multiple of this. 0 (default): off.
+  // Every checkpoint whose step is a multiple of this. 0 (default): off;
+  // 0..INT64_MAX.
   int64_t every_steps = 0;
   // One checkpoint per this many seconds of wall time. 0 (default): off.
+  // Finite, >= 0.
   double every_seconds = 0;
   BestPolicy best;
 };
 
 struct ResumePolicy {
   // "latest" (default): the newest committed checkpoint that loads; "none":
-  // start fresh; a step number: that checkpoint (an error if it does not
-  // exist); a path: warm-start from another run's checkpoint when this run
-  // has none yet.
+  // start fresh; a step number (digits, 0..INT64_MAX): that checkpoint (an
+  // error if it does not exist); a path: warm-start from another run's
+  // checkpoint when this run has none yet. Not empty; a signed number
+  // ("-5") is refused, not taken for a path.
   std::string from = "latest";
   // Keys of the checkpoint and of the registered objects must match
   // exactly. Default true.
@@ -75,9 +88,12 @@ struct ResumePolicy {
 };
 
 struct StoragePolicy {
-  int threads = 2;               // writer/reader threads. Default 2.
+  int threads = 2;               // writer/reader threads. Default 2; 1..kMaxStorageThreads (1024).
   bool fsync = true;             // fdatasync data and metadata. Default true.
   bool verify_checksums = true;  // check every item on load. Default true.
+  // Copies of a replicated item that differ between ranks (dcp/replicas.h):
+  // error (default), warn or off. Given to the save planner.
+  ReplicaCheck check_replicas = ReplicaCheck::kError;
 };
 
 enum class OnError {
@@ -87,7 +103,8 @@ enum class OnError {
 
 struct CheckpointManagerOptions {
   // Where the run's checkpoints go: <dir>/step_<N> when committed. Default
-  // "checkpoints". $DCP_CHECKPOINT_DIR overrides it (load_manager_options).
+  // "checkpoints"; not empty. $DCP_CHECKPOINT_DIR overrides it
+  // (load_manager_options).
   std::string dir = "checkpoints";
   SavePolicy save;
   AsyncPolicy async;
@@ -97,15 +114,28 @@ struct CheckpointManagerOptions {
   OnError on_error = OnError::kRaise;
 };
 
+// Throws ConfigError ("checkpoint.storage.threads: must be in 1..1024, not
+// 0") for the first field outside its documented range above, an unknown
+// signal or enum value, or best.count > 0 without a metric. The
+// CheckpointManager calls it before it touches the directory; the loaders
+// below apply the same checks.
+void validate(const CheckpointManagerOptions& options);
+
 // Reads the `checkpoint:` section of a YAML file (configs/default.yaml shows
-// every key). Unknown keys, wrong types and out-of-range values are a
-// ConfigError naming the file, the key and its line. Then applies the
-// environment: $DCP_CHECKPOINT_DIR replaces `dir`, $DCP_RESUME_FROM
-// replaces `resume.from`.
+// every key). A ConfigError naming the file, the line and the key, before
+// anything is used: a path that is not a readable regular file, invalid
+// YAML (an unterminated quote or bracket too), more than one document, a
+// duplicate key in any mapping, a key that is not a plain string, an
+// unknown key, a wrong type (booleans are true or false only; numbers are
+// plain decimal, not quoted), a number outside the field's range (see
+// validate()), a non-finite number of seconds. Then applies the environment
+// (see apply_environment).
 CheckpointManagerOptions load_manager_options(const std::string& path);
 // The same from YAML text; `source` names it in errors. No environment.
 CheckpointManagerOptions parse_manager_options(const std::string& yaml, const std::string& source);
-// Applies $DCP_CHECKPOINT_DIR and $DCP_RESUME_FROM to `options`.
+// Applies $DCP_CHECKPOINT_DIR (replaces `dir`) and $DCP_RESUME_FROM
+// (replaces `resume.from`) when set and not empty; a value that validate()
+// would refuse is a ConfigError naming the variable.
 void apply_environment(CheckpointManagerOptions& options);
 
 // "SIGTERM" <-> SIGTERM for the signals the manager accepts.

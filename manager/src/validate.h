@@ -1,0 +1,50 @@
+// The documented ranges of options.h as checks, shared by validate() and the
+// YAML loader (config.cpp) so that the two never disagree. Private to
+// dcp_manager.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "dcp/manager/options.h"
+
+namespace dcp {
+namespace manager {
+namespace detail {
+
+struct IntRange {
+  int64_t min;
+  int64_t max;
+};
+
+// The range of the integer field `key` ("checkpoint.storage.threads"); the
+// elements of a list ("checkpoint.save.at_steps[2]") by the list's key.
+// Every range lies within the field's C++ type.
+IntRange integer_range(const std::string& key);
+// "must be in 1..1024, not 4096".
+std::string range_problem(const IntRange& range, const std::string& value);
+
+enum class IntParse { kOk, kNotInteger, kOutOfRange };
+// Decimal digits with an optional sign into an int64_t.
+IntParse parse_int64(const std::string& text, int64_t& out);
+// A number in decimal notation: optional sign, digits with an optional
+// fraction, optional exponent ("2.5", ".5", "1e3"); not inf, nan or hex.
+// False when `text` is not one or does not fit a double.
+bool parse_decimal(const std::string& text, double& out);
+
+// What is wrong with a value ("" when nothing): of a number of seconds
+// (finite, >= 0), of `dir`, of `resume.from`.
+extern const char* const kSecondsType;  // "a finite number of seconds >= 0"
+std::string seconds_problem(double seconds);
+std::string dir_problem(const std::string& dir);
+std::string resume_from_problem(const std::string& from);
+
+// Called with the key ("checkpoint.keep.last") and the problem; must throw.
+using Report = std::function<void(const std::string& key, const std::string& problem)>;
+// Reports the first field of `options` that validate() refuses.
+void validate(const CheckpointManagerOptions& options, const Report& report);
+
+}  // namespace detail
+}  // namespace manager
+}  // namespace dcp

@@ -26,6 +26,11 @@
 //      are removed the same way.
 // A crash at any point leaves either a committed step_N or a .tmp/.old
 // directory, which the next manager removes at start-up.
+//
+// The manager's own collective rounds (opening the directory, the per-step
+// decision, the preparation of each save, the resume listing) go through
+// dcp's checked rounds (dcp/collectives.h): a failure on any rank is thrown
+// as the same CheckpointError on every rank, at once.
 #include "dcp/manager/manager.h"
 
 #include <fcntl.h>
@@ -252,8 +257,16 @@ CheckpointManager::CheckpointManager(CheckpointManagerOptions options,
   if (options_.async.enabled && world_size() > 1 && !async_coll_)
     throw ConfigError("async saves on " + std::to_string(world_size()) +
                       " ranks need a process group of their own (async_collectives)");
-  if (is_coordinator()) open_directory();
-  if (coll_ && world_size() > 1) coll_->broadcast("", 0);  // the directory is ready on every rank
+  // The coordinator opens the directory; a failure there (the lock is held,
+  // the path is a file) is every rank's CheckpointError, at once.
+  try {
+    checked_all_ranks(coll_, "opening checkpoint directory '" + options_.dir + "'", "open", [&] {
+      if (is_coordinator()) open_directory();
+    });
+  } catch (...) {
+    release_lock();
+    throw;
+  }
   deleter_ = std::make_shared<Deleter>();
   if (options_.async.enabled) {
     AsyncSaverOptions ao;
@@ -342,6 +355,40 @@ StateDict CheckpointManager::build_state_dict(bool for_load) const {
   return sd;
 }
 
+namespace {
+// `v` with every Stateful object replaced by its state dict (as dcp::save does).
+Value resolve(const Value& v) {
+  switch (v.kind()) {
+    case Value::Kind::kStateful:
+      return resolve(Value(v.stateful()->state_dict()));
+    case Value::Kind::kDict: {
+      Dict out;
+      for (const auto& kv : v.dict()) out.emplace(kv.first, resolve(kv.second));
+      return out;
+    }
+    case Value::Kind::kList: {
+      List out;
+      for (const auto& e : v.list()) out.push_back(resolve(e));
+      return out;
+    }
+    default:
+      return v;
+  }
+}
+}  // namespace
+
+StateDict CheckpointManager::prepare_save(int64_t step) {
+  // The pre-save callbacks and every state_dict() run inside one checked
+  // round: one that throws on any rank fails this save on every rank, before
+  // any rank starts writing (or, async, staging).
+  StateDict sd;
+  checked_all_ranks(coll_, "checkpoint of step " + std::to_string(step), "prepare", [&] {
+    for (auto& fn : pre_save_) fn(step);
+    for (const auto& [name, obj] : objects_) sd.emplace(name, resolve(Value(obj)));
+  });
+  return sd;
+}
+
 std::shared_ptr<StorageWriter> CheckpointManager::make_writer(
     int64_t step, uint64_t number, bool force, const std::map<std::string, double>& metrics) {
   CommitContext ctx;
@@ -393,10 +440,10 @@ void CheckpointManager::start_save(int64_t step, bool async, bool force,
   last_saved_step_ = step;
   SaveOptions so;
   so.stats = pending->stats.get();
-  for (auto& fn : pre_save_) fn(step);
+  StateDict sd;
   try {
+    sd = prepare_save(step);
     phase("stage", step);
-    const StateDict sd = build_state_dict(false);
     so.storage_writer = make_writer(step, number, force, metrics);
     if (async && saver_) {
       so.collectives = async_coll_;
@@ -484,21 +531,16 @@ bool CheckpointManager::on_step(int64_t step, const std::map<std::string, double
              std::chrono::duration<double>(Clock::now() - last_save_time_).count() >=
                  s.every_seconds;
     };
-    if (coll_ && world_size() > 1) {
-      auto flags = coll_->gather(std::string(1, g_signal != 0 ? '1' : '0'), 0);
-      std::string decision = "00";
-      if (is_coordinator()) {
-        for (const auto& f : flags)
-          if (f == "1") decision[0] = '1';
-        if (time_due()) decision[1] = '1';
-      }
-      decision = coll_->broadcast(decision, 0);
-      stop = decision[0] == '1';
-      due = due || decision[1] == '1';
-    } else {
-      stop = g_signal != 0;
-      due = due || time_due();
-    }
+    // One checked round: every rank's signal flag, and the coordinator's clock.
+    const auto flags =
+        checked_all_gather(coll_, "on_step", "step " + std::to_string(step) + " decision", [&] {
+          std::string f = "00";
+          if (g_signal != 0) f[0] = '1';
+          if (is_coordinator() && time_due()) f[1] = '1';
+          return f;
+        });
+    for (const auto& f : flags) stop = stop || (!f.empty() && f[0] == '1');
+    due = due || (flags.at(0).size() == 2 && flags[0][1] == '1');
   }
   if (stop) {
     logger().warn("{} received: saving step {} and stopping",

@@ -2,6 +2,7 @@
 // a save, then a fresh 2-rank run resumes from the newest committed
 // checkpoint; SIGTERM on one rank makes both save the same step and stop; a
 // damaged newest checkpoint is moved aside once and saved again.
+// (manager_collective_test.cpp: the manager's own rounds failing together.)
 #include <gtest/gtest.h>
 
 #include <csignal>

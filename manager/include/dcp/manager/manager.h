@@ -24,7 +24,10 @@
 // Multi-rank: every rank constructs a manager with the same options and calls
 // the same methods at the same steps. Decisions that depend on a clock or a
 // signal are made on the coordinator (rank 0) and broadcast; only the
-// coordinator commits, records, renames, deletes and holds the lock.
+// coordinator commits, records, renames, deletes and holds the lock. The
+// manager's own rounds fail together: an error on any rank (the directory
+// cannot be opened or listed, a pre-save callback or a state_dict() throws)
+// is the same CheckpointError on every rank, at once.
 #pragma once
 
 #include <chrono>
@@ -87,7 +90,9 @@ class CheckpointManager {
   // `async_collectives`: a second group over the same ranks for async saves,
   // used only by their background thread (required when async saves are on
   // and there is more than one rank).
-  // Throws ConfigError when another manager holds the directory.
+  // A directory that cannot be opened (another manager holds its lock: code
+  // kConfig; it cannot be created or listed: kStorage) is a CheckpointError
+  // on every rank. Inconsistent options are a ConfigError.
   explicit CheckpointManager(CheckpointManagerOptions options,
                              std::shared_ptr<Collectives> collectives = nullptr,
                              std::shared_ptr<Collectives> async_collectives = nullptr);
@@ -131,8 +136,10 @@ class CheckpointManager {
   // the lock. Idempotent.
   void close();
 
-  // Called before each save (training thread) and after each commit seen by
-  // this rank (training thread: at the next on_step/wait for async saves).
+  // Called before each save (training thread, inside a checked round with
+  // the objects' state_dict(): one that throws on any rank fails that save on
+  // every rank) and after each commit seen by this rank (training thread: at
+  // the next on_step/wait for async saves).
   void add_pre_save_callback(std::function<void(int64_t step)> fn);
   void add_post_save_callback(std::function<void(const SaveStatistics&)> fn);
 
@@ -160,6 +167,7 @@ class CheckpointManager {
   void release_lock();
   void start_save(int64_t step, bool async, bool force,
                   const std::map<std::string, double>& metrics);
+  StateDict prepare_save(int64_t step);  // pre-save callbacks + state dicts, checked
   std::shared_ptr<StorageWriter> make_writer(int64_t step, uint64_t number, bool force,
                                              const std::map<std::string, double>& metrics);
   void committed_save(const SaveStatistics& st);  // statistics, log line, post-save callbacks

@@ -152,13 +152,17 @@ Metadata deserialize_metadata(std::string_view bytes, const std::string& source)
                           std::to_string(bytes.size()) + " bytes)");
   codec::Decoder header(bytes.substr(sizeof kMagic, kHeaderSize - sizeof kMagic), source);
   const uint32_t version = header.u32();
-  header.u32();  // flags
+  const uint32_t flags = header.u32();
   const uint64_t body_len = header.u64();
   const uint64_t checksum = header.u64();
   if (version == 0 || version > kFormatVersion)
     throw InvalidArgumentError(source + ": metadata format version " + std::to_string(version) +
                                " is not supported; this build of dcp++ reads versions 1 to " +
                                std::to_string(kFormatVersion));
+  // Reserved: 0 in every version this build reads (the body checksum does not cover it).
+  if (flags != 0)
+    throw CorruptionError(source + ": the reserved flags word of the metadata header is " +
+                          std::to_string(flags) + ", not 0 (the file is corrupt)");
   if (bytes.size() - kHeaderSize != body_len)
     throw CorruptionError(source + ": metadata is truncated or has trailing bytes (body of " +
                           std::to_string(bytes.size() - kHeaderSize) + " bytes, header says " +

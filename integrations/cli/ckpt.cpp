@@ -4,9 +4,13 @@
 //                               chunks, bytes, files (--items: every item's place)
 //   ckpt verify DIR [--threads N]
 //                               read every item and check its checksum
-//                               (exit 0: intact; 1: damaged, naming file and key)
+//                               (exit 0: intact; 1: damaged, naming file and key);
+//                               a CheckpointManager's checkpoint must also have a
+//                               valid dcp_manager.record of its step
 //
-// DIR is a checkpoint directory (or memory://, fs:// ids for tests).
+// DIR is a checkpoint directory (or memory://, fs:// ids for tests). It is a
+// CheckpointManager's when it holds a dcp_manager.record or is named like the
+// manager's step directories (step_ and at least 10 digits).
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
@@ -14,10 +18,12 @@
 
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <map>
 #include <set>
 
 #include "dcp/dcp.h"
+#include "dcp/manager/manager.h"
 
 namespace {
 
@@ -37,6 +43,24 @@ std::string human(uint64_t bytes) {
   return buf;
 }
 
+bool file_exists(const std::string& path) { return std::ifstream(path).good(); }
+
+// DIR names a CheckpointManager's checkpoint: it has a record, or its name
+// is the manager's step_<10+ digits>.
+bool is_manager_checkpoint(std::string dir) {
+  if (file_exists(dir + "/dcp_manager.record")) return true;
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  const std::string name = dir.substr(dir.rfind('/') == std::string::npos ? 0 : dir.rfind('/') + 1);
+  return name.rfind("step_", 0) == 0 && name.size() >= 15 &&
+         name.find_first_not_of("0123456789", 5) == std::string::npos;
+}
+
+std::string describe(const dcp::manager::CheckpointInfo& r) {
+  std::string s = "step " + std::to_string(r.step) + ", world size " + std::to_string(r.world_size);
+  for (const auto& [k, v] : r.metrics) s += ", " + k + " " + std::to_string(v);
+  return s;
+}
+
 int show(const std::string& dir, bool items) {
   dcp::Metadata md = dcp::read_metadata(dir);
   std::map<std::string, uint64_t> per_file;
@@ -47,6 +71,14 @@ int show(const std::string& dir, bool items) {
   if (md.storage_meta)
     std::printf("  saved to %s (save id %s)\n", md.storage_meta->checkpoint_id.c_str(),
                 md.storage_meta->save_id.c_str());
+  if (is_manager_checkpoint(dir)) {
+    try {
+      std::printf("  manager record: %s\n",
+                  describe(dcp::manager::read_checkpoint_record(dir)).c_str());
+    } catch (const dcp::Error& e) {
+      std::printf("  manager record: %s\n", e.what());
+    }
+  }
   std::printf("  %zu keys, %zu items, %s in %zu data files\n", md.state_dict_metadata.size(),
               md.storage_data.size(), human(md.total_bytes()).c_str(), per_file.size());
   std::printf("\n%-48s %-10s %-20s %s\n", "key", "dtype", "shape", "chunks");
@@ -110,6 +142,10 @@ class VerifyPlanner : public dcp::DefaultLoadPlanner {
 
 int verify(const std::string& dir, int threads) {
   const auto t0 = std::chrono::steady_clock::now();
+  // A manager's checkpoint is committed only with a valid record of its step.
+  std::string record;
+  if (is_manager_checkpoint(dir))
+    record = "; manager record: " + describe(dcp::manager::read_checkpoint_record(dir));
   dcp::Metadata md = dcp::read_metadata(dir);
   dcp::FileSystemReaderOptions ro;
   ro.threads = threads;
@@ -125,9 +161,10 @@ int verify(const std::string& dir, int threads) {
   for (const auto& [index, info] : md.storage_data)
     unchecked += info.checksum_type == dcp::ChecksumType::kNone;
   std::printf(
-      "%s: intact: %zu items, %s read in %.2f s%s\n", dir.c_str(), md.storage_data.size(),
+      "%s: intact: %zu items, %s read in %.2f s%s%s\n", dir.c_str(), md.storage_data.size(),
       human(md.total_bytes()).c_str(), secs,
-      unchecked ? (" (" + std::to_string(unchecked) + " items have no checksum)").c_str() : "");
+      unchecked ? (" (" + std::to_string(unchecked) + " items have no checksum)").c_str() : "",
+      record.c_str());
   return 0;
 }
 

@@ -11,19 +11,28 @@
 //   4. The coordinator writes dcp_manager.record (step, metrics, wall time,
 //      world size, format version) into the same directory, fdatasyncs it and
 //      fsyncs the directory.
-//   5. It renames .tmp.step_N.<k> to step_N (with `force`, an existing step_N
-//      is first renamed to .old.step_N.<k>).
+//   5. It renames .tmp.step_N.<k> to step_N. An existing step_N that is a
+//      committed checkpoint is an AlreadyExistsError (with `force` it is first
+//      renamed to .old.step_N.<k>); one that is not committed (no .metadata, no
+//      valid record) is moved aside to .damaged.step_N.<k> first.
 //   6. It fsyncs <dir>. The checkpoint is committed: resume and retention see
-//      only step_N directories that hold both .metadata and the record.
+//      only step_N directories that hold both .metadata and a valid record
+//      of step N.
 //   7. Retention: checkpoints the policy does not keep are renamed to .old.*
 //      (atomically invisible) and deleted by a background thread; a deletion
 //      error is logged, not fatal. The newest committed checkpoint is always
 //      kept; saves in flight are .tmp.* directories, which retention never sees.
+//      .damaged.* and .superseded.* directories (resume.cpp) of earlier steps
+//      are removed the same way.
 // A crash at any point leaves either a committed step_N or a .tmp/.old
 // directory, which the next manager removes at start-up.
+//
+// The manager's own collective rounds (opening the directory, the per-step
+// decision, the preparation of each save, the resume listing) go through
+// dcp's checked rounds (dcp/collectives.h): a failure on any rank is thrown
+// as the same CheckpointError on every rank, at once.
 #include "dcp/manager/manager.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/file.h>
@@ -39,14 +48,13 @@
 #include <cstring>
 #include <deque>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <thread>
 
 #include "dcp/checkpoint.h"
 #include "dcp/error.h"
 #include "dcp/filesystem.h"
 #include "dcp/logging.h"
+#include "directory.h"
 
 namespace dcp {
 namespace manager {
@@ -54,10 +62,18 @@ namespace manager {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-namespace {
+using detail::commit_problem;
+using detail::entries;
+using detail::fsync_dir;
+using detail::kDamaged;
+using detail::kRecordName;
+using detail::move_aside;
+using detail::record_text;
+using detail::rename_or_throw;
+using detail::retain;
+using detail::write_durably;
 
-constexpr const char* kRecordName = "dcp_manager.record";
-constexpr int kRecordVersion = 1;
+namespace {
 
 // ---- preemption signals ------------------------------------------------------
 
@@ -95,162 +111,7 @@ void restore_signals() {
   handlers().previous.clear();
 }
 
-// ---- small file-system helpers -------------------------------------------------
-
-double wall_clock() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
-void fsync_dir(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) throw_errno("cannot open directory", path, errno);
-  int rc = ::fsync(fd);
-  int err = errno;
-  ::close(fd);
-  if (rc != 0) throw_errno("cannot fsync directory", path, err);
-}
-
-void write_durably(const std::string& path, const std::string& data, bool sync) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw_errno("cannot create", path, errno);
-  const char* p = data.data();
-  size_t left = data.size();
-  while (left > 0) {
-    ssize_t w = ::write(fd, p, left);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) {
-      int err = errno;
-      ::close(fd);
-      throw_errno("cannot write", path, err);
-    }
-    p += w;
-    left -= static_cast<size_t>(w);
-  }
-  if (sync && ::fdatasync(fd) != 0) {
-    int err = errno;
-    ::close(fd);
-    throw_errno("cannot fdatasync", path, err);
-  }
-  ::close(fd);
-}
-
-void rename_or_throw(const std::string& from, const std::string& to) {
-  if (::rename(from.c_str(), to.c_str()) != 0)
-    throw_errno("cannot rename to '" + to + "' from", from, errno);
-}
-
-std::vector<std::string> entries(const std::string& dir) {
-  std::vector<std::string> out;
-  if (DIR* d = ::opendir(dir.c_str())) {
-    while (auto* e = ::readdir(d)) {
-      std::string n = e->d_name;
-      if (n != "." && n != "..") out.push_back(n);
-    }
-    ::closedir(d);
-  }
-  return out;
-}
-
-bool parse_step_dir(const std::string& name, int64_t& step) {
-  if (name.rfind("step_", 0) != 0 || name.size() == 5) return false;
-  for (size_t i = 5; i < name.size(); ++i)
-    if (name[i] < '0' || name[i] > '9') return false;
-  step = std::stoll(name.substr(5));
-  return true;
-}
-
-std::string record_text(int64_t step, int world_size,
-                        const std::map<std::string, double>& metrics) {
-  std::ostringstream s;
-  s.precision(17);
-  s << "format_version=" << kRecordVersion << "\nstep=" << step << "\nwall_time=" << wall_clock()
-    << "\nworld_size=" << world_size << "\n";
-  for (const auto& [k, v] : metrics) s << "metric." << k << "=" << v << "\n";
-  return s.str();
-}
-
-bool read_record(const std::string& path, CheckpointInfo& info) {
-  std::ifstream in(path);
-  if (!in) return false;
-  std::string line;
-  bool has_step = false;
-  while (std::getline(in, line)) {
-    auto eq = line.find('=');
-    if (eq == std::string::npos) continue;
-    const std::string k = line.substr(0, eq), v = line.substr(eq + 1);
-    try {
-      if (k == "step")
-        info.step = std::stoll(v), has_step = true;
-      else if (k == "wall_time")
-        info.wall_time = std::stod(v);
-      else if (k == "world_size")
-        info.world_size = std::stoi(v);
-      else if (k.rfind("metric.", 0) == 0)
-        info.metrics[k.substr(7)] = std::stod(v);
-    } catch (const std::exception&) {
-      return false;
-    }
-  }
-  return has_step;
-}
-
 }  // namespace
-
-// ---- listing and retention -------------------------------------------------
-
-std::vector<CheckpointInfo> list_committed(const std::string& dir) {
-  std::vector<CheckpointInfo> out;
-  for (const auto& name : entries(dir)) {
-    int64_t step;
-    if (!parse_step_dir(name, step)) continue;
-    CheckpointInfo info;
-    info.path = dir + "/" + name;
-    if (!is_committed_checkpoint(info.path)) continue;
-    if (!read_record(info.path + "/" + kRecordName, info) || info.step != step) continue;
-    out.push_back(std::move(info));
-  }
-  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.step < b.step; });
-  return out;
-}
-
-std::set<int64_t> steps_to_keep(const std::vector<CheckpointInfo>& committed, const KeepPolicy& p) {
-  std::set<int64_t> keep;
-  if (committed.empty()) return keep;
-  std::vector<CheckpointInfo> sorted = committed;
-  std::sort(sorted.begin(), sorted.end(),
-            [](const auto& a, const auto& b) { return a.step < b.step; });
-  if (p.last == 0) {
-    for (const auto& c : sorted) keep.insert(c.step);
-    return keep;
-  }
-  keep.insert(sorted.back().step);  // the newest, always
-  for (size_t i = sorted.size() > static_cast<size_t>(p.last) ? sorted.size() - p.last : 0;
-       i < sorted.size(); ++i)
-    keep.insert(sorted[i].step);
-  if (p.every_steps > 0)
-    for (const auto& c : sorted)
-      if (c.step % p.every_steps == 0) keep.insert(c.step);
-  if (p.every_seconds > 0) {
-    double last_kept = -1e300;
-    for (const auto& c : sorted)
-      if (c.wall_time - last_kept >= p.every_seconds) {
-        keep.insert(c.step);
-        last_kept = c.wall_time;
-      }
-  }
-  if (p.best.count > 0 && !p.best.metric.empty()) {
-    std::vector<const CheckpointInfo*> ranked;
-    for (const auto& c : sorted)
-      if (c.metrics.count(p.best.metric)) ranked.push_back(&c);
-    std::stable_sort(ranked.begin(), ranked.end(), [&](const auto* a, const auto* b) {
-      const double x = a->metrics.at(p.best.metric), y = b->metrics.at(p.best.metric);
-      return p.best.maximize ? x > y : x < y;
-    });
-    for (size_t i = 0; i < ranked.size() && i < static_cast<size_t>(p.best.count); ++i)
-      keep.insert(ranked[i]->step);
-  }
-  return keep;
-}
 
 // ---- background deletion ------------------------------------------------------
 
@@ -333,37 +194,35 @@ class CommitWriter final : public StorageWriterWrapper {
                   record_text(ctx_.step, ctx_.world_size, ctx_.metrics), ctx_.sync);
     if (ctx_.sync) fsync_dir(ctx_.tmp);
     ctx_.phase("rename", ctx_.step);
-    struct stat st;
-    if (::stat(ctx_.final_path.c_str(), &st) == 0) {
-      if (!ctx_.force) throw AlreadyExistsError("'" + ctx_.final_path + "' is already committed");
-      const std::string old = ctx_.dir + "/.old." + CheckpointManager::step_dir_name(ctx_.step) +
-                              "." + std::to_string(ctx_.save_number);
-      rename_or_throw(ctx_.final_path, old);
-      ctx_.delete_later(old);
-    }
+    make_room();
     rename_or_throw(ctx_.tmp, ctx_.final_path);
     if (ctx_.sync) fsync_dir(ctx_.dir);
     ctx_.phase("retention", ctx_.step);
-    retain();
+    retain(ctx_.dir, ctx_.step, ctx_.keep, ctx_.save_number, ctx_.delete_later);
   }
 
  private:
-  void retain() {
-    try {
-      const auto committed = list_committed(ctx_.dir);
-      const auto keep = steps_to_keep(committed, ctx_.keep);
-      for (const auto& c : committed) {
-        if (keep.count(c.step)) continue;
-        const std::string old = ctx_.dir + "/.old." + CheckpointManager::step_dir_name(c.step) +
-                                ".r" + std::to_string(ctx_.save_number);
-        rename_or_throw(c.path, old);  // invisible at once; deleted in the background
-        ctx_.delete_later(old);
-        logger().info("retention: removing checkpoint of step {}", c.step);
-      }
-    } catch (const std::exception& e) {
-      logger().warn("retention after step {} failed (the checkpoint is committed): {}", ctx_.step,
-                    e.what());
+  // An existing step_N: a committed checkpoint is kept (AlreadyExistsError)
+  // or, with `force`, replaced; anything else is moved aside, never said to
+  // be committed.
+  void make_room() {
+    struct stat st;
+    if (::lstat(ctx_.final_path.c_str(), &st) != 0) return;
+    const std::string name = CheckpointManager::step_dir_name(ctx_.step);
+    CheckpointInfo info;
+    const std::string problem = commit_problem(ctx_.final_path, ctx_.step, info);
+    if (problem.empty()) {
+      if (!ctx_.force) throw AlreadyExistsError("'" + ctx_.final_path + "' is already committed");
+      const std::string old = ctx_.dir + "/.old." + name + "." + std::to_string(ctx_.save_number);
+      rename_or_throw(ctx_.final_path, old);
+      ctx_.delete_later(old);
+      return;
     }
+    const std::string aside = move_aside(ctx_.dir, name, kDamaged, ctx_.sync);
+    logger().warn(
+        "'{}' is not a committed checkpoint ({}): moved aside to '{}' (kept until a checkpoint of "
+        "a later step commits) before committing step {}",
+        ctx_.final_path, problem, aside, ctx_.step);
   }
 
   CommitContext ctx_;
@@ -399,36 +258,16 @@ CheckpointManager::CheckpointManager(CheckpointManagerOptions options,
   if (options_.async.enabled && world_size() > 1 && !async_coll_)
     throw ConfigError("async saves on " + std::to_string(world_size()) +
                       " ranks need a process group of their own (async_collectives)");
-  if (is_coordinator()) {
-    std::error_code ec;
-    fs::create_directories(options_.dir, ec);
-    if (ec)
-      throw StorageError("cannot create checkpoint directory '" + options_.dir +
-                         "': " + ec.message());
-    const std::string lock_path = options_.dir + "/.lock";
-    lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (lock_fd_ < 0) throw_errno("cannot open lock file", lock_path, errno);
-    if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
-      char buf[32] = {};
-      ssize_t n = ::pread(lock_fd_, buf, sizeof buf - 1, 0);
-      ::close(lock_fd_);
-      lock_fd_ = -1;
-      throw ConfigError("checkpoint directory '" + options_.dir +
-                        "' is in use by another CheckpointManager" +
-                        (n > 0 ? " (pid " + std::string(buf, strcspn(buf, "\n")) + ")" : "") +
-                        "; lock file " + lock_path);
-    }
-    const std::string pid = std::to_string(::getpid()) + "\n";
-    if (::ftruncate(lock_fd_, 0) == 0 && ::pwrite(lock_fd_, pid.data(), pid.size(), 0) < 0) {
-    }
-    // Leftovers of saves and deletions that a crash interrupted.
-    for (const auto& name : entries(options_.dir))
-      if (name.rfind(".tmp.", 0) == 0 || name.rfind(".old.", 0) == 0) {
-        fs::remove_all(options_.dir + "/" + name, ec);
-        if (!ec) logger().info("removed leftover '{}' of an interrupted save", name);
-      }
+  // The coordinator opens the directory; a failure there (the lock is held,
+  // the path is a file) is every rank's CheckpointError, at once.
+  try {
+    checked_all_ranks(coll_, "opening checkpoint directory '" + options_.dir + "'", "open", [&] {
+      if (is_coordinator()) open_directory();
+    });
+  } catch (...) {
+    release_lock();
+    throw;
   }
-  if (coll_ && world_size() > 1) coll_->broadcast("", 0);  // the directory is ready on every rank
   deleter_ = std::make_shared<Deleter>();
   if (options_.async.enabled) {
     AsyncSaverOptions ao;
@@ -441,6 +280,46 @@ CheckpointManager::CheckpointManager(CheckpointManagerOptions options,
     signals_installed_ = true;
   }
   last_save_time_ = Clock::now();
+}
+
+void CheckpointManager::open_directory() {
+  std::error_code ec;
+  fs::create_directories(options_.dir, ec);
+  if (ec)
+    throw StorageError("cannot create checkpoint directory '" + options_.dir + "': " + ec.message(),
+                       ec.value());
+  const std::string lock_path = options_.dir + "/.lock";
+  lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd_ < 0) throw_errno("cannot open lock file", lock_path, errno);
+  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    char buf[32] = {};
+    ssize_t n = ::pread(lock_fd_, buf, sizeof buf - 1, 0);
+    release_lock();
+    throw ConfigError("checkpoint directory '" + options_.dir +
+                      "' is in use by another CheckpointManager" +
+                      (n > 0 ? " (pid " + std::string(buf, strcspn(buf, "\n")) + ")" : "") +
+                      "; lock file " + lock_path);
+  }
+  const std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(lock_fd_, 0) != 0 || ::pwrite(lock_fd_, pid.data(), pid.size(), 0) < 0)
+    logger().debug("cannot write the pid into '{}' (the lock is held)", lock_path);
+  // Leftovers of saves and deletions that a crash interrupted. Directories
+  // moved aside (.damaged.*, .superseded.*) stay: retention removes them.
+  for (const auto& name : entries(options_.dir))
+    if (name.rfind(".tmp.", 0) == 0 || name.rfind(".old.", 0) == 0) {
+      fs::remove_all(options_.dir + "/" + name, ec);
+      if (ec)
+        logger().warn("cannot remove leftover '{}': {}", name, ec.message());
+      else
+        logger().info("removed leftover '{}' of an interrupted save", name);
+    }
+}
+
+void CheckpointManager::release_lock() {
+  if (lock_fd_ < 0) return;
+  ::flock(lock_fd_, LOCK_UN);
+  ::close(lock_fd_);
+  lock_fd_ = -1;
 }
 
 CheckpointManager::~CheckpointManager() {
@@ -477,90 +356,42 @@ StateDict CheckpointManager::build_state_dict(bool for_load) const {
   return sd;
 }
 
-bool CheckpointManager::load_from(const std::string& path) {
-  StateDict sd = build_state_dict(true);
-  LoadOptions lo;
-  FileSystemReaderOptions ro;
-  ro.threads = options_.storage.threads;
-  ro.verify_checksums = options_.storage.verify_checksums;
-  lo.storage_reader = make_filesystem_reader(path, ro);
-  lo.strict = options_.resume.strict;
-  lo.exclude = options_.resume.exclude;
-  lo.collectives = coll_;
-  dcp::load(sd, lo);
-  return true;
+namespace {
+// `v` with every Stateful object replaced by its state dict (as dcp::save does).
+Value resolve(const Value& v) {
+  switch (v.kind()) {
+    case Value::Kind::kStateful:
+      return resolve(Value(v.stateful()->state_dict()));
+    case Value::Kind::kDict: {
+      Dict out;
+      for (const auto& kv : v.dict()) out.emplace(kv.first, resolve(kv.second));
+      return out;
+    }
+    case Value::Kind::kList: {
+      List out;
+      for (const auto& e : v.list()) out.push_back(resolve(e));
+      return out;
+    }
+    default:
+      return v;
+  }
+}
+}  // namespace
+
+StateDict CheckpointManager::prepare_save(int64_t step) {
+  // The pre-save callbacks and every state_dict() run inside one checked
+  // round: one that throws on any rank fails this save on every rank, before
+  // any rank starts writing (or, async, staging).
+  StateDict sd;
+  checked_all_ranks(coll_, "checkpoint of step " + std::to_string(step), "prepare", [&] {
+    for (auto& fn : pre_save_) fn(step);
+    for (const auto& [name, obj] : objects_) sd.emplace(name, resolve(Value(obj)));
+  });
+  return sd;
 }
 
-int64_t CheckpointManager::resume() {
-  const ResumePolicy& r = options_.resume;
-  if (r.from == "none") {
-    logger().info("resume: from none: starting fresh");
-    return 0;
-  }
-  // The coordinator lists; every rank then walks the same list.
-  std::string listed;
-  if (is_coordinator())
-    for (const auto& c : list_committed(options_.dir)) listed += std::to_string(c.step) + " ";
-  if (coll_ && world_size() > 1) listed = coll_->broadcast(listed, 0);
-  std::vector<int64_t> steps;
-  std::istringstream in(listed);
-  for (int64_t s; in >> s;) steps.push_back(s);
-
-  const bool numeric = !r.from.empty() && std::all_of(r.from.begin(), r.from.end(), ::isdigit);
-  if (numeric) {
-    const int64_t want = std::stoll(r.from);
-    if (std::find(steps.begin(), steps.end(), want) == steps.end()) {
-      std::string have;
-      for (int64_t s : steps) have += (have.empty() ? "" : ", ") + std::to_string(s);
-      throw NotFoundError("resume.from: no committed checkpoint of step " + r.from + " in '" +
-                          options_.dir + "' (committed: " + (have.empty() ? "none" : have) + ")");
-    }
-    load_from(options_.dir + "/" + step_dir_name(want));
-    logger().info("resumed from step {} ('{}')", want, options_.dir + "/" + step_dir_name(want));
-    last_saved_step_ = want;
-    return want;
-  }
-  if (steps.empty()) {
-    if (r.from != "latest") {
-      load_from(r.from);  // a warm start: another run's checkpoint
-      logger().info("warm start from '{}' (this run has no checkpoint yet)", r.from);
-      return 0;
-    }
-    logger().info("resume: no checkpoint in '{}': starting fresh", options_.dir);
-    return 0;
-  }
-  std::string failures;
-  for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
-    const std::string path = options_.dir + "/" + step_dir_name(*it);
-    try {
-      load_from(path);
-      logger().info("resumed from step {} ('{}')", *it, path);
-      last_saved_step_ = *it;
-      return *it;
-    } catch (const Error& e) {
-      if (!r.fallback_to_older) throw;
-      logger().warn("resume: skipping checkpoint '{}', it does not load: {}", path, e.what());
-      failures += "\n  " + path + ": " + e.what();
-    }
-  }
-  throw CorruptionError("resume: none of the " + std::to_string(steps.size()) +
-                        " committed checkpoints in '" + options_.dir +
-                        "' loads (not starting fresh):" + failures);
-}
-
-void CheckpointManager::start_save(int64_t step, bool async, bool force,
-                                   const std::map<std::string, double>& metrics) {
-  // The step this run saved or resumed from is committed already. (A step
-  // committed by another run in the same directory makes the commit fail
-  // with AlreadyExistsError, on every rank.)
-  if (!force && step == last_saved_step_) return;
-  // With max_in_flight saves pending, the oldest must finish first (its
-  // failure surfaces here), so that "stage" below is when staging starts.
-  if (async && saver_)
-    while (static_cast<int>(pending_.size()) >= options_.async.max_in_flight) reap_oldest();
-  const uint64_t number = save_counter_++;
-  for (auto& fn : pre_save_) fn(step);
-  phase("stage", step);
+std::shared_ptr<StorageWriter> CheckpointManager::make_writer(
+    int64_t step, uint64_t number, bool force, const std::map<std::string, double>& metrics) {
   CommitContext ctx;
   ctx.dir = options_.dir;
   ctx.tmp = options_.dir + "/.tmp." + step_dir_name(step) + "." + std::to_string(number);
@@ -585,48 +416,61 @@ void CheckpointManager::start_save(int64_t step, bool async, bool force,
   FileSystemWriterOptions wo;
   wo.threads = options_.storage.threads;
   wo.sync_files = options_.storage.fsync;
+  const std::string tmp = ctx.tmp;
   std::shared_ptr<StorageWriter> writer =
-      std::make_shared<CommitWriter>(make_filesystem_writer(ctx.tmp, wo), std::move(ctx));
-  if (wrap_writer_) writer = wrap_writer_(writer);
+      std::make_shared<CommitWriter>(make_filesystem_writer(tmp, wo), std::move(ctx));
+  return wrap_writer_ ? wrap_writer_(writer) : writer;
+}
 
+void CheckpointManager::start_save(int64_t step, bool async, bool force,
+                                   const std::map<std::string, double>& metrics) {
+  // The step this run saved or resumed from is committed already. (A step
+  // committed by another run in the same directory makes the commit fail
+  // with AlreadyExistsError, on every rank.)
+  if (!force && step == last_saved_step_) return;
+  // With max_in_flight saves pending, the oldest must finish first (its
+  // failure surfaces here), so that "stage" below is when staging starts.
+  if (async && saver_)
+    while (static_cast<int>(pending_.size()) >= options_.async.max_in_flight) reap_oldest();
+  const uint64_t number = save_counter_++;
   auto pending = std::make_unique<Pending>();
   pending->step = step;
   pending->stats = std::make_shared<SaveStats>();
   pending->start = Clock::now();
+  last_save_time_ = Clock::now();
+  last_saved_step_ = step;
   SaveOptions so;
-  so.storage_writer = writer;
+  so.stats = pending->stats.get();
   SavePlannerOptions po;
   po.check_replicas = options_.storage.check_replicas;
   so.planner = std::make_shared<DefaultSavePlanner>(po);
-  so.stats = pending->stats.get();
-  last_save_time_ = Clock::now();
-  last_saved_step_ = step;
-  if (async && saver_) {
-    so.collectives = async_coll_;
-    try {
-      pending->handle = saver_->save(build_state_dict(false), so);
-    } catch (...) {
-      handle_error(std::current_exception(), step);
-      return;
-    }
-    pending->blocking = std::chrono::duration<double>(Clock::now() - pending->start).count();
-    pending_.push_back(std::move(pending));
-    return;
-  }
-  so.collectives = coll_;
+  StateDict sd;
   try {
-    dcp::save(build_state_dict(false), so);
+    sd = prepare_save(step);
+    phase("stage", step);
+    so.storage_writer = make_writer(step, number, force, metrics);
+    if (async && saver_) {
+      so.collectives = async_coll_;
+      pending->handle = saver_->save(sd, so);
+    } else {
+      so.collectives = coll_;
+      dcp::save(sd, so);
+    }
   } catch (...) {
     handle_error(std::current_exception(), step);
     return;
   }
+  if (async && saver_) {
+    pending->blocking = std::chrono::duration<double>(Clock::now() - pending->start).count();
+    pending_.push_back(std::move(pending));
+    return;
+  }
   const double secs = std::chrono::duration<double>(Clock::now() - pending->start).count();
-  SaveStatistics st{step,
-                    false,
-                    secs,
-                    secs,
-                    pending->stats->bytes,
-                    secs > 0 ? pending->stats->bytes / secs / 1e9 : 0};
+  committed_save({step, false, secs, secs, pending->stats->bytes,
+                  secs > 0 ? pending->stats->bytes / secs / 1e9 : 0});
+}
+
+void CheckpointManager::committed_save(const SaveStatistics& st) {
   {
     std::lock_guard<std::mutex> lock(stats_mu_);
     stats_.push_back(st);
@@ -634,7 +478,7 @@ void CheckpointManager::start_save(int64_t step, bool async, bool force,
   logger().info(
       "checkpoint of step {} committed: {:.3f} s blocking, {:.3f} s until durable, {:.1f} MiB, "
       "{:.2f} GB/s",
-      step, st.blocking_seconds, st.durable_seconds, st.bytes / 1048576.0, st.gbps);
+      st.step, st.blocking_seconds, st.durable_seconds, st.bytes / 1048576.0, st.gbps);
   for (auto& fn : post_save_) fn(st);
 }
 
@@ -666,17 +510,8 @@ void CheckpointManager::reap(bool wait_all) {
     try {
       p.handle.get();
       const double durable = p.blocking + p.stats->total_seconds;
-      SaveStatistics st{p.step,  true,           p.blocking,
-                        durable, p.stats->bytes, durable > 0 ? p.stats->bytes / durable / 1e9 : 0};
-      {
-        std::lock_guard<std::mutex> lock(stats_mu_);
-        stats_.push_back(st);
-      }
-      logger().info(
-          "checkpoint of step {} committed: {:.3f} s blocking, {:.3f} s until durable, {:.1f} MiB, "
-          "{:.2f} GB/s",
-          p.step, st.blocking_seconds, st.durable_seconds, st.bytes / 1048576.0, st.gbps);
-      for (auto& fn : post_save_) fn(st);
+      committed_save({p.step, true, p.blocking, durable, p.stats->bytes,
+                      durable > 0 ? p.stats->bytes / durable / 1e9 : 0});
     } catch (...) {
       if (!first) first = std::current_exception(), first_step = p.step;
     }
@@ -700,21 +535,16 @@ bool CheckpointManager::on_step(int64_t step, const std::map<std::string, double
              std::chrono::duration<double>(Clock::now() - last_save_time_).count() >=
                  s.every_seconds;
     };
-    if (coll_ && world_size() > 1) {
-      auto flags = coll_->gather(std::string(1, g_signal != 0 ? '1' : '0'), 0);
-      std::string decision = "00";
-      if (is_coordinator()) {
-        for (const auto& f : flags)
-          if (f == "1") decision[0] = '1';
-        if (time_due()) decision[1] = '1';
-      }
-      decision = coll_->broadcast(decision, 0);
-      stop = decision[0] == '1';
-      due = due || decision[1] == '1';
-    } else {
-      stop = g_signal != 0;
-      due = due || time_due();
-    }
+    // One checked round: every rank's signal flag, and the coordinator's clock.
+    const auto flags =
+        checked_all_gather(coll_, "on_step", "step " + std::to_string(step) + " decision", [&] {
+          std::string f = "00";
+          if (g_signal != 0) f[0] = '1';
+          if (is_coordinator() && time_due()) f[1] = '1';
+          return f;
+        });
+    for (const auto& f : flags) stop = stop || (!f.empty() && f[0] == '1');
+    due = due || (flags.at(0).size() == 2 && flags[0][1] == '1');
   }
   if (stop) {
     logger().warn("{} received: saving step {} and stopping",
@@ -754,11 +584,7 @@ void CheckpointManager::close() {
   if (deleter_) deleter_->finish();
   if (signals_installed_) restore_signals();
   signals_installed_ = false;
-  if (lock_fd_ >= 0) {
-    ::flock(lock_fd_, LOCK_UN);
-    ::close(lock_fd_);
-    lock_fd_ = -1;
-  }
+  release_lock();
   if (error) std::rethrow_exception(error);
 }
 

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # ckpt show / verify on a real checkpoint (written by the training example),
 # then on the same checkpoint with one flipped byte: verify must fail and name
-# the file and the key.
+# the file and the key. Then a CheckpointManager's checkpoint (train_mlp):
+# verify also checks its dcp_manager.record.
+#
+#   ckpt_test.sh <ckpt> <train_resume> <train_mlp>
 set -euo pipefail
 CKPT="$1"
 TRAIN="$2"
+MLP="$3"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 "$TRAIN" --dir "$WORK/run" --steps 10 --save-every 10 > /dev/null 2>&1
@@ -28,4 +32,37 @@ grep -q "$(basename "$FILE")" "$WORK/out.txt"
 mkdir "$WORK/empty"
 if "$CKPT" show "$WORK/empty" > "$WORK/out2.txt" 2>&1; then exit 1; fi
 grep -q "not a committed checkpoint" "$WORK/out2.txt"
+
+# A manager's checkpoint: verify checks the record too.
+unset DCP_CHECKPOINT_DIR DCP_RESUME_FROM
+printf 'checkpoint:\n  save: {every_steps: 10}\n  async: {enabled: false}\n  keep: {last: 0}\n' \
+  > "$WORK/mlp.yaml"
+"$MLP" --config "$WORK/mlp.yaml" --dir "$WORK/mgr" --steps 20 > /dev/null 2>&1
+M="$WORK/mgr/step_0000000010"
+"$CKPT" verify "$M" > "$WORK/m.txt"
+grep -q "intact: .*manager record: step 10, world size 1" "$WORK/m.txt" || { cat "$WORK/m.txt"; exit 1; }
+"$CKPT" show "$M" | grep -q "manager record: step 10"
+# expect_record_failure DIR PATTERN: verify fails and prints PATTERN.
+expect_record_failure() {
+  if "$CKPT" verify "$1" > "$WORK/bad.txt" 2>&1; then
+    echo "verify passed a checkpoint with a bad record ($2)"; cat "$WORK/bad.txt"; exit 1
+  fi
+  grep -q -- "$2" "$WORK/bad.txt" || { echo "expected '$2'"; cat "$WORK/bad.txt"; exit 1; }
+}
+R="$M/dcp_manager.record"
+cp "$R" "$WORK/record.good"
+# Another step than the directory's name.
+sed 's/^step=10$/step=20/' "$WORK/record.good" > "$R"
+expect_record_failure "$M" "is of step 20, the directory's name says step 10"
+# An unknown format version.
+sed 's/^format_version=1$/format_version=7/' "$WORK/record.good" > "$R"
+expect_record_failure "$M" "format_version 7 is not known"
+# Garbage.
+printf 'not a record\n' > "$R"
+expect_record_failure "$M" "line 1 is not key=value"
+# No record at all, in a directory named as the manager names them.
+rm "$R"
+expect_record_failure "$M" "no dcp_manager.record"
+cp "$WORK/record.good" "$R"
+"$CKPT" verify "$M" | grep -q "intact"
 echo "ckpt show/verify ok"

@@ -97,6 +97,43 @@ TEST(MetadataTest, DamageIsDetected) {
   expect_corruption(newer, "format version");
 }
 
+TEST(MetadataTest, ReservedFlagsMustBeZero) {
+  const std::string good = serialize_metadata(sample_metadata(3));
+  ASSERT_EQ(good.substr(12, 4), std::string(4, '\0'));  // written as 0
+  // Any bit of the flags word (bytes 12-15, outside the body checksum).
+  for (size_t byte = 12; byte < 16; ++byte)
+    for (unsigned bit : {0u, 7u}) {
+      std::string bad = good;
+      bad[byte] = static_cast<char>(1u << bit);
+      try {
+        deserialize_metadata(bad, "/x/.metadata");
+        FAIL() << "flags byte " << byte << " bit " << bit << " was accepted";
+      } catch (const CorruptionError& e) {
+        EXPECT_NE(std::string(e.what()).find("/x/.metadata"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("reserved flags"), std::string::npos) << e.what();
+      }
+    }
+  EXPECT_NO_THROW(deserialize_metadata(good, "/x/.metadata"));
+}
+
+TEST(MetadataTest, ReservedFlagsOnDiskAreCorruptionNamingTheFile) {
+  testing::TempDir dir;
+  const std::string ck = dir.sub("ck");
+  SaveOptions so;
+  so.checkpoint_id = ck;
+  save({{"w", at::ones({4, 4})}}, so);
+  const std::string md = ck + "/" + kMetadataFileName;
+  std::string bytes = testing::read_file(md);
+  bytes[13] = 2;
+  testing::write_file(md, bytes);
+  try {
+    read_metadata(ck);
+    FAIL() << "a metadata file with flags 0x200 was read";
+  } catch (const CorruptionError& e) {
+    EXPECT_NE(std::string(e.what()).find(md), std::string::npos) << e.what();
+  }
+}
+
 TEST(MetadataTest, DtypeNamesRoundTrip) {
   for (at::ScalarType dt : testing::all_dtypes()) EXPECT_EQ(dtype_from_name(dtype_name(dt)), dt);
   EXPECT_THROW(dtype_from_name("float8"), InvalidArgumentError);

@@ -1,9 +1,12 @@
 // The manager on 2 real ranks over Gloo: SIGKILL of a rank at each phase of
 // a save, then a fresh 2-rank run resumes from the newest committed
-// checkpoint; SIGTERM on one rank makes both save the same step and stop.
+// checkpoint; SIGTERM on one rank makes both save the same step and stop; a
+// damaged newest checkpoint is moved aside once and saved again.
+// (manager_collective_test.cpp: the manager's own rounds failing together.)
 #include <gtest/gtest.h>
 
 #include <csignal>
+#include <filesystem>
 #include <random>
 #include <thread>
 
@@ -131,6 +134,48 @@ TEST(ManagerMultiprocTest, SigtermOnOneRankStopsBothAtTheSameStep) {
   auto next = testing::run_ranks(2, "manager_rank", run_opts({ck, "9", "0"}));
   ASSERT_TRUE(next.ok()) << next.summary();
   EXPECT_NE(next.ranks[1].output.find("RESUMED 7"), std::string::npos) << next.ranks[1].output;
+}
+
+// The newest checkpoint (periodic, step 8) is damaged: both ranks fall back
+// to step 6 together, only the coordinator moves step 8 aside (once), the run
+// saves step 8 again, and a later commit removes the damaged copy.
+TEST(ManagerMultiprocTest, ADamagedNewestIsMovedAsideOnceAndSavedAgain) {
+  testing::TempDir dir;
+  const std::string ck = dir.sub("run");
+  auto steps = [&] {
+    std::vector<int64_t> out;
+    for (const auto& c : list_committed(ck)) out.push_back(c.step);
+    return out;
+  };
+  auto first = testing::run_ranks(2, "manager_rank", run_opts({ck, "8", "0"}));
+  ASSERT_TRUE(first.ok()) << first.summary();
+  ASSERT_EQ(steps(), (std::vector<int64_t>{6, 8}));
+  const std::string step8 = ck + "/" + CheckpointManager::step_dir_name(8);
+  const std::string aside = ck + "/.damaged." + CheckpointManager::step_dir_name(8) + ".0";
+  for (const auto& f : testing::data_files(step8)) {  // a bit of every rank's data
+    std::string data = testing::read_file(f);
+    data[data.size() / 2] ^= 1;
+    testing::write_file(f, data);
+  }
+  auto second = testing::run_ranks(2, "manager_rank", run_opts({ck, "8", "0"}));
+  ASSERT_TRUE(second.ok()) << second.summary();
+  for (int rank = 0; rank < 2; ++rank)
+    EXPECT_NE(second.ranks[rank].output.find("RESUMED 6"), std::string::npos)
+        << second.ranks[rank].output;
+  EXPECT_NE(second.ranks[0].output.find("moved '" + step8 + "' aside to '" + aside + "'"),
+            std::string::npos)
+      << second.ranks[0].output;
+  EXPECT_EQ(second.ranks[1].output.find("moved '"), std::string::npos) << second.ranks[1].output;
+  EXPECT_EQ(steps(), (std::vector<int64_t>{6, 8}));
+  EXPECT_TRUE(std::filesystem::exists(aside));
+  auto third = testing::run_ranks(2, "manager_rank", run_opts({ck, "8", "0"}));
+  ASSERT_TRUE(third.ok()) << third.summary();
+  EXPECT_NE(third.ranks[1].output.find("RESUMED 8"), std::string::npos) << third.ranks[1].output;
+  EXPECT_TRUE(std::filesystem::exists(aside));
+  auto fourth = testing::run_ranks(2, "manager_rank", run_opts({ck, "10", "0"}));
+  ASSERT_TRUE(fourth.ok()) << fourth.summary();
+  EXPECT_EQ(steps(), (std::vector<int64_t>{8, 10}));
+  EXPECT_FALSE(std::filesystem::exists(aside));
 }
 
 }  // namespace

@@ -15,12 +15,19 @@
 //   <dir>/step_0000001000/   a committed checkpoint (dcp files + dcp_manager.record)
 //   <dir>/.tmp.step_.../     a save in progress (never read; removed at start-up)
 //   <dir>/.old.step_.../     a checkpoint being deleted by retention
+//   <dir>/.damaged.step_N.k/ a step_N that did not load or was not committed,
+//                            moved aside (kept until a later step commits)
+//   <dir>/.superseded.step_N.k/ a checkpoint newer than the step resumed from
+//                            (resume.from: <step> or none; kept likewise)
 //   <dir>/.lock              held (flock) by the manager that owns the directory
 //
 // Multi-rank: every rank constructs a manager with the same options and calls
 // the same methods at the same steps. Decisions that depend on a clock or a
 // signal are made on the coordinator (rank 0) and broadcast; only the
-// coordinator commits, records, deletes and holds the lock.
+// coordinator commits, records, renames, deletes and holds the lock. The
+// manager's own rounds fail together: an error on any rank (the directory
+// cannot be opened or listed, a pre-save callback or a state_dict() throws)
+// is the same CheckpointError on every rank, at once.
 #pragma once
 
 #include <chrono>
@@ -56,8 +63,16 @@ std::set<int64_t> steps_to_keep(const std::vector<CheckpointInfo>& committed,
                                 const KeepPolicy& policy);
 
 // The committed checkpoints in `dir`, oldest first. A step directory without
-// a record or without metadata is not committed and not listed.
+// metadata or without a valid record of its step is not committed and not
+// listed. A directory that does not exist holds none; one that cannot be
+// listed is a StorageError naming it.
 std::vector<CheckpointInfo> list_committed(const std::string& dir);
+
+// The dcp_manager.record of the checkpoint directory `path`: NotFoundError
+// when it has none; CorruptionError when it does not parse, has a format
+// version this build does not know, or (for a directory named step_N) is of
+// another step.
+CheckpointInfo read_checkpoint_record(const std::string& path);
 
 // What one save cost.
 struct SaveStatistics {
@@ -75,7 +90,9 @@ class CheckpointManager {
   // `async_collectives`: a second group over the same ranks for async saves,
   // used only by their background thread (required when async saves are on
   // and there is more than one rank).
-  // Throws ConfigError when another manager holds the directory.
+  // A directory that cannot be opened (another manager holds its lock: code
+  // kConfig; it cannot be created or listed: kStorage) is a CheckpointError
+  // on every rank. Inconsistent options are a ConfigError.
   explicit CheckpointManager(CheckpointManagerOptions options,
                              std::shared_ptr<Collectives> collectives = nullptr,
                              std::shared_ptr<Collectives> async_collectives = nullptr);
@@ -90,7 +107,12 @@ class CheckpointManager {
   // Loads the checkpoint the resume policy names into the registered objects
   // and returns its step; 0 when starting fresh (none to resume, `from:
   // none`, or a warm start from another run's path). Never starts fresh
-  // silently when checkpoints exist but none loads: that is an error.
+  // silently when checkpoints exist but none loads, nor when the directory
+  // cannot be listed: that is an error. Then moves aside what would collide
+  // with this run's saves: checkpoints skipped by the fallback and step
+  // directories that are not committed (.damaged.*), and with `from: <step>`
+  // or `none` the committed checkpoints newer than where the run starts
+  // (.superseded.*); see docs/MANAGER.md.
   int64_t resume();
 
   // Call after each training step. Saves when the policy says so (async when
@@ -114,8 +136,10 @@ class CheckpointManager {
   // the lock. Idempotent.
   void close();
 
-  // Called before each save (training thread) and after each commit seen by
-  // this rank (training thread: at the next on_step/wait for async saves).
+  // Called before each save (training thread, inside a checked round with
+  // the objects' state_dict(): one that throws on any rank fails that save on
+  // every rank) and after each commit seen by this rank (training thread: at
+  // the next on_step/wait for async saves).
   void add_pre_save_callback(std::function<void(int64_t step)> fn);
   void add_post_save_callback(std::function<void(const SaveStatistics&)> fn);
 
@@ -135,11 +159,22 @@ class CheckpointManager {
 
   static std::string step_dir_name(int64_t step);
 
-  struct Pending;  // a save in flight (manager.cpp)
+  struct Pending;        // a save in flight (manager.cpp)
+  struct ResumeListing;  // what the coordinator found in the directory (resume.cpp)
 
  private:
+  void open_directory();  // coordinator: create, lock, remove leftovers
+  void release_lock();
   void start_save(int64_t step, bool async, bool force,
                   const std::map<std::string, double>& metrics);
+  StateDict prepare_save(int64_t step);  // pre-save callbacks + state dicts, checked
+  std::shared_ptr<StorageWriter> make_writer(int64_t step, uint64_t number, bool force,
+                                             const std::map<std::string, double>& metrics);
+  void committed_save(const SaveStatistics& st);  // statistics, log line, post-save callbacks
+  int64_t resume_step(const ResumeListing& listing, int64_t step);
+  int64_t resume_latest(const ResumeListing& listing);
+  void move_aside_after_resume(const ResumeListing& listing, int64_t resumed,
+                               const std::vector<int64_t>& skipped);
   void reap(bool wait_all);  // finished async saves: statistics, callbacks, errors
   void reap_oldest();        // waits for the oldest save in flight, then reap(false)
   void handle_error(const std::exception_ptr& e, int64_t step);

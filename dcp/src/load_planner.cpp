@@ -1,0 +1,235 @@
+// DefaultLoadPlanner: the destination boxes and their reads from the saved
+// chunks.
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "chunk_validation.h"
+#include "dcp/default_planner.h"
+#include "dcp/error.h"
+#include "walk.h"
+
+namespace dcp {
+
+bool key_matches(const std::string& key, const std::vector<std::string>& patterns) {
+  for (const auto& p : patterns)
+    if (key == p ||
+        (key.size() > p.size() && key.compare(0, p.size(), p) == 0 && key[p.size()] == '.'))
+      return true;
+  return false;
+}
+
+DefaultLoadPlanner::DefaultLoadPlanner(LoadPlannerOptions options) : options_(std::move(options)) {}
+
+void DefaultLoadPlanner::set_up_planner(StateDict& state_dict, const Metadata& metadata,
+                                        bool is_coordinator) {
+  flat_.clear();
+  missing_.clear();
+  unexpected_.clear();
+  converted_.clear();
+  walk_dict(state_dict, [&](const std::string& key, Value& v, const ObjectPath&) {
+    if (!flat_.emplace(key, &v).second)
+      throw InvalidArgumentError("flattened key '" + key + "' comes from two places");
+  });
+  metadata_ = &metadata;
+  is_coordinator_ = is_coordinator;
+}
+
+LoadPlan DefaultLoadPlanner::create_local_plan() {
+  LoadPlan plan;
+  std::vector<std::string> problems;
+  const bool excluding = !options_.exclude.empty();
+  for (const auto& [key, dest] : flat_) {
+    if (excluding && key_matches(key, options_.exclude)) continue;
+    auto it = metadata_->state_dict_metadata.find(key);
+    if (it == metadata_->state_dict_metadata.end()) {
+      missing_.push_back(key);
+      continue;
+    }
+    if (std::holds_alternative<BytesStorageMetadata>(it->second)) {
+      if (dest->is_tensor() || dest->is_sharded()) {
+        problems.push_back("'" + key +
+                           "': the checkpoint holds a plain value, the destination is a " +
+                           describe(*dest));
+        continue;
+      }
+      ReadItem item;
+      item.type = LoadItemType::kByteIO;
+      item.dest_index = MetadataIndex(key);
+      item.storage_index = MetadataIndex(key);
+      plan.items.push_back(std::move(item));
+      continue;
+    }
+    const auto& saved = std::get<TensorStorageMetadata>(it->second);
+    const std::string saved_desc =
+        std::string(dtype_name(saved.properties.dtype)) + shape_str(saved.size);
+    // The destination boxes: the whole tensor, or each local shard.
+    std::vector<std::pair<std::vector<int64_t>, at::Tensor>> boxes;
+    std::vector<int64_t> dest_size;
+    if (dest->is_tensor()) {
+      const at::Tensor& t = dest->tensor();
+      if (!t.defined()) {
+        problems.push_back("'" + key + "': the destination tensor is undefined");
+        continue;
+      }
+      dest_size = t.sizes().vec();
+      boxes.emplace_back(std::vector<int64_t>(dest_size.size(), 0), t);
+    } else if (dest->is_sharded()) {
+      // Read through const access: a mutable one would give the working copy
+      // a ShardedTensor of its own (copy on write) and the load would then
+      // replace the caller's.
+      const ShardedTensor& st = std::as_const(*dest).sharded();
+      dest_size = st.global_size;
+      for (const Shard& s : st.local_shards) boxes.emplace_back(s.offsets, s.tensor);
+    } else {
+      problems.push_back("'" + key + "': the checkpoint holds tensor " + saved_desc +
+                         ", the destination is a " + describe(*dest));
+      continue;
+    }
+    if (dest_size != saved.size) {
+      problems.push_back("'" + key + "': shape mismatch: checkpoint " + saved_desc +
+                         ", destination " + shape_str(dest_size));
+      continue;
+    }
+    bool dtype_ok = true;
+    for (const auto& box : boxes) {
+      const at::ScalarType dt = box.second.scalar_type();
+      if (dt == saved.properties.dtype) continue;
+      if (options_.allow_dtype_conversion) {
+        converted_[key] = saved.properties.dtype;
+      } else {
+        problems.push_back("'" + key + "': dtype mismatch: checkpoint " + saved_desc +
+                           ", destination " + dtype_name(dt) + shape_str(dest_size));
+        dtype_ok = false;
+        break;
+      }
+    }
+    if (!dtype_ok) continue;
+    for (const auto& [offsets, tensor] : boxes) {
+      const std::vector<int64_t> sizes = tensor.sizes().vec();
+      if (offsets.size() != dest_size.size() || sizes.size() != dest_size.size()) {
+        problems.push_back("'" + key + "': a destination shard does not match the global shape");
+        break;
+      }
+      for (const auto& chunk : saved.chunks) {
+        // The intersection of the destination box and the saved chunk.
+        ReadItem item;
+        item.type = LoadItemType::kTensor;
+        item.dest_index = MetadataIndex(key, offsets);
+        item.storage_index = MetadataIndex(key, chunk.offsets);
+        bool empty = false;
+        for (size_t d = 0; d < sizes.size(); ++d) {
+          const int64_t lo = std::max(offsets[d], chunk.offsets[d]);
+          const int64_t hi = std::min(offsets[d] + sizes[d], chunk.offsets[d] + chunk.sizes[d]);
+          if (hi <= lo) {
+            empty = true;
+            break;
+          }
+          item.dest_offsets.push_back(lo - offsets[d]);
+          item.storage_offsets.push_back(lo - chunk.offsets[d]);
+          item.lengths.push_back(hi - lo);
+        }
+        // A tensor with no elements still needs one (empty) read to match its chunk.
+        const bool zero_numel = volume(sizes) == 0 && volume(chunk.sizes) == 0;
+        if (empty && !zero_numel) continue;
+        if (empty) {
+          item.dest_offsets.assign(sizes.size(), 0);
+          item.storage_offsets.assign(sizes.size(), 0);
+          item.lengths = sizes;
+        }
+        plan.items.push_back(std::move(item));
+      }
+    }
+  }
+  for (const auto& kv : metadata_->state_dict_metadata)
+    if (!flat_.count(kv.first) && !(excluding && key_matches(kv.first, options_.exclude)))
+      unexpected_.push_back(kv.first);
+
+  auto list = [](const std::vector<std::string>& keys) {
+    std::string s;
+    const size_t shown = std::min<size_t>(keys.size(), 20);
+    for (size_t i = 0; i < shown; ++i) s += (i ? ", '" : "'") + keys[i] + "'";
+    if (keys.size() > shown) s += ", ... (" + std::to_string(keys.size()) + " in all)";
+    return s;
+  };
+  if (!problems.empty()) {
+    std::string msg =
+        std::to_string(problems.size()) + " key(s) of the state dict do not match the checkpoint:";
+    for (size_t i = 0; i < std::min<size_t>(problems.size(), 20); ++i)
+      msg += "\n    " + problems[i];
+    throw PlanMismatchError(msg);
+  }
+  if (options_.strict && (!missing_.empty() || !unexpected_.empty())) {
+    std::string msg = "the state dict and the checkpoint have different keys (strict load)";
+    if (!missing_.empty()) msg += "; missing from the checkpoint: " + list(missing_);
+    if (!unexpected_.empty())
+      msg += "; in the checkpoint but not in the state dict: " + list(unexpected_);
+    throw PlanMismatchError(msg);
+  }
+  return plan;
+}
+
+std::vector<LoadPlan> DefaultLoadPlanner::create_global_plan(std::vector<LoadPlan> all_plans) {
+  return all_plans;
+}
+
+LoadPlan DefaultLoadPlanner::finish_plan(LoadPlan central_plan) {
+  plan_ = central_plan;
+  return central_plan;
+}
+
+void DefaultLoadPlanner::load_bytes(const ReadItem& item, const Bytes& value) {
+  auto it = flat_.find(item.dest_index.fqn);
+  if (it == flat_.end())
+    throw InvalidArgumentError("no destination for " + to_string(item.dest_index));
+  *it->second = decode_plain_value(value.data, "plain value of key '" + item.dest_index.fqn + "'");
+}
+
+at::Tensor DefaultLoadPlanner::destination_view(const ReadItem& item) const {
+  auto it = flat_.find(item.dest_index.fqn);
+  if (it == flat_.end())
+    throw InvalidArgumentError("no destination for " + to_string(item.dest_index));
+  at::Tensor t;
+  if (it->second->is_sharded()) {
+    for (const Shard& s : std::as_const(*it->second).sharded().local_shards)  // const: see above
+      if (s.offsets == item.dest_index.offset) t = s.tensor;
+    if (!t.defined())
+      throw InvalidArgumentError("no local shard for " + to_string(item.dest_index));
+  } else {
+    t = it->second->tensor();
+  }
+  for (size_t d = 0; d < item.lengths.size(); ++d) {
+    if (item.dest_offsets[d] != 0 || item.lengths[d] != t.size(d))
+      t = t.narrow(static_cast<int64_t>(d), item.dest_offsets[d], item.lengths[d]);
+  }
+  return t;
+}
+
+at::Tensor DefaultLoadPlanner::resolve_tensor(const ReadItem& item) {
+  at::Tensor view = destination_view(item);
+  auto conv = converted_.find(item.dest_index.fqn);
+  if (conv != converted_.end()) return at::empty(item.lengths, view.options().dtype(conv->second));
+  return view;
+}
+
+void DefaultLoadPlanner::commit_tensor(const ReadItem& item, at::Tensor& tensor) {
+  if (converted_.count(item.dest_index.fqn)) {
+    at::NoGradGuard no_grad;
+    destination_view(item).copy_(tensor);
+  }
+}
+
+StateDict state_dict_from_metadata(const Metadata& metadata) {
+  Dict flat;
+  for (const auto& [key, entry] : metadata.state_dict_metadata) {
+    if (const auto* t = std::get_if<TensorStorageMetadata>(&entry)) {
+      flat.emplace(key, at::empty(t->size, at::TensorOptions().dtype(t->properties.dtype)));
+    } else {
+      flat.emplace(key, Value());
+    }
+  }
+  return unflatten_state_dict(flat, decode_flatten_mapping(metadata.planner_data));
+}
+
+}  // namespace dcp

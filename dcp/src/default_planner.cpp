@@ -1,8 +1,11 @@
 #include "dcp/default_planner.h"
 
+#include <spdlog/spdlog.h>
+
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cstring>
 #include <set>
 #include <unordered_map>
 #include <utility>
@@ -10,6 +13,7 @@
 #include "chunk_validation.h"
 #include "codec.h"
 #include "dcp/error.h"
+#include "dcp/logging.h"
 #include "walk.h"
 
 namespace dcp {
@@ -257,6 +261,49 @@ void check_saveable(const at::Tensor& t, const std::string& key) {
   check_supported_dtype(t.scalar_type(), "key '" + key + "'");
 }
 
+bool same_bytes(const at::Tensor& a, const at::Tensor& b) {
+  const at::Tensor x = a.cpu().contiguous(), y = b.cpu().contiguous();
+  return x.nbytes() == y.nbytes() &&
+         (x.nbytes() == 0 || std::memcmp(x.data_ptr(), y.data_ptr(), x.nbytes()) == 0);
+}
+
+// The shards of `st` to plan, in their order. A shard given twice (same
+// offsets, shape and dtype: a replica this rank holds twice) is planned
+// once, its copies compared as `check` says; two shards that start at the
+// same offsets otherwise are refused (the offsets name the stored item).
+std::vector<const Shard*> distinct_shards(const std::string& key, const ShardedTensor& st,
+                                          ReplicaCheck check) {
+  const auto& shards = st.local_shards;
+  std::vector<const Shard*> sorted;
+  for (const Shard& s : shards) sorted.push_back(&s);
+  if (sorted.size() < 2) return sorted;
+  std::stable_sort(sorted.begin(), sorted.end(),
+                   [](const Shard* a, const Shard* b) { return a->offsets < b->offsets; });
+  std::vector<char> copy(shards.size(), 0);
+  for (size_t i = 1, first = 0; i < sorted.size(); ++i) {
+    const at::Tensor &a = sorted[first]->tensor, &b = sorted[i]->tensor;
+    if (sorted[i]->offsets != sorted[first]->offsets || !a.defined() || !b.defined()) {
+      first = i;  // (an undefined tensor is check_saveable's to report)
+      continue;
+    }
+    const std::string where =
+        "key '" + key + "': two local shards start at " + shape_str(sorted[i]->offsets);
+    if (a.sizes() != b.sizes() || a.scalar_type() != b.scalar_type())
+      throw InvalidArgumentError(where + ", of " + describe(Value(a)) + " and " +
+                                 describe(Value(b)));
+    if (check != ReplicaCheck::kOff && !same_bytes(a, b)) {
+      if (check == ReplicaCheck::kError)
+        throw InvalidArgumentError(where + " and hold different values");
+      logger().warn("{} and hold different values; the first is saved", where);
+    }
+    copy[sorted[i] - shards.data()] = 1;
+  }
+  std::vector<const Shard*> out;
+  for (size_t i = 0; i < shards.size(); ++i)
+    if (!copy[i]) out.push_back(&shards[i]);
+  return out;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -293,7 +340,8 @@ SavePlan DefaultSavePlanner::create_local_plan() {
       plan.items.push_back(std::move(item));
     } else if (v.is_sharded()) {
       const ShardedTensor& st = v.sharded();
-      for (const Shard& s : st.local_shards) {
+      for (const Shard* shard : distinct_shards(key, st, options_.check_replicas)) {
+        const Shard& s = *shard;
         check_saveable(s.tensor, key);
         if (s.offsets.size() != st.global_size.size() ||
             static_cast<size_t>(s.tensor.dim()) != st.global_size.size())
@@ -504,6 +552,7 @@ std::pair<std::vector<SavePlan>, Metadata> DefaultSavePlanner::create_global_pla
     // last one is appended; anything else is looked up.
     auto hint = entries.end(), last = entries.end();
     for (const auto& item : all_plans[r].items) {
+      check_write_item(item, r);
       const std::string& key = item.index.fqn;
       const bool is_bytes = item.type == WriteItemType::kByteIO;
       auto it = hint;
@@ -548,7 +597,7 @@ std::pair<std::vector<SavePlan>, Metadata> DefaultSavePlanner::create_global_pla
     }
   }
   for (auto& [key, entry] : entries)
-    if (auto* t = std::get_if<TensorStorageMetadata>(&entry)) validate_chunks(key, *t);
+    if (auto* t = std::get_if<TensorStorageMetadata>(&entry)) validate_chunks(key, *t, all_plans);
 
   // Merge every rank's flattening map.
   if (world == 1) {

@@ -24,6 +24,7 @@
 #include <random>
 
 #include "buffer_pool.h"
+#include "chunk_validation.h"
 #include "dcp/error.h"
 #include "dcp/filesystem.h"
 #include "dcp/memory_storage.h"
@@ -293,13 +294,16 @@ class FileSystemWriter final : public StorageWriter {
           if (!t.device().is_cpu()) t = t.cpu();
           if (!t.is_contiguous()) t = t.contiguous();
           const int64_t expected = item.tensor_storage_size().value_or(-1);
+          // The shape too: the reader reads the bytes back in the chunk's shape.
           if (item.type == WriteItemType::kByteIO || static_cast<int64_t>(t.nbytes()) != expected ||
-              t.scalar_type() != item.tensor_data->properties.dtype)
+              t.scalar_type() != item.tensor_data->properties.dtype ||
+              t.sizes() != at::IntArrayRef(item.tensor_data->chunk.sizes))
             throw InvalidArgumentError(
                 "resolve_data gave " + describe(Value(t)) + " for " + to_string(item.index) +
                 ", but the plan expects " +
                 (item.tensor_data ? std::string(dtype_name(item.tensor_data->properties.dtype)) +
-                                        " with " + std::to_string(expected) + " bytes"
+                                        shape_str(item.tensor_data->chunk.sizes) + " (" +
+                                        std::to_string(expected) + " bytes)"
                                   : std::string("bytes")));
           ptr = t.data_ptr();
           n = t.nbytes();

@@ -20,6 +20,52 @@ bool key_matches(const std::string& key, const std::vector<std::string>& pattern
   return false;
 }
 
+namespace {
+
+// The read of the part of saved `chunk` inside the destination box at
+// `offsets` of `sizes`; false when they share no element (an empty box
+// shares none).
+bool intersect(const std::vector<int64_t>& offsets, const std::vector<int64_t>& sizes,
+               const ChunkStorageMetadata& chunk, ReadItem& item) {
+  for (size_t d = 0; d < sizes.size(); ++d) {
+    const int64_t lo = std::max(offsets[d], chunk.offsets[d]);
+    const int64_t hi = std::min(offsets[d] + sizes[d], chunk.offsets[d] + chunk.sizes[d]);
+    if (hi <= lo) return false;
+    item.dest_offsets.push_back(lo - offsets[d]);
+    item.storage_offsets.push_back(lo - chunk.offsets[d]);
+    item.lengths.push_back(hi - lo);
+  }
+  return true;
+}
+
+using Boxes = std::vector<std::pair<std::vector<int64_t>, at::Tensor>>;
+
+// What is wrong with the destination boxes of a tensor of `size` (each
+// inside it, at distinct offsets), or "".
+std::string check_boxes(const Boxes& boxes, const std::vector<int64_t>& size) {
+  for (const auto& [offsets, tensor] : boxes) {
+    const at::IntArrayRef sizes = tensor.sizes();
+    auto box = [&] {
+      return "destination shard at " + shape_str(offsets) + " of shape " + shape_str(sizes.vec());
+    };
+    if (offsets.size() != size.size() || sizes.size() != size.size())
+      return box() + " does not match the global shape " + shape_str(size);
+    for (size_t d = 0; d < size.size(); ++d)
+      if (offsets[d] < 0 || offsets[d] > size[d] || sizes[d] > size[d] - offsets[d])
+        return box() + " lies outside the tensor " + shape_str(size);
+  }
+  if (boxes.size() > 1) {
+    std::vector<const std::vector<int64_t>*> offs;
+    for (const auto& b : boxes) offs.push_back(&b.first);
+    std::sort(offs.begin(), offs.end(), [](const auto* a, const auto* b) { return *a < *b; });
+    for (size_t i = 1; i < offs.size(); ++i)
+      if (*offs[i] == *offs[i - 1]) return "two destination shards start at " + shape_str(*offs[i]);
+  }
+  return "";
+}
+
+}  // namespace
+
 DefaultLoadPlanner::DefaultLoadPlanner(LoadPlannerOptions options) : options_(std::move(options)) {}
 
 void DefaultLoadPlanner::set_up_planner(StateDict& state_dict, const Metadata& metadata,
@@ -36,113 +82,88 @@ void DefaultLoadPlanner::set_up_planner(StateDict& state_dict, const Metadata& m
   is_coordinator_ = is_coordinator;
 }
 
+void DefaultLoadPlanner::plan_tensor(const std::string& key, const Value& dest,
+                                     const TensorStorageMetadata& saved, LoadPlan& plan,
+                                     std::vector<std::string>& problems) {
+  auto saved_desc = [&] {
+    return std::string(dtype_name(saved.properties.dtype)) + shape_str(saved.size);
+  };
+  auto problem = [&](const std::string& what) { problems.push_back("'" + key + "': " + what); };
+  // The destination boxes: the whole tensor, or each local shard.
+  Boxes boxes;
+  std::vector<int64_t> dest_size;
+  if (dest.is_tensor()) {
+    const at::Tensor& t = dest.tensor();
+    if (!t.defined()) return problem("the destination tensor is undefined");
+    dest_size = t.sizes().vec();
+    boxes.emplace_back(std::vector<int64_t>(dest_size.size(), 0), t);
+  } else if (dest.is_sharded()) {
+    // Read through const access: a mutable one would give the working copy
+    // a ShardedTensor of its own (copy on write) and the load would then
+    // replace the caller's.
+    const ShardedTensor& st = std::as_const(dest).sharded();
+    dest_size = st.global_size;
+    for (const Shard& s : st.local_shards) boxes.emplace_back(s.offsets, s.tensor);
+  } else {
+    return problem("the checkpoint holds tensor " + saved_desc() + ", the destination is a " +
+                   describe(dest));
+  }
+  if (dest_size != saved.size)
+    return problem("shape mismatch: checkpoint " + saved_desc() + ", destination " +
+                   shape_str(dest_size));
+  for (const auto& box : boxes) {
+    if (!box.second.defined()) return problem("a destination shard is undefined");
+    const at::ScalarType dt = box.second.scalar_type();
+    if (dt == saved.properties.dtype) continue;
+    if (!options_.allow_dtype_conversion)
+      return problem("dtype mismatch: checkpoint " + saved_desc() + ", destination " +
+                     dtype_name(dt) + shape_str(dest_size));
+    converted_[key] = saved.properties.dtype;
+  }
+  const std::string bad = check_boxes(boxes, dest_size);
+  if (!bad.empty()) return problem(bad);
+  for (const auto& [offsets, tensor] : boxes) {
+    const std::vector<int64_t> sizes = tensor.sizes().vec();
+    for (const auto& chunk : saved.chunks) {
+      ReadItem item;
+      item.type = LoadItemType::kTensor;
+      if (!intersect(offsets, sizes, chunk, item)) continue;
+      item.dest_index = MetadataIndex(key, offsets);
+      item.storage_index = MetadataIndex(key, chunk.offsets);
+      plan.items.push_back(std::move(item));
+    }
+  }
+}
+
 LoadPlan DefaultLoadPlanner::create_local_plan() {
   LoadPlan plan;
   std::vector<std::string> problems;
+  const auto& entries = metadata_->state_dict_metadata;
   const bool excluding = !options_.exclude.empty();
   for (const auto& [key, dest] : flat_) {
     if (excluding && key_matches(key, options_.exclude)) continue;
-    auto it = metadata_->state_dict_metadata.find(key);
-    if (it == metadata_->state_dict_metadata.end()) {
+    auto it = entries.find(key);
+    if (it == entries.end()) {
       missing_.push_back(key);
       continue;
     }
-    if (std::holds_alternative<BytesStorageMetadata>(it->second)) {
-      if (dest->is_tensor() || dest->is_sharded()) {
-        problems.push_back("'" + key +
-                           "': the checkpoint holds a plain value, the destination is a " +
-                           describe(*dest));
-        continue;
-      }
-      ReadItem item;
-      item.type = LoadItemType::kByteIO;
-      item.dest_index = MetadataIndex(key);
-      item.storage_index = MetadataIndex(key);
-      plan.items.push_back(std::move(item));
+    if (const auto* saved = std::get_if<TensorStorageMetadata>(&it->second)) {
+      plan_tensor(key, *dest, *saved, plan, problems);
       continue;
     }
-    const auto& saved = std::get<TensorStorageMetadata>(it->second);
-    const std::string saved_desc =
-        std::string(dtype_name(saved.properties.dtype)) + shape_str(saved.size);
-    // The destination boxes: the whole tensor, or each local shard.
-    std::vector<std::pair<std::vector<int64_t>, at::Tensor>> boxes;
-    std::vector<int64_t> dest_size;
-    if (dest->is_tensor()) {
-      const at::Tensor& t = dest->tensor();
-      if (!t.defined()) {
-        problems.push_back("'" + key + "': the destination tensor is undefined");
-        continue;
-      }
-      dest_size = t.sizes().vec();
-      boxes.emplace_back(std::vector<int64_t>(dest_size.size(), 0), t);
-    } else if (dest->is_sharded()) {
-      // Read through const access: a mutable one would give the working copy
-      // a ShardedTensor of its own (copy on write) and the load would then
-      // replace the caller's.
-      const ShardedTensor& st = std::as_const(*dest).sharded();
-      dest_size = st.global_size;
-      for (const Shard& s : st.local_shards) boxes.emplace_back(s.offsets, s.tensor);
-    } else {
-      problems.push_back("'" + key + "': the checkpoint holds tensor " + saved_desc +
-                         ", the destination is a " + describe(*dest));
+    if (dest->is_tensor() || dest->is_sharded()) {
+      problems.push_back("'" + key +
+                         "': the checkpoint holds a plain value, the destination is a " +
+                         describe(*dest));
       continue;
     }
-    if (dest_size != saved.size) {
-      problems.push_back("'" + key + "': shape mismatch: checkpoint " + saved_desc +
-                         ", destination " + shape_str(dest_size));
-      continue;
-    }
-    bool dtype_ok = true;
-    for (const auto& box : boxes) {
-      const at::ScalarType dt = box.second.scalar_type();
-      if (dt == saved.properties.dtype) continue;
-      if (options_.allow_dtype_conversion) {
-        converted_[key] = saved.properties.dtype;
-      } else {
-        problems.push_back("'" + key + "': dtype mismatch: checkpoint " + saved_desc +
-                           ", destination " + dtype_name(dt) + shape_str(dest_size));
-        dtype_ok = false;
-        break;
-      }
-    }
-    if (!dtype_ok) continue;
-    for (const auto& [offsets, tensor] : boxes) {
-      const std::vector<int64_t> sizes = tensor.sizes().vec();
-      if (offsets.size() != dest_size.size() || sizes.size() != dest_size.size()) {
-        problems.push_back("'" + key + "': a destination shard does not match the global shape");
-        break;
-      }
-      for (const auto& chunk : saved.chunks) {
-        // The intersection of the destination box and the saved chunk.
-        ReadItem item;
-        item.type = LoadItemType::kTensor;
-        item.dest_index = MetadataIndex(key, offsets);
-        item.storage_index = MetadataIndex(key, chunk.offsets);
-        bool empty = false;
-        for (size_t d = 0; d < sizes.size(); ++d) {
-          const int64_t lo = std::max(offsets[d], chunk.offsets[d]);
-          const int64_t hi = std::min(offsets[d] + sizes[d], chunk.offsets[d] + chunk.sizes[d]);
-          if (hi <= lo) {
-            empty = true;
-            break;
-          }
-          item.dest_offsets.push_back(lo - offsets[d]);
-          item.storage_offsets.push_back(lo - chunk.offsets[d]);
-          item.lengths.push_back(hi - lo);
-        }
-        // A tensor with no elements still needs one (empty) read to match its chunk.
-        const bool zero_numel = volume(sizes) == 0 && volume(chunk.sizes) == 0;
-        if (empty && !zero_numel) continue;
-        if (empty) {
-          item.dest_offsets.assign(sizes.size(), 0);
-          item.storage_offsets.assign(sizes.size(), 0);
-          item.lengths = sizes;
-        }
-        plan.items.push_back(std::move(item));
-      }
-    }
+    ReadItem item;
+    item.type = LoadItemType::kByteIO;
+    item.dest_index = MetadataIndex(key);
+    item.storage_index = MetadataIndex(key);
+    plan.items.push_back(std::move(item));
   }
-  for (const auto& kv : metadata_->state_dict_metadata)
+  for (const auto& kv : entries)
     if (!flat_.count(kv.first) && !(excluding && key_matches(kv.first, options_.exclude)))
       unexpected_.push_back(kv.first);
 

@@ -125,6 +125,12 @@ class DefaultLoadPlanner : public LoadPlanner {
   const std::vector<std::string>& unexpected_keys() const { return unexpected_; }
 
  protected:
+  // Appends the reads of tensor `key` into `dest` from the saved chunks
+  // that share elements with each destination box (none for an empty box),
+  // or a problem naming the key.
+  void plan_tensor(const std::string& key, const Value& dest, const TensorStorageMetadata& saved,
+                   LoadPlan& plan, std::vector<std::string>& problems);
+
   // The destination tensor region an item loads into (a view of the
   // destination, in the destination's dtype).
   at::Tensor destination_view(const ReadItem& item) const;

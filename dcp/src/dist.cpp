@@ -68,7 +68,7 @@ std::string DistWrapper::envelope(const std::string& step, const std::function<s
   } catch (const Error& e) {
     return failed({RankFailure{rank_, step, e.code(), e.what()}});
   } catch (const std::exception& e) {
-    return failed({RankFailure{rank_, step, ErrorCode::kInternal, e.what()}});
+    return failed({RankFailure{rank_, step, ErrorCode::kInternal, error_text(e)}});
   }
 }
 

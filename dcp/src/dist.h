@@ -23,6 +23,7 @@
 
 #include "dcp/collectives.h"
 #include "dcp/error.h"
+#include "error_text.h"
 #include "wire.h"
 
 namespace dcp {
@@ -206,7 +207,7 @@ class DistWrapper {
     } catch (const Error& e) {
       fail_local(step, e.code(), e.what());
     } catch (const std::exception& e) {
-      fail_local(step, ErrorCode::kInternal, e.what());
+      fail_local(step, ErrorCode::kInternal, error_text(e));
     }
   }
   [[noreturn]] void fail_local(const std::string& step, ErrorCode code, const std::string& msg);
@@ -221,7 +222,7 @@ class DistWrapper {
     } catch (const Error& e) {
       fail_local(step + ":collective", e.code(), e.what());
     } catch (const std::exception& e) {
-      fail_local(step + ":collective", ErrorCode::kInternal, e.what());
+      fail_local(step + ":collective", ErrorCode::kInternal, error_text(e));
     }
   }
   // Decodes the gathered payloads of the ranks that succeeded (not the

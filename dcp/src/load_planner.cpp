@@ -220,7 +220,17 @@ at::Tensor DefaultLoadPlanner::destination_view(const ReadItem& item) const {
   } else {
     t = it->second->tensor();
   }
-  for (size_t d = 0; d < item.lengths.size(); ++d) {
+  const size_t n = item.lengths.size();
+  bool fits = t.defined() && static_cast<size_t>(t.dim()) == n && item.dest_offsets.size() == n;
+  for (size_t d = 0; fits && d < n; ++d)
+    fits = item.dest_offsets[d] >= 0 && item.lengths[d] >= 0 && item.dest_offsets[d] <= t.size(d) &&
+           item.lengths[d] <= t.size(d) - item.dest_offsets[d];
+  if (!fits)
+    throw InvalidArgumentError("the read for " + to_string(item.dest_index) + " of the box at " +
+                               shape_str(item.dest_offsets) + " of size " +
+                               shape_str(item.lengths) + " does not fit its destination, a " +
+                               describe(Value(t)));
+  for (size_t d = 0; d < n; ++d) {
     if (item.dest_offsets[d] != 0 || item.lengths[d] != t.size(d))
       t = t.narrow(static_cast<int64_t>(d), item.dest_offsets[d], item.lengths[d]);
   }

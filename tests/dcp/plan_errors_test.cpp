@@ -1,6 +1,7 @@
 // Errors a person can act on: the global plan refuses what the load could
-// not read back, naming the key and the rank; so does the load planner with
-// destinations it cannot fill.
+// not read back, naming the key and the rank; the reader's and the load
+// planner's errors name the key and the file; no message carries a C++
+// backtrace (c10::Error::what() has one).
 #include <gtest/gtest.h>
 
 #include "common/test_util.h"
@@ -230,6 +231,102 @@ TEST_F(LoadErrorsTest, DestinationShardsOutsideTheTensorOrTwiceAreRefused) {
       {"step", 0}};
   msg = load_error(twice);
   EXPECT_TRUE(contains(msg, "'w': two destination shards start at [0, 0]")) << msg;
+}
+
+// resolve_tensor narrows out of range: ATen throws a c10::Error.
+class NarrowingLoadPlanner : public DefaultLoadPlanner {
+ public:
+  at::Tensor resolve_tensor(const ReadItem& item) override {
+    return DefaultLoadPlanner::resolve_tensor(item).narrow(0, 0, 100);
+  }
+};
+
+// Reads a box of the saved chunk that is not there.
+class OutOfChunkLoadPlanner : public DefaultLoadPlanner {
+ public:
+  LoadPlan create_local_plan() override {
+    LoadPlan plan = DefaultLoadPlanner::create_local_plan();
+    for (auto& item : plan.items)
+      if (item.type == LoadItemType::kTensor) item.storage_offsets[0] = 3;
+    return plan;
+  }
+};
+
+// Reads into a box outside its destination.
+class OutOfDestinationLoadPlanner : public DefaultLoadPlanner {
+ public:
+  LoadPlan create_local_plan() override {
+    LoadPlan plan = DefaultLoadPlanner::create_local_plan();
+    for (auto& item : plan.items)
+      if (item.type == LoadItemType::kTensor) item.dest_offsets[0] = 3;
+    return plan;
+  }
+};
+
+// Hands out a tensor of another shape than the read's.
+class WrongShapeLoadPlanner : public DefaultLoadPlanner {
+ public:
+  at::Tensor resolve_tensor(const ReadItem& item) override {
+    return DefaultLoadPlanner::resolve_tensor(item).narrow(0, 0, 1);
+  }
+};
+
+TEST_F(LoadErrorsTest, ReaderErrorsNameTheItemAndTheFile) {
+  StateDict dest{{"w", at::zeros({4, 3})}, {"step", 0}};
+  std::string msg = load_error(dest, std::make_shared<NarrowingLoadPlanner>());
+  EXPECT_TRUE(contains(msg, "loading 'w' chunk at [0, 0] from '" + data_file() + "': ")) << msg;
+  EXPECT_TRUE(contains(msg, "exceeds dimension size")) << msg;  // ATen's own words, no backtrace
+
+  msg = load_error(dest, std::make_shared<OutOfChunkLoadPlanner>());
+  EXPECT_TRUE(contains(msg, "loading 'w' chunk at [0, 0] from '" + data_file() +
+                                "': the plan reads "
+                                "the box at [3, 0] of size [4, 3] from a chunk of size [4, 3]"))
+      << msg;
+
+  msg = load_error(dest, std::make_shared<OutOfDestinationLoadPlanner>());
+  EXPECT_TRUE(contains(msg, "loading 'w' chunk at [0, 0] from '" + data_file() +
+                                "': the read for 'w' chunk at [0, 0] of the box at [3, 0] of size "
+                                "[4, 3] does not fit its destination, a tensor float32[4, 3]"))
+      << msg;
+
+  msg = load_error(dest, std::make_shared<WrongShapeLoadPlanner>());
+  EXPECT_TRUE(contains(msg, "loading 'w' chunk at [0, 0] from '" + data_file() +
+                                "': resolve_tensor gave tensor float32[1, 3] for a read of size "
+                                "[4, 3]"))
+      << msg;
+}
+
+// create_local_plan makes a bad view: a c10::Error in a protocol step.
+class BadViewLoadPlanner : public DefaultLoadPlanner {
+ public:
+  LoadPlan create_local_plan() override {
+    at::ones({2}).view({3});
+    return DefaultLoadPlanner::create_local_plan();
+  }
+};
+
+class BadViewSavePlanner : public DefaultSavePlanner {
+ public:
+  WriteData resolve_data(const WriteItem& item) override {
+    at::ones({2}).view({3});
+    return DefaultSavePlanner::resolve_data(item);
+  }
+};
+
+TEST_F(LoadErrorsTest, NoBacktraceInAnyStep) {
+  StateDict dest{{"w", at::zeros({4, 3})}, {"step", 0}};
+  const std::string msg = load_error(dest, std::make_shared<BadViewLoadPlanner>());
+  EXPECT_TRUE(contains(msg, "rank 0 in plan:local (internal): shape '[3]' is invalid")) << msg;
+  SaveOptions so;
+  so.checkpoint_id = dir_.sub("save");
+  so.planner = std::make_shared<BadViewSavePlanner>();
+  try {
+    save({{"w", at::ones({2})}}, so);
+    ADD_FAILURE() << "the save succeeded";
+  } catch (const CheckpointError& e) {
+    EXPECT_TRUE(contains(e.what(), "shape '[3]' is invalid")) << e.what();
+    expect_no_backtrace(e.what());
+  }
 }
 
 }  // namespace

@@ -459,5 +459,51 @@ TEST(DistributedTest, ARankKilledMidSaveMakesTheOthersTimeOut) {
   EXPECT_FALSE(is_committed_checkpoint(dir.sub("ck")));
 }
 
+// A c10::Error (a bad view) in one rank's load planner reaches every rank
+// as the same CheckpointError, without C++ backtrace.
+class BadViewLoadPlanner : public DefaultLoadPlanner {
+ public:
+  LoadPlan create_local_plan() override {
+    at::ones({2}).view({3});
+    return DefaultLoadPlanner::create_local_plan();
+  }
+};
+
+DCP_REGISTER_WORKER(c10_error) {
+  const std::string dir = args.at(0);
+  StateDict sd{{"w", at::ones({4})}};
+  SaveOptions so;
+  so.checkpoint_id = dir + "/ck";
+  so.collectives = group(ctx);
+  save(sd, so);
+  LoadOptions lo;
+  lo.checkpoint_id = dir + "/ck";
+  lo.collectives = group(ctx);
+  if (ctx.rank() == 1) lo.planner = std::make_shared<BadViewLoadPlanner>();
+  std::string error;
+  try {
+    load(sd, lo);
+    ADD_FAILURE() << "no error on rank " << ctx.rank();
+  } catch (const CheckpointError& e) {
+    error = e.what();
+  }
+  std::ofstream(dir + "/error_" + std::to_string(ctx.rank()) + ".txt") << error;
+  return 0;
+}
+
+TEST(DistributedTest, AC10ErrorOnOneRankReachesEveryRankWithoutBacktrace) {
+  testing::TempDir dir;
+  auto r = run_ranks(3, "c10_error", opts({dir.path()}));
+  EXPECT_TRUE(r.ok()) << r.summary();
+  const std::string first = testing::read_file(dir.sub("error_0.txt"));
+  EXPECT_NE(first.find("rank 1 in plan:local (internal): shape '[3]' is invalid"),
+            std::string::npos)
+      << first;
+  EXPECT_EQ(first.find("Exception raised from"), std::string::npos) << first;
+  EXPECT_EQ(first.find("frame #"), std::string::npos) << first;
+  for (int rank = 1; rank < 3; ++rank)
+    EXPECT_EQ(testing::read_file(dir.sub("error_" + std::to_string(rank) + ".txt")), first);
+}
+
 }  // namespace
 }  // namespace dcp

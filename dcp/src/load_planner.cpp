@@ -1,11 +1,12 @@
-// DefaultLoadPlanner: the destination boxes and their reads from the saved
-// chunks.
+// DefaultLoadPlanner: the destination boxes, their reads from the saved
+// chunks, and which keys the ranks asked for.
 #include <ATen/ATen.h>
 
 #include <algorithm>
 #include <utility>
 
 #include "chunk_validation.h"
+#include "codec.h"
 #include "dcp/default_planner.h"
 #include "dcp/error.h"
 #include "walk.h"
@@ -21,6 +22,108 @@ bool key_matches(const std::string& key, const std::vector<std::string>& pattern
 }
 
 namespace {
+
+// planner_data of DefaultLoadPlanner's plans. A local plan carries the
+// rank's request: whether it loads strictly, its missing keys, and one bit
+// per key of the checkpoint (in key order), set when the rank's state dict
+// holds the key or excludes it. The final plans carry the coordinator's
+// verdict: the keys no rank holds or excludes (unexpected), the same for all.
+constexpr uint8_t kRequestTag = 0xA1, kVerdictTag = 0xA2;
+const char* const kWhat = "load plan request";
+
+struct Request {
+  bool strict = true;
+  std::vector<std::string> missing;
+  uint64_t n_keys = 0;
+  std::string_view bits;  // (n_keys + 7) / 8 bytes
+};
+
+std::string encode_request(bool strict, const std::vector<std::string>& missing,
+                           const std::string& bits, size_t n_keys) {
+  codec::Encoder e;
+  e.u8(kRequestTag);
+  e.u8(strict ? 1 : 0);
+  e.varint(missing.size());
+  for (const auto& k : missing) e.str(k);
+  e.varint(n_keys);
+  e.raw(bits.data(), bits.size());
+  return e.take();
+}
+
+// False when `bytes` is not a request (a subclass's plan).
+bool decode_request(std::string_view bytes, Request& out) {
+  if (bytes.empty() || static_cast<uint8_t>(bytes[0]) != kRequestTag) return false;
+  codec::Decoder d(bytes.substr(1), kWhat);
+  out.strict = d.u8() != 0;
+  out.missing.resize(d.count("missing key"));
+  for (auto& k : out.missing) k = d.str();
+  out.n_keys = d.varint();
+  if (out.n_keys > 8 * d.remaining()) d.fail("implausible key count");
+  out.bits = d.raw((out.n_keys + 7) / 8);
+  if (!d.done()) d.fail("trailing bytes");
+  return true;
+}
+
+std::string encode_verdict(const std::vector<std::string>& unexpected) {
+  codec::Encoder e;
+  e.u8(kVerdictTag);
+  e.varint(unexpected.size());
+  for (const auto& k : unexpected) e.str(k);
+  return e.take();
+}
+
+bool decode_verdict(std::string_view bytes, std::vector<std::string>& out) {
+  if (bytes.empty() || static_cast<uint8_t>(bytes[0]) != kVerdictTag) return false;
+  codec::Decoder d(bytes.substr(1), "load plan verdict");
+  out.resize(d.count("unexpected key"));
+  for (auto& k : out) k = d.str();
+  if (!d.done()) d.fail("trailing bytes");
+  return true;
+}
+
+// The first 20 entries, then how many there are.
+std::string listing(const std::vector<std::string>& entries) {
+  std::string s;
+  const size_t shown = std::min<size_t>(entries.size(), 20);
+  for (size_t i = 0; i < shown; ++i) s += (i ? ", " : "") + entries[i];
+  if (entries.size() > shown) s += ", ... (" + std::to_string(entries.size()) + " in all)";
+  return s;
+}
+
+std::vector<std::string> quoted(const std::vector<std::string>& keys) {
+  std::vector<std::string> out;
+  out.reserve(keys.size());
+  for (const auto& k : keys) out.push_back("'" + k + "'");
+  return out;
+}
+
+// A strict load's error. `missing[r]` are rank r's missing keys; with one
+// rank the message names no ranks.
+std::string strict_message(const std::vector<std::vector<std::string>>& missing,
+                           const std::vector<std::string>& unexpected) {
+  std::string msg = "the state dict and the checkpoint have different keys (strict load)";
+  const bool one = missing.size() == 1;
+  std::map<std::string, std::vector<size_t>> who;  // missing key -> ranks
+  for (size_t r = 0; r < missing.size(); ++r)
+    for (const auto& k : missing[r]) who[k].push_back(r);
+  if (!who.empty()) {
+    std::vector<std::string> entries;
+    for (const auto& [key, ranks] : who) {
+      std::string e = "'" + key + "'";
+      if (!one) {
+        e += ranks.size() == 1 ? " (rank " : " (ranks ";
+        for (size_t i = 0; i < ranks.size(); ++i) e += (i ? ", " : "") + std::to_string(ranks[i]);
+        e += ")";
+      }
+      entries.push_back(std::move(e));
+    }
+    msg += "; missing from the checkpoint: " + listing(entries);
+  }
+  if (!unexpected.empty())
+    msg += std::string("; in the checkpoint but not in ") +
+           (one ? "the state dict: " : "any rank's state dict: ") + listing(quoted(unexpected));
+  return msg;
+}
 
 // The read of the part of saved `chunk` inside the destination box at
 // `offsets` of `sizes`; false when they share no element (an empty box
@@ -163,39 +266,71 @@ LoadPlan DefaultLoadPlanner::create_local_plan() {
     item.storage_index = MetadataIndex(key);
     plan.items.push_back(std::move(item));
   }
-  for (const auto& kv : entries)
-    if (!flat_.count(kv.first) && !(excluding && key_matches(kv.first, options_.exclude)))
-      unexpected_.push_back(kv.first);
-
-  auto list = [](const std::vector<std::string>& keys) {
-    std::string s;
-    const size_t shown = std::min<size_t>(keys.size(), 20);
-    for (size_t i = 0; i < shown; ++i) s += (i ? ", '" : "'") + keys[i] + "'";
-    if (keys.size() > shown) s += ", ... (" + std::to_string(keys.size()) + " in all)";
-    return s;
-  };
+  // One walk over both (sorted) maps: the checkpoint's keys this rank holds
+  // or excludes, and the others (unexpected here).
+  std::string bits((entries.size() + 7) / 8, '\0');
+  auto held = flat_.begin();
+  size_t i = 0;
+  for (auto e = entries.begin(); e != entries.end(); ++e, ++i) {
+    while (held != flat_.end() && held->first < e->first) ++held;
+    if ((held != flat_.end() && held->first == e->first) ||
+        (excluding && key_matches(e->first, options_.exclude)))
+      bits[i / 8] = static_cast<char>(bits[i / 8] | (1 << (i % 8)));
+    else
+      unexpected_.push_back(e->first);
+  }
   if (!problems.empty()) {
     std::string msg =
         std::to_string(problems.size()) + " key(s) of the state dict do not match the checkpoint:";
-    for (size_t i = 0; i < std::min<size_t>(problems.size(), 20); ++i)
-      msg += "\n    " + problems[i];
+    for (size_t p = 0; p < std::min<size_t>(problems.size(), 20); ++p)
+      msg += "\n    " + problems[p];
     throw PlanMismatchError(msg);
   }
-  if (options_.strict && (!missing_.empty() || !unexpected_.empty())) {
-    std::string msg = "the state dict and the checkpoint have different keys (strict load)";
-    if (!missing_.empty()) msg += "; missing from the checkpoint: " + list(missing_);
-    if (!unexpected_.empty())
-      msg += "; in the checkpoint but not in the state dict: " + list(unexpected_);
-    throw PlanMismatchError(msg);
-  }
+  plan.planner_data = encode_request(options_.strict, missing_, bits, entries.size());
   return plan;
 }
 
 std::vector<LoadPlan> DefaultLoadPlanner::create_global_plan(std::vector<LoadPlan> all_plans) {
+  const auto& entries = metadata_->state_dict_metadata;
+  std::vector<Request> requests(all_plans.size());
+  for (size_t r = 0; r < all_plans.size(); ++r)
+    if (!decode_request(all_plans[r].planner_data, requests[r]))
+      return all_plans;  // not DefaultLoadPlanner's plans: each rank judges its keys (finish_plan)
+  std::string any((entries.size() + 7) / 8, '\0');
+  bool strict = false;
+  std::vector<std::vector<std::string>> missing(all_plans.size());
+  for (size_t r = 0; r < requests.size(); ++r) {
+    if (requests[r].n_keys != entries.size())
+      throw Error(ErrorCode::kInternal, "rank " + std::to_string(r) + " planned the load for " +
+                                            std::to_string(requests[r].n_keys) +
+                                            " keys, the checkpoint has " +
+                                            std::to_string(entries.size()));
+    for (size_t b = 0; b < any.size(); ++b)
+      any[b] = static_cast<char>(any[b] | requests[r].bits[b]);
+    strict |= requests[r].strict;
+    missing[r] = std::move(requests[r].missing);
+  }
+  std::vector<std::string> unexpected;
+  size_t i = 0;
+  for (auto e = entries.begin(); e != entries.end(); ++e, ++i)
+    if (!(static_cast<uint8_t>(any[i / 8]) & (1 << (i % 8)))) unexpected.push_back(e->first);
+  const bool any_missing =
+      std::any_of(missing.begin(), missing.end(), [](const auto& m) { return !m.empty(); });
+  if (strict && (any_missing || !unexpected.empty()))
+    throw PlanMismatchError(strict_message(missing, unexpected));
+  const std::string verdict = encode_verdict(unexpected);
+  for (auto& p : all_plans) p.planner_data = verdict;
   return all_plans;
 }
 
 LoadPlan DefaultLoadPlanner::finish_plan(LoadPlan central_plan) {
+  std::vector<std::string> unexpected;
+  if (decode_verdict(central_plan.planner_data, unexpected)) {
+    unexpected_ = std::move(unexpected);
+  } else if (options_.strict && (!missing_.empty() || !unexpected_.empty())) {
+    // The global plan was not DefaultLoadPlanner's: this rank's keys alone.
+    throw PlanMismatchError(strict_message({missing_}, unexpected_));
+  }
   plan_ = central_plan;
   return central_plan;
 }

@@ -329,5 +329,30 @@ TEST_F(LoadErrorsTest, NoBacktraceInAnyStep) {
   }
 }
 
+// ---------------------------------------------------------------------------
+// Strict loads
+
+// A global plan of its own (the plans as they are): each rank judges its keys.
+class OwnGlobalPlanLoadPlanner : public DefaultLoadPlanner {
+ public:
+  using DefaultLoadPlanner::DefaultLoadPlanner;
+  std::vector<LoadPlan> create_global_plan(std::vector<LoadPlan> all) override { return all; }
+};
+
+TEST_F(LoadErrorsTest, StrictWithoutTheDefaultGlobalPlanStillChecksKeys) {
+  StateDict dest{{"w", at::zeros({4, 3})}, {"other", at::zeros({1})}};
+  const std::string msg = load_error(dest, std::make_shared<OwnGlobalPlanLoadPlanner>());
+  EXPECT_TRUE(contains(msg, "missing from the checkpoint: 'other'")) << msg;
+  EXPECT_TRUE(contains(msg, "in the checkpoint but not in the state dict: 'step'")) << msg;
+  LoadPlannerOptions lax;
+  lax.strict = false;
+  LoadOptions o;
+  o.checkpoint_id = path_;
+  o.planner = std::make_shared<OwnGlobalPlanLoadPlanner>(lax);
+  LoadResult r = load(dest, o);
+  EXPECT_EQ(r.missing_keys, std::vector<std::string>{"other"});
+  EXPECT_EQ(r.unexpected_keys, std::vector<std::string>{"step"});
+}
+
 }  // namespace
 }  // namespace dcp

@@ -92,7 +92,11 @@ class DefaultSavePlanner : public SavePlanner {
 struct LoadPlannerOptions {
   // Missing keys (wanted, not in the checkpoint) and unexpected keys (in the
   // checkpoint, not wanted) are an error listing them. When false they are
-  // skipped and reported by missing_keys() / unexpected_keys().
+  // skipped and reported by missing_keys() / unexpected_keys(). With several
+  // ranks a key is unexpected only when no rank's state dict holds (or
+  // excludes) it: ranks may load disjoint parts of a checkpoint. Missing keys
+  // are each rank's own. The coordinator's global plan decides, so every rank
+  // fails with the same error (and is strict when any rank is).
   bool strict = true;
   // Load a tensor saved with another dtype by converting it. Default off: a
   // dtype mismatch is an error naming the key.
@@ -119,8 +123,10 @@ class DefaultLoadPlanner : public LoadPlanner {
   at::Tensor resolve_tensor(const ReadItem& item) override;
   void commit_tensor(const ReadItem& item, at::Tensor& tensor) override;
 
-  // Keys of the destination absent from the checkpoint, and keys of the
-  // checkpoint absent from the destination (after create_local_plan).
+  // Keys of this rank's destination absent from the checkpoint (after
+  // create_local_plan), and keys of the checkpoint no rank's destination
+  // holds (after finish_plan: the same list on every rank; this rank's
+  // alone when a subclass's global plan did not decide).
   const std::vector<std::string>& missing_keys() const { return missing_; }
   const std::vector<std::string>& unexpected_keys() const { return unexpected_; }
 

@@ -1,14 +1,20 @@
 #include "dcp/default_planner.h"
 
+#include <spdlog/spdlog.h>
+
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cstring>
 #include <set>
 #include <unordered_map>
 #include <utility>
 
+#include "chunk_validation.h"
 #include "codec.h"
 #include "dcp/error.h"
+#include "dcp/logging.h"
+#include "walk.h"
 #include "wire.h"
 
 namespace dcp {
@@ -17,69 +23,6 @@ namespace dcp {
 // Flattening
 
 namespace {
-
-bool contains_tensor(const Value& v) {
-  switch (v.kind()) {
-    case Value::Kind::kTensor:
-    case Value::Kind::kSharded:
-      return true;
-    case Value::Kind::kList:
-      for (const auto& e : v.list())
-        if (contains_tensor(e)) return true;
-      return false;
-    case Value::Kind::kDict:
-      for (const auto& kv : v.dict())
-        if (contains_tensor(kv.second)) return true;
-      return false;
-    default:
-      return false;
-  }
-}
-
-std::string path_string(const ObjectPath& path) {
-  std::string s;
-  for (const auto& e : path) {
-    if (!s.empty()) s += '.';
-    s += e.is_index ? std::to_string(e.index) : e.key;
-  }
-  return s;
-}
-
-// Calls leaf(key, value, path) for every leaf of `v`, in key order. V is
-// `const Value` or `Value`, so the same walk serves saving (copies) and
-// loading (pointers into the caller's dict).
-template <typename V, typename Leaf>
-void walk(V& v, ObjectPath& path, const Leaf& leaf) {
-  if (v.is_stateful())
-    throw InvalidArgumentError("key '" + path_string(path) +
-                               "': Stateful objects must be resolved before planning");
-  if (v.is_dict() && !v.dict().empty()) {
-    for (auto& kv : v.dict()) {
-      path.push_back(PathElement{false, kv.first, 0});
-      walk(kv.second, path, leaf);
-      path.pop_back();
-    }
-  } else if (v.is_list() && contains_tensor(v)) {
-    auto& list = v.list();
-    for (size_t i = 0; i < list.size(); ++i) {
-      path.push_back(PathElement{true, "", static_cast<int64_t>(i)});
-      walk(list[i], path, leaf);
-      path.pop_back();
-    }
-  } else {
-    leaf(path_string(path), v, path);
-  }
-}
-
-template <typename D, typename Leaf>
-void walk_dict(D& state_dict, const Leaf& leaf) {
-  ObjectPath path;
-  for (auto& kv : state_dict) {
-    path.push_back(PathElement{false, kv.first, 0});
-    walk(kv.second, path, leaf);
-    path.pop_back();
-  }
-}
 
 [[noreturn]] void throw_collision(const std::string& key, const ObjectPath& a,
                                   const ObjectPath& b) {
@@ -304,91 +247,9 @@ Value decode_plain_value(std::string_view bytes, const std::string& what) {
 }
 
 // ---------------------------------------------------------------------------
-// Chunk geometry
+// Local save plan checks
 
 namespace {
-
-int64_t volume(const std::vector<int64_t>& sizes) {
-  int64_t n = 1;
-  for (int64_t s : sizes) n *= s;
-  return n;
-}
-
-std::string shape_str(const std::vector<int64_t>& v) {
-  std::string s = "[";
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
-  return s + "]";
-}
-
-bool boxes_overlap(const ChunkStorageMetadata& a, const ChunkStorageMetadata& b) {
-  for (size_t d = 0; d < a.offsets.size(); ++d) {
-    if (a.offsets[d] >= b.offsets[d] + b.sizes[d] || b.offsets[d] >= a.offsets[d] + a.sizes[d])
-      return false;
-  }
-  return true;
-}
-
-// Checks that the chunks of one tensor lie inside it, do not overlap and
-// cover it. A sweep along the dimension with the most distinct offsets keeps
-// this near O(n log n) for row, column and block layouts (a pairwise check
-// is O(n^2): pytorch/pytorch#163548).
-void validate_chunks(const std::string& fqn, const TensorStorageMetadata& t) {
-  const size_t ndim = t.size.size();
-  // Scratch space reused across the (many) tensors of one plan.
-  thread_local std::vector<const ChunkStorageMetadata*> nonempty, active;
-  thread_local std::vector<int64_t> offs;
-  nonempty.clear();
-  active.clear();
-  int64_t covered = 0;
-  for (const auto& c : t.chunks) {
-    if (c.offsets.size() != ndim || c.sizes.size() != ndim)
-      throw InvalidArgumentError("key '" + fqn + "': chunk at " + shape_str(c.offsets) +
-                                 " has a different number of dimensions than the tensor " +
-                                 shape_str(t.size));
-    for (size_t d = 0; d < ndim; ++d) {
-      if (c.offsets[d] < 0 || c.sizes[d] < 0 || c.offsets[d] + c.sizes[d] > t.size[d])
-        throw InvalidArgumentError("key '" + fqn + "': chunk at " + shape_str(c.offsets) +
-                                   " of size " + shape_str(c.sizes) + " lies outside the tensor " +
-                                   shape_str(t.size));
-    }
-    const int64_t v = volume(c.sizes);
-    covered += v;
-    if (v > 0) nonempty.push_back(&c);
-  }
-  if (nonempty.size() > 1 && ndim > 0) {
-    size_t best_dim = 0, best_distinct = 0;
-    for (size_t d = 0; d < ndim; ++d) {
-      offs.clear();
-      for (const auto* c : nonempty) offs.push_back(c->offsets[d]);
-      std::sort(offs.begin(), offs.end());
-      const size_t distinct = std::unique(offs.begin(), offs.end()) - offs.begin();
-      if (distinct > best_distinct) best_distinct = distinct, best_dim = d;
-    }
-    std::sort(nonempty.begin(), nonempty.end(), [&](const auto* a, const auto* b) {
-      return a->offsets[best_dim] < b->offsets[best_dim];
-    });
-    for (const auto* c : nonempty) {
-      const int64_t start = c->offsets[best_dim];
-      active.erase(std::remove_if(active.begin(), active.end(),
-                                  [&](const auto* a) {
-                                    return a->offsets[best_dim] + a->sizes[best_dim] <= start;
-                                  }),
-                   active.end());
-      for (const auto* a : active)
-        if (boxes_overlap(*a, *c))
-          throw InvalidArgumentError("key '" + fqn + "': chunks at " + shape_str(a->offsets) +
-                                     " and " + shape_str(c->offsets) + " overlap");
-      active.push_back(c);
-    }
-  } else if (nonempty.size() > 1) {
-    throw InvalidArgumentError("key '" + fqn + "': a 0-dim tensor saved twice");
-  }
-  if (covered != volume(t.size))
-    throw InvalidArgumentError("key '" + fqn + "': the saved chunks cover " +
-                               std::to_string(covered) + " of " + std::to_string(volume(t.size)) +
-                               " elements of " + shape_str(t.size) +
-                               " (every element must be saved by exactly one rank)");
-}
 
 TensorProperties properties_of(const at::Tensor& t) {
   return TensorProperties{t.scalar_type(), t.requires_grad()};
@@ -399,6 +260,49 @@ void check_saveable(const at::Tensor& t, const std::string& key) {
   if (t.layout() != at::kStrided)
     throw InvalidArgumentError("key '" + key + "': only strided (dense) tensors can be saved");
   check_supported_dtype(t.scalar_type(), "key '" + key + "'");
+}
+
+bool same_bytes(const at::Tensor& a, const at::Tensor& b) {
+  const at::Tensor x = a.cpu().contiguous(), y = b.cpu().contiguous();
+  return x.nbytes() == y.nbytes() &&
+         (x.nbytes() == 0 || std::memcmp(x.data_ptr(), y.data_ptr(), x.nbytes()) == 0);
+}
+
+// The shards of `st` to plan, in their order. A shard given twice (same
+// offsets, shape and dtype: a replica this rank holds twice) is planned
+// once, its copies compared as `check` says; two shards that start at the
+// same offsets otherwise are refused (the offsets name the stored item).
+std::vector<const Shard*> distinct_shards(const std::string& key, const ShardedTensor& st,
+                                          ReplicaCheck check) {
+  const auto& shards = st.local_shards;
+  std::vector<const Shard*> sorted;
+  for (const Shard& s : shards) sorted.push_back(&s);
+  if (sorted.size() < 2) return sorted;
+  std::stable_sort(sorted.begin(), sorted.end(),
+                   [](const Shard* a, const Shard* b) { return a->offsets < b->offsets; });
+  std::vector<char> copy(shards.size(), 0);
+  for (size_t i = 1, first = 0; i < sorted.size(); ++i) {
+    const at::Tensor &a = sorted[first]->tensor, &b = sorted[i]->tensor;
+    if (sorted[i]->offsets != sorted[first]->offsets || !a.defined() || !b.defined()) {
+      first = i;  // (an undefined tensor is check_saveable's to report)
+      continue;
+    }
+    const std::string where =
+        "key '" + key + "': two local shards start at " + shape_str(sorted[i]->offsets);
+    if (a.sizes() != b.sizes() || a.scalar_type() != b.scalar_type())
+      throw InvalidArgumentError(where + ", of " + describe(Value(a)) + " and " +
+                                 describe(Value(b)));
+    if (check != ReplicaCheck::kOff && !same_bytes(a, b)) {
+      if (check == ReplicaCheck::kError)
+        throw InvalidArgumentError(where + " and hold different values");
+      logger().warn("{} and hold different values; the first is saved", where);
+    }
+    copy[sorted[i] - shards.data()] = 1;
+  }
+  std::vector<const Shard*> out;
+  for (size_t i = 0; i < shards.size(); ++i)
+    if (!copy[i]) out.push_back(&shards[i]);
+  return out;
 }
 
 }  // namespace
@@ -437,7 +341,8 @@ SavePlan DefaultSavePlanner::create_local_plan() {
       plan.items.push_back(std::move(item));
     } else if (v.is_sharded()) {
       const ShardedTensor& st = v.sharded();
-      for (const Shard& s : st.local_shards) {
+      for (const Shard* shard : distinct_shards(key, st, options_.check_replicas)) {
+        const Shard& s = *shard;
         check_saveable(s.tensor, key);
         if (s.offsets.size() != st.global_size.size() ||
             static_cast<size_t>(s.tensor.dim()) != st.global_size.size())
@@ -660,6 +565,7 @@ std::pair<std::vector<SavePlan>, Metadata> DefaultSavePlanner::create_global_pla
     // last one is appended; anything else is looked up.
     auto hint = entries.end(), last = entries.end();
     for (const auto& item : all_plans[r].items) {
+      check_write_item(item, r);
       const std::string& key = item.index.fqn;
       const bool is_bytes = item.type == WriteItemType::kByteIO;
       auto it = hint;
@@ -704,7 +610,7 @@ std::pair<std::vector<SavePlan>, Metadata> DefaultSavePlanner::create_global_pla
     }
   }
   for (auto& [key, entry] : entries)
-    if (auto* t = std::get_if<TensorStorageMetadata>(&entry)) validate_chunks(key, *t);
+    if (auto* t = std::get_if<TensorStorageMetadata>(&entry)) validate_chunks(key, *t, all_plans);
 
   // Merge every rank's flattening map.
   if (world == 1) {
@@ -762,229 +668,6 @@ WriteData DefaultSavePlanner::resolve_data(const WriteItem& item) {
     t = t.cpu();
   }
   return t;
-}
-
-// ---------------------------------------------------------------------------
-// DefaultLoadPlanner
-
-bool key_matches(const std::string& key, const std::vector<std::string>& patterns) {
-  for (const auto& p : patterns)
-    if (key == p ||
-        (key.size() > p.size() && key.compare(0, p.size(), p) == 0 && key[p.size()] == '.'))
-      return true;
-  return false;
-}
-
-DefaultLoadPlanner::DefaultLoadPlanner(LoadPlannerOptions options) : options_(std::move(options)) {}
-
-void DefaultLoadPlanner::set_up_planner(StateDict& state_dict, const Metadata& metadata,
-                                        bool is_coordinator) {
-  flat_.clear();
-  missing_.clear();
-  unexpected_.clear();
-  converted_.clear();
-  walk_dict(state_dict, [&](const std::string& key, Value& v, const ObjectPath&) {
-    if (!flat_.emplace(key, &v).second)
-      throw InvalidArgumentError("flattened key '" + key + "' comes from two places");
-  });
-  metadata_ = &metadata;
-  is_coordinator_ = is_coordinator;
-}
-
-LoadPlan DefaultLoadPlanner::create_local_plan() {
-  LoadPlan plan;
-  std::vector<std::string> problems;
-  const bool excluding = !options_.exclude.empty();
-  for (const auto& [key, dest] : flat_) {
-    if (excluding && key_matches(key, options_.exclude)) continue;
-    auto it = metadata_->state_dict_metadata.find(key);
-    if (it == metadata_->state_dict_metadata.end()) {
-      missing_.push_back(key);
-      continue;
-    }
-    if (std::holds_alternative<BytesStorageMetadata>(it->second)) {
-      if (dest->is_tensor() || dest->is_sharded()) {
-        problems.push_back("'" + key +
-                           "': the checkpoint holds a plain value, the destination is a " +
-                           describe(*dest));
-        continue;
-      }
-      ReadItem item;
-      item.type = LoadItemType::kByteIO;
-      item.dest_index = MetadataIndex(key);
-      item.storage_index = MetadataIndex(key);
-      plan.items.push_back(std::move(item));
-      continue;
-    }
-    const auto& saved = std::get<TensorStorageMetadata>(it->second);
-    const std::string saved_desc =
-        std::string(dtype_name(saved.properties.dtype)) + shape_str(saved.size);
-    // The destination boxes: the whole tensor, or each local shard.
-    std::vector<std::pair<std::vector<int64_t>, at::Tensor>> boxes;
-    std::vector<int64_t> dest_size;
-    if (dest->is_tensor()) {
-      const at::Tensor& t = dest->tensor();
-      if (!t.defined()) {
-        problems.push_back("'" + key + "': the destination tensor is undefined");
-        continue;
-      }
-      dest_size = t.sizes().vec();
-      boxes.emplace_back(std::vector<int64_t>(dest_size.size(), 0), t);
-    } else if (dest->is_sharded()) {
-      // Read through const access: a mutable one would give the working copy
-      // a ShardedTensor of its own (copy on write) and the load would then
-      // replace the caller's.
-      const ShardedTensor& st = std::as_const(*dest).sharded();
-      dest_size = st.global_size;
-      for (const Shard& s : st.local_shards) boxes.emplace_back(s.offsets, s.tensor);
-    } else {
-      problems.push_back("'" + key + "': the checkpoint holds tensor " + saved_desc +
-                         ", the destination is a " + describe(*dest));
-      continue;
-    }
-    if (dest_size != saved.size) {
-      problems.push_back("'" + key + "': shape mismatch: checkpoint " + saved_desc +
-                         ", destination " + shape_str(dest_size));
-      continue;
-    }
-    bool dtype_ok = true;
-    for (const auto& box : boxes) {
-      const at::ScalarType dt = box.second.scalar_type();
-      if (dt == saved.properties.dtype) continue;
-      if (options_.allow_dtype_conversion) {
-        converted_[key] = saved.properties.dtype;
-      } else {
-        problems.push_back("'" + key + "': dtype mismatch: checkpoint " + saved_desc +
-                           ", destination " + dtype_name(dt) + shape_str(dest_size));
-        dtype_ok = false;
-        break;
-      }
-    }
-    if (!dtype_ok) continue;
-    for (const auto& [offsets, tensor] : boxes) {
-      const std::vector<int64_t> sizes = tensor.sizes().vec();
-      if (offsets.size() != dest_size.size() || sizes.size() != dest_size.size()) {
-        problems.push_back("'" + key + "': a destination shard does not match the global shape");
-        break;
-      }
-      for (const auto& chunk : saved.chunks) {
-        // The intersection of the destination box and the saved chunk.
-        ReadItem item;
-        item.type = LoadItemType::kTensor;
-        item.dest_index = MetadataIndex(key, offsets);
-        item.storage_index = MetadataIndex(key, chunk.offsets);
-        bool empty = false;
-        for (size_t d = 0; d < sizes.size(); ++d) {
-          const int64_t lo = std::max(offsets[d], chunk.offsets[d]);
-          const int64_t hi = std::min(offsets[d] + sizes[d], chunk.offsets[d] + chunk.sizes[d]);
-          if (hi <= lo) {
-            empty = true;
-            break;
-          }
-          item.dest_offsets.push_back(lo - offsets[d]);
-          item.storage_offsets.push_back(lo - chunk.offsets[d]);
-          item.lengths.push_back(hi - lo);
-        }
-        // A tensor with no elements still needs one (empty) read to match its chunk.
-        const bool zero_numel = volume(sizes) == 0 && volume(chunk.sizes) == 0;
-        if (empty && !zero_numel) continue;
-        if (empty) {
-          item.dest_offsets.assign(sizes.size(), 0);
-          item.storage_offsets.assign(sizes.size(), 0);
-          item.lengths = sizes;
-        }
-        plan.items.push_back(std::move(item));
-      }
-    }
-  }
-  for (const auto& kv : metadata_->state_dict_metadata)
-    if (!flat_.count(kv.first) && !(excluding && key_matches(kv.first, options_.exclude)))
-      unexpected_.push_back(kv.first);
-
-  auto list = [](const std::vector<std::string>& keys) {
-    std::string s;
-    const size_t shown = std::min<size_t>(keys.size(), 20);
-    for (size_t i = 0; i < shown; ++i) s += (i ? ", '" : "'") + keys[i] + "'";
-    if (keys.size() > shown) s += ", ... (" + std::to_string(keys.size()) + " in all)";
-    return s;
-  };
-  if (!problems.empty()) {
-    std::string msg =
-        std::to_string(problems.size()) + " key(s) of the state dict do not match the checkpoint:";
-    for (size_t i = 0; i < std::min<size_t>(problems.size(), 20); ++i)
-      msg += "\n    " + problems[i];
-    throw PlanMismatchError(msg);
-  }
-  if (options_.strict && (!missing_.empty() || !unexpected_.empty())) {
-    std::string msg = "the state dict and the checkpoint have different keys (strict load)";
-    if (!missing_.empty()) msg += "; missing from the checkpoint: " + list(missing_);
-    if (!unexpected_.empty())
-      msg += "; in the checkpoint but not in the state dict: " + list(unexpected_);
-    throw PlanMismatchError(msg);
-  }
-  return plan;
-}
-
-std::vector<LoadPlan> DefaultLoadPlanner::create_global_plan(std::vector<LoadPlan> all_plans) {
-  return all_plans;
-}
-
-LoadPlan DefaultLoadPlanner::finish_plan(LoadPlan central_plan) {
-  plan_ = central_plan;
-  return central_plan;
-}
-
-void DefaultLoadPlanner::load_bytes(const ReadItem& item, const Bytes& value) {
-  auto it = flat_.find(item.dest_index.fqn);
-  if (it == flat_.end())
-    throw InvalidArgumentError("no destination for " + to_string(item.dest_index));
-  *it->second = decode_plain_value(value.data, "plain value of key '" + item.dest_index.fqn + "'");
-}
-
-at::Tensor DefaultLoadPlanner::destination_view(const ReadItem& item) const {
-  auto it = flat_.find(item.dest_index.fqn);
-  if (it == flat_.end())
-    throw InvalidArgumentError("no destination for " + to_string(item.dest_index));
-  at::Tensor t;
-  if (it->second->is_sharded()) {
-    for (const Shard& s : std::as_const(*it->second).sharded().local_shards)  // const: see above
-      if (s.offsets == item.dest_index.offset) t = s.tensor;
-    if (!t.defined())
-      throw InvalidArgumentError("no local shard for " + to_string(item.dest_index));
-  } else {
-    t = it->second->tensor();
-  }
-  for (size_t d = 0; d < item.lengths.size(); ++d) {
-    if (item.dest_offsets[d] != 0 || item.lengths[d] != t.size(d))
-      t = t.narrow(static_cast<int64_t>(d), item.dest_offsets[d], item.lengths[d]);
-  }
-  return t;
-}
-
-at::Tensor DefaultLoadPlanner::resolve_tensor(const ReadItem& item) {
-  at::Tensor view = destination_view(item);
-  auto conv = converted_.find(item.dest_index.fqn);
-  if (conv != converted_.end()) return at::empty(item.lengths, view.options().dtype(conv->second));
-  return view;
-}
-
-void DefaultLoadPlanner::commit_tensor(const ReadItem& item, at::Tensor& tensor) {
-  if (converted_.count(item.dest_index.fqn)) {
-    at::NoGradGuard no_grad;
-    destination_view(item).copy_(tensor);
-  }
-}
-
-StateDict state_dict_from_metadata(const Metadata& metadata) {
-  Dict flat;
-  for (const auto& [key, entry] : metadata.state_dict_metadata) {
-    if (const auto* t = std::get_if<TensorStorageMetadata>(&entry)) {
-      flat.emplace(key, at::empty(t->size, at::TensorOptions().dtype(t->properties.dtype)));
-    } else {
-      flat.emplace(key, Value());
-    }
-  }
-  return unflatten_state_dict(flat, decode_flatten_mapping(metadata.planner_data));
 }
 
 }  // namespace dcp

@@ -462,5 +462,146 @@ TEST(DistributedTest, ARankKilledMidSaveMakesTheOthersFail) {
   EXPECT_FALSE(is_committed_checkpoint(dir.sub("ck")));
 }
 
+// ---------------------------------------------------------------------------
+// Strict loads of disjoint parts: a key some rank asked for is not unexpected.
+
+DCP_REGISTER_WORKER(parts_save) {
+  StateDict sd{
+      {"model",
+       Dict{{"w", make_tensor(at::kFloat, {3, 2}, 1)}, {"b", make_tensor(at::kFloat, {2}, 2)}}},
+      {"optim", Dict{{"m", shard(make_tensor(at::kDouble, {6, 2}, 3),
+                                 layout("rows", ctx.world_size(), ctx.rank(), 6, 2), false)},
+                     {"step", 7}}},
+      {"extra", make_tensor(at::kLong, {2}, 4)}};
+  SaveOptions so;
+  so.checkpoint_id = args.at(0);
+  so.collectives = group(ctx);
+  save(sd, so);
+  return 0;
+}
+
+// Rank 0 loads the model, rank 1 the optimizer (a pipeline, or a model and
+// its optimizer on different ranks), "extra" the last rank (or nobody, in
+// the modes "nobody", "missing" and "lax"). In "missing" and "lax" rank 1
+// also wants "optim.v", which the checkpoint lacks. Each rank writes what
+// it got to result_<rank>.txt.
+DCP_REGISTER_WORKER(parts_load) {
+  const std::string dir = args.at(0), mode = args.at(1);
+  const int rank = ctx.rank(), last = ctx.world_size() - 1;
+  StateDict dest;
+  if (rank == 0) dest["model"] = Dict{{"w", at::zeros({3, 2})}, {"b", at::zeros({2})}};
+  if (rank == 1) {
+    dest["optim"] = Dict{{"m", at::zeros({6, 2}, at::kDouble)}, {"step", 0}};
+    if (mode == "missing" || mode == "lax") dest["optim"].dict()["v"] = at::zeros({1});
+  }
+  if (rank == last && mode == "strict") dest["extra"] = at::zeros({2}, at::kLong);
+  LoadOptions lo;
+  lo.checkpoint_id = dir + "/ck";
+  lo.collectives = group(ctx);
+  lo.strict = mode != "lax";
+  std::string result;
+  try {
+    LoadResult r = load(dest, lo);
+    result = "unexpected:";
+    for (const auto& k : r.unexpected_keys) result += " " + k;
+    result += "; missing:";
+    for (const auto& k : r.missing_keys) result += " " + k;
+    if (rank == 0)
+      EXPECT_TRUE(
+          at::equal(dest["model"].dict()["w"].tensor(), make_tensor(at::kFloat, {3, 2}, 1)));
+    if (rank == 1) {
+      EXPECT_TRUE(
+          at::equal(dest["optim"].dict()["m"].tensor(), make_tensor(at::kDouble, {6, 2}, 3)));
+      EXPECT_EQ(dest["optim"].dict()["step"].to_int(), 7);
+    }
+  } catch (const CheckpointError& e) {
+    result = e.what();
+  }
+  std::ofstream(dir + "/result_" + std::to_string(rank) + ".txt") << result;
+  return 0;
+}
+
+TEST(DistributedTest, StrictLoadsOfDisjointPartsAcrossRanks) {
+  for (int world : {2, 3}) {
+    testing::TempDir dir;
+    auto saved = run_ranks(world, "parts_save", opts({dir.sub("ck")}));
+    ASSERT_TRUE(saved.ok()) << saved.summary();
+    auto results = [&](const std::string& mode) {
+      auto r = run_ranks(world, "parts_load", opts({dir.path(), mode}));
+      EXPECT_TRUE(r.ok()) << mode << " at " << world << " ranks\n" << r.summary();
+      std::vector<std::string> out;
+      for (int rank = 0; rank < world; ++rank)
+        out.push_back(testing::read_file(dir.sub("result_" + std::to_string(rank) + ".txt")));
+      return out;
+    };
+    // Every key is someone's: a strict load succeeds on every rank.
+    for (const auto& r : results("strict")) EXPECT_EQ(r, "unexpected:; missing:") << world;
+    // A key nobody asked for: every rank fails with the same error naming it.
+    auto nobody = results("nobody");
+    EXPECT_TRUE(nobody[0].find("in the checkpoint but not in any rank's state dict: 'extra'") !=
+                std::string::npos)
+        << nobody[0];
+    for (const auto& r : nobody) EXPECT_EQ(r, nobody[0]);
+    // A missing key is its rank's: named with the rank, in the same error on every rank.
+    auto missing = results("missing");
+    EXPECT_TRUE(missing[0].find("missing from the checkpoint: 'optim.v' (rank 1)") !=
+                std::string::npos)
+        << missing[0];
+    for (const auto& r : missing) EXPECT_EQ(r, missing[0]);
+    // Not strict: the same unexpected keys on every rank; missing keys per rank.
+    auto lax = results("lax");
+    for (int rank = 0; rank < world; ++rank)
+      EXPECT_EQ(lax[rank],
+                rank == 1 ? "unexpected: extra; missing: optim.v" : "unexpected: extra; missing:")
+          << "rank " << rank << " of " << world;
+  }
+}
+
+// A c10::Error (a bad view) in one rank's load planner reaches every rank
+// as the same CheckpointError, without C++ backtrace.
+class BadViewLoadPlanner : public DefaultLoadPlanner {
+ public:
+  LoadPlan create_local_plan() override {
+    at::ones({2}).view({3});
+    return DefaultLoadPlanner::create_local_plan();
+  }
+};
+
+DCP_REGISTER_WORKER(c10_error) {
+  const std::string dir = args.at(0);
+  StateDict sd{{"w", at::ones({4})}};
+  SaveOptions so;
+  so.checkpoint_id = dir + "/ck";
+  so.collectives = group(ctx);
+  save(sd, so);
+  LoadOptions lo;
+  lo.checkpoint_id = dir + "/ck";
+  lo.collectives = group(ctx);
+  if (ctx.rank() == 1) lo.planner = std::make_shared<BadViewLoadPlanner>();
+  std::string error;
+  try {
+    load(sd, lo);
+    ADD_FAILURE() << "no error on rank " << ctx.rank();
+  } catch (const CheckpointError& e) {
+    error = e.what();
+  }
+  std::ofstream(dir + "/error_" + std::to_string(ctx.rank()) + ".txt") << error;
+  return 0;
+}
+
+TEST(DistributedTest, AC10ErrorOnOneRankReachesEveryRankWithoutBacktrace) {
+  testing::TempDir dir;
+  auto r = run_ranks(3, "c10_error", opts({dir.path()}));
+  EXPECT_TRUE(r.ok()) << r.summary();
+  const std::string first = testing::read_file(dir.sub("error_0.txt"));
+  EXPECT_NE(first.find("rank 1 in plan:local (internal): shape '[3]' is invalid"),
+            std::string::npos)
+      << first;
+  EXPECT_EQ(first.find("Exception raised from"), std::string::npos) << first;
+  EXPECT_EQ(first.find("frame #"), std::string::npos) << first;
+  for (int rank = 1; rank < 3; ++rank)
+    EXPECT_EQ(testing::read_file(dir.sub("error_" + std::to_string(rank) + ".txt")), first);
+}
+
 }  // namespace
 }  // namespace dcp

@@ -106,7 +106,11 @@ class DefaultSavePlanner : public SavePlanner {
 struct LoadPlannerOptions {
   // Missing keys (wanted, not in the checkpoint) and unexpected keys (in the
   // checkpoint, not wanted) are an error listing them. When false they are
-  // skipped and reported by missing_keys() / unexpected_keys().
+  // skipped and reported by missing_keys() / unexpected_keys(). With several
+  // ranks a key is unexpected only when no rank's state dict holds (or
+  // excludes) it: ranks may load disjoint parts of a checkpoint. Missing keys
+  // are each rank's own. The coordinator's global plan decides, so every rank
+  // fails with the same error (and is strict when any rank is).
   bool strict = true;
   // Load a tensor saved with another dtype by converting it. Default off: a
   // dtype mismatch is an error naming the key.
@@ -133,12 +137,20 @@ class DefaultLoadPlanner : public LoadPlanner {
   at::Tensor resolve_tensor(const ReadItem& item) override;
   void commit_tensor(const ReadItem& item, at::Tensor& tensor) override;
 
-  // Keys of the destination absent from the checkpoint, and keys of the
-  // checkpoint absent from the destination (after create_local_plan).
+  // Keys of this rank's destination absent from the checkpoint (after
+  // create_local_plan), and keys of the checkpoint no rank's destination
+  // holds (after finish_plan: the same list on every rank; this rank's
+  // alone when a subclass's global plan did not decide).
   const std::vector<std::string>& missing_keys() const { return missing_; }
   const std::vector<std::string>& unexpected_keys() const { return unexpected_; }
 
  protected:
+  // Appends the reads of tensor `key` into `dest` from the saved chunks
+  // that share elements with each destination box (none for an empty box),
+  // or a problem naming the key.
+  void plan_tensor(const std::string& key, const Value& dest, const TensorStorageMetadata& saved,
+                   LoadPlan& plan, std::vector<std::string>& problems);
+
   // The destination tensor region an item loads into (a view of the
   // destination, in the destination's dtype).
   at::Tensor destination_view(const ReadItem& item) const;

@@ -1,0 +1,315 @@
+// The file-system storage backend's reader (and, over another Env, the
+// memory one's): items grouped by saved chunk and sorted by file offset,
+// small ones read in runs, large ones straight into their destination.
+#include <xxhash.h>
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <mutex>
+
+#include "buffer_pool.h"
+#include "chunk_validation.h"
+#include "dcp/error.h"
+#include "dcp/filesystem.h"
+#include "env.h"
+#include "error_text.h"
+#include "fs_common.h"
+
+namespace dcp {
+
+namespace {
+
+using fs::Location;
+using fs::run_parallel;
+
+class FileSystemReader final : public StorageReader {
+ public:
+  FileSystemReader(Env* env, std::string scheme, std::string path, FileSystemReaderOptions opt)
+      : loc_{env, std::move(scheme), std::move(path)}, opt_(opt) {
+    if (opt_.threads < 1)
+      throw InvalidArgumentError("FileSystemReaderOptions.threads must be >= 1");
+  }
+
+  void reset(const std::string& checkpoint_id) override { loc_.reset(checkpoint_id); }
+
+  Metadata read_metadata() override {
+    if (loc_.path.empty()) throw InvalidArgumentError("no checkpoint path was given to the reader");
+    if (!loc_.env->dir_exists(loc_.path))
+      throw NotFoundError("no checkpoint at '" + loc_.id() + "': the directory does not exist");
+    const std::string md_path = loc_.file(kMetadataFileName);
+    if (!loc_.env->file_exists(md_path))
+      throw NotFoundError("'" + loc_.id() + "' is not a committed checkpoint: it has no " +
+                          kMetadataFileName + " file (an interrupted or failed save?)");
+    return deserialize_metadata(loc_.env->read_file(md_path), loc_.display(md_path));
+  }
+
+  void set_up_storage_reader(const Metadata& metadata, bool) override { md_ = &metadata; }
+  LoadPlan prepare_local_plan(LoadPlan plan) override { return plan; }
+  std::vector<LoadPlan> prepare_global_plan(std::vector<LoadPlan> plans) override { return plans; }
+
+  std::future<void> read_data(const LoadPlan& plan, LoadPlanner& planner) override {
+    std::promise<void> promise;
+    try {
+      read_all(plan, planner);
+      promise.set_value();
+    } catch (...) {
+      promise.set_exception(std::current_exception());
+    }
+    return promise.get_future();
+  }
+
+  bool validate_checkpoint_id(const std::string& id) const override { return loc_.accepts(id); }
+  std::string checkpoint_id() const override { return loc_.id(); }
+
+ private:
+  // One saved item and the reads that need it.
+  struct Unit {
+    const MetadataIndex* index;
+    const StorageInfo* info;
+    const TensorStorageMetadata* tensor = nullptr;  // null for bytes
+    const ChunkStorageMetadata* chunk = nullptr;
+    std::vector<const ReadItem*> reads;
+    const RandomAccessFile* file = nullptr;
+  };
+
+  [[noreturn]] void truncated(const Unit& u) const {
+    throw CorruptionError("data file '" + u.file->path() + "' is truncated: item " +
+                          to_string(*u.index) + " needs bytes [" + std::to_string(u.info->offset) +
+                          ", " + std::to_string(u.info->offset + u.info->length) +
+                          "), the file has " + std::to_string(u.file->size()) + " bytes");
+  }
+
+  void verify(const Unit& u, const void* data) const {
+    if (!opt_.verify_checksums || u.info->checksum_type == ChecksumType::kNone) return;
+    if (u.info->checksum_type != ChecksumType::kXXH3_64)
+      throw CorruptionError("item " + to_string(*u.index) + " in '" + u.file->path() +
+                            "' has an unknown checksum type");
+    if (XXH3_64bits(data, u.info->length) != u.info->checksum)
+      throw CorruptionError("checksum mismatch for item " + to_string(*u.index) + " in '" +
+                            u.file->path() + "' (bytes [" + std::to_string(u.info->offset) + ", " +
+                            std::to_string(u.info->offset + u.info->length) +
+                            ")): the data is corrupt");
+  }
+
+  // Runs fn; an error from it (the planner's, ATen's) is passed on with the
+  // item, its file and the read's destination in front.
+  template <typename Fn>
+  void in_context(const Unit& u, const ReadItem& ri, const Fn& fn) const {
+    try {
+      fn();
+    } catch (...) {
+      std::string where = "loading " + to_string(*u.index) + " from '" + u.file->path() + "'";
+      if (ri.dest_index != *u.index) where += " into " + to_string(ri.dest_index);
+      rethrow_with_context(where);
+    }
+  }
+
+  // The box a read takes from its saved chunk lies inside the chunk.
+  static void check_box(const Unit& u, const ReadItem& ri) {
+    const std::vector<int64_t>& sizes = u.chunk->sizes;
+    bool inside = ri.lengths.size() == sizes.size() && ri.storage_offsets.size() == sizes.size();
+    for (size_t d = 0; inside && d < sizes.size(); ++d)
+      inside = ri.storage_offsets[d] >= 0 && ri.lengths[d] >= 0 &&
+               ri.storage_offsets[d] <= sizes[d] &&
+               ri.lengths[d] <= sizes[d] - ri.storage_offsets[d];
+    if (!inside)
+      throw InvalidArgumentError("the plan reads the box at " + shape_str(ri.storage_offsets) +
+                                 " of size " + shape_str(ri.lengths) + " from a chunk of size " +
+                                 shape_str(sizes));
+  }
+
+  // resolve_tensor's tensor for `ri`, which must have the read's shape
+  // (copy_ would broadcast a smaller one silently).
+  static at::Tensor destination(LoadPlanner& planner, const ReadItem& ri) {
+    at::Tensor dst = planner.resolve_tensor(ri);
+    if (!dst.defined() || dst.sizes() != at::IntArrayRef(ri.lengths))
+      throw InvalidArgumentError("resolve_tensor gave " + describe(Value(dst)) +
+                                 " for a read of size " + shape_str(ri.lengths));
+    return dst;
+  }
+
+  // `dst` can take the saved bytes of `u` as they are.
+  static bool takes_bytes(const Unit& u, const at::Tensor& dst) {
+    return dst.is_contiguous() && dst.device().is_cpu() &&
+           dst.scalar_type() == u.tensor->properties.dtype && dst.nbytes() == u.info->length;
+  }
+
+  // The saved bytes of `u` are at `src`: verify them and hand them over.
+  void deliver(const Unit& u, const char* src, LoadPlanner& planner) {
+    verify(u, src);
+    if (!u.tensor) {
+      Bytes b{std::string(src, u.info->length)};
+      std::lock_guard<std::mutex> lock(bytes_mu_);
+      for (const ReadItem* ri : u.reads) in_context(u, *ri, [&] { planner.load_bytes(*ri, b); });
+      return;
+    }
+    at::Tensor saved;  // a view of the bytes, made only when a read needs ATen
+    for (const ReadItem* ri : u.reads) {
+      in_context(u, *ri, [&] {
+        check_box(u, *ri);
+        at::Tensor dst = destination(planner, *ri);
+        if (covers_whole_chunk(u, *ri) && takes_bytes(u, dst)) {
+          // The common case: a plain memcpy (copy_() costs microseconds of dispatch per item).
+          if (u.info->length) std::memcpy(dst.data_ptr(), src, u.info->length);
+          planner.commit_tensor(*ri, dst);
+          return;
+        }
+        if (!saved.defined())
+          saved = at::from_blob(const_cast<char*>(src), u.chunk->sizes,
+                                at::TensorOptions().dtype(u.tensor->properties.dtype));
+        at::Tensor view = saved;
+        for (size_t d = 0; d < ri->lengths.size(); ++d)
+          if (ri->storage_offsets[d] != 0 || ri->lengths[d] != view.size(d))
+            view = view.narrow(static_cast<int64_t>(d), ri->storage_offsets[d], ri->lengths[d]);
+        dst.copy_(view);
+        planner.commit_tensor(*ri, dst);
+      });
+    }
+  }
+
+  static bool covers_whole_chunk(const Unit& u, const ReadItem& ri) {
+    if (ri.lengths != u.chunk->sizes) return false;
+    for (int64_t o : ri.storage_offsets)
+      if (o != 0) return false;
+    return true;
+  }
+
+  // A large item: straight into the destination when it is exactly the saved
+  // chunk in contiguous CPU memory; otherwise through a temporary buffer.
+  void read_large(const Unit& u, LoadPlanner& planner) {
+    if (u.tensor && u.reads.size() == 1 && covers_whole_chunk(u, *u.reads[0])) {
+      const ReadItem& ri = *u.reads[0];
+      at::Tensor dst;
+      in_context(u, ri, [&] { dst = destination(planner, ri); });
+      if (takes_bytes(u, dst)) {
+        if (u.file->read(u.info->offset, u.info->length, dst.data_ptr()) != u.info->length)
+          truncated(u);
+        verify(u, dst.data_ptr());
+        in_context(u, ri, [&] { planner.commit_tensor(ri, dst); });
+        return;
+      }
+    }
+    std::unique_ptr<char[]> tmp(new char[std::max<uint64_t>(u.info->length, 1)]);
+    if (u.file->read(u.info->offset, u.info->length, tmp.get()) != u.info->length) truncated(u);
+    deliver(u, tmp.get(), planner);
+  }
+
+  // Where the saved item `index` (read by u.reads) is: its storage, its
+  // chunk, its data file (opened once, in `files`).
+  void locate(const MetadataIndex& index, Unit& u,
+              std::map<std::string, std::unique_ptr<RandomAccessFile>>& files) const {
+    auto info = md_->storage_data.find(index);
+    if (info == md_->storage_data.end())
+      throw CorruptionError("the metadata of '" + loc_.id() +
+                            "' has no storage location for item " + to_string(index));
+    u.index = &info->first;
+    u.info = &info->second;
+    const std::string file = loc_.display(loc_.file(u.info->relative_path));
+    auto entry = md_->state_dict_metadata.find(index.fqn);
+    if (entry == md_->state_dict_metadata.end())
+      throw CorruptionError("the metadata of '" + loc_.id() + "' has no entry for key '" +
+                            index.fqn + "' (item in '" + file + "')");
+    if (auto* t = std::get_if<TensorStorageMetadata>(&entry->second)) {
+      u.tensor = t;
+      for (const auto& c : t->chunks)
+        if (c.offsets == index.offset) u.chunk = &c;
+      if (!u.chunk)
+        throw CorruptionError("the metadata of '" + loc_.id() + "' has no chunk for item " +
+                              to_string(index) + " (in '" + file + "')");
+      const int64_t numel = checked_volume(u.chunk->sizes);
+      const uint64_t expect =
+          numel < 0 ? 0 : static_cast<uint64_t>(numel) * c10::elementSize(t->properties.dtype);
+      if (numel < 0 || expect != u.info->length)
+        throw CorruptionError("item " + to_string(index) + " in '" + file + "' has " +
+                              std::to_string(u.info->length) + " bytes, its chunk of size " +
+                              shape_str(u.chunk->sizes) + " needs " + std::to_string(expect));
+    }
+    for (const ReadItem* ri : u.reads)
+      if ((ri->type == LoadItemType::kByteIO) != (u.tensor == nullptr))
+        throw InvalidArgumentError("the plan reads item " + to_string(index) + " in '" + file +
+                                   "' as " + (u.tensor ? "a plain value" : "a tensor") + " into " +
+                                   to_string(ri->dest_index));
+    auto& f = files[u.info->relative_path];
+    if (!f) {
+      try {
+        f = loc_.env->new_random_access_file(loc_.file(u.info->relative_path));
+      } catch (const NotFoundError& e) {
+        throw CorruptionError("checkpoint '" + loc_.id() + "' is missing data file '" +
+                              u.info->relative_path + "' (needed for item " + to_string(index) +
+                              "): " + e.what());
+      }
+    }
+    u.file = f.get();
+  }
+
+  void read_all(const LoadPlan& plan, LoadPlanner& planner) {
+    std::map<MetadataIndex, Unit> by_index;
+    for (const ReadItem& ri : plan.items) {
+      Unit& u = by_index[ri.storage_index];
+      u.reads.push_back(&ri);
+    }
+    std::map<std::string, std::unique_ptr<RandomAccessFile>> files;
+    std::vector<Unit*> units;
+    units.reserve(by_index.size());
+    for (auto& [index, u] : by_index) {
+      locate(index, u, files);
+      units.push_back(&u);
+    }
+    std::sort(units.begin(), units.end(), [](const Unit* a, const Unit* b) {
+      return a->file != b->file ? a->info->relative_path < b->info->relative_path
+                                : a->info->offset < b->info->offset;
+    });
+
+    // Tasks: a run of neighbouring small items of one file (one read), or
+    // one large item.
+    const uint64_t small = std::min<uint64_t>(opt_.coalesce_bytes / 2, uint64_t{1} << 20);
+    std::vector<std::pair<size_t, size_t>> tasks;  // [begin, end) in units
+    for (size_t i = 0; i < units.size();) {
+      size_t j = i + 1;
+      if (units[i]->info->length < small) {
+        const uint64_t start = units[i]->info->offset;
+        while (j < units.size() && units[j]->file == units[i]->file &&
+               units[j]->info->length < small &&
+               units[j]->info->offset >= units[j - 1]->info->offset + units[j - 1]->info->length &&
+               units[j]->info->offset - (units[j - 1]->info->offset + units[j - 1]->info->length) <=
+                   4096 &&
+               units[j]->info->offset + units[j]->info->length - start <= opt_.coalesce_bytes)
+          ++j;
+      }
+      tasks.emplace_back(i, j);
+      i = j;
+    }
+
+    run_parallel(opt_.threads, tasks.size(), [&](size_t ti) {
+      auto [b, e] = tasks[ti];
+      const Unit& first = *units[b];
+      if (e - b == 1 && first.info->length >= small) return read_large(first, planner);
+      const uint64_t start = first.info->offset;
+      const uint64_t span = units[e - 1]->info->offset + units[e - 1]->info->length - start;
+      BufferPool::Buffer buf = BufferPool::instance().acquire(opt_.coalesce_bytes);
+      const size_t got = first.file->read(start, span, buf.data());
+      for (size_t i = b; i < e; ++i) {
+        const Unit& u = *units[i];
+        if (u.info->offset + u.info->length > start + got) truncated(u);
+        deliver(u, buf.data() + (u.info->offset - start), planner);
+      }
+    });
+  }
+
+  Location loc_;
+  const FileSystemReaderOptions opt_;
+  const Metadata* md_ = nullptr;  // set_up_storage_reader's; outlives read_data
+  std::mutex bytes_mu_;           // serializes planner.load_bytes
+};
+
+}  // namespace
+
+std::shared_ptr<StorageReader> fs::new_reader(Env* env, std::string scheme, std::string path,
+                                              FileSystemReaderOptions options) {
+  return std::make_shared<FileSystemReader>(env, std::move(scheme), std::move(path), options);
+}
+
+}  // namespace dcp

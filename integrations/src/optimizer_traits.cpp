@@ -1,5 +1,6 @@
 #include "optimizer_traits.h"
 
+#include <c10/util/Type.h>
 #include <torch/optim/adagrad.h>
 #include <torch/optim/adam.h>
 #include <torch/optim/adamw.h>
@@ -7,6 +8,7 @@
 #include <torch/optim/sgd.h>
 
 #include <tuple>
+#include <typeinfo>
 
 #include "dcp/error.h"
 #include "tensor_util.h"
@@ -308,7 +310,8 @@ const OptimizerKind& optimizer_kind(const optim::Optimizer& optimizer) {
   std::string supported;
   for (const OptimizerKind& k : kKinds)
     supported += (supported.empty() ? "" : ", ") + std::string(k.name);
-  throw InvalidArgumentError("OptimizerState: unsupported optimizer type (supported: " + supported +
+  throw InvalidArgumentError("OptimizerState: unsupported optimizer type " +
+                             c10::demangle(typeid(optimizer).name()) + " (supported: " + supported +
                              ")");
 }
 

@@ -54,8 +54,8 @@ struct OptimizerKind {
 };
 
 // The entry of `optimizer`'s type (the first that matches: a subclass of a
-// supported optimizer is taken for it); throws InvalidArgumentError for an
-// unsupported one.
+// supported optimizer is taken for it); throws InvalidArgumentError naming
+// the type of an unsupported one, and the supported ones.
 const OptimizerKind& optimizer_kind(const torch::optim::Optimizer& optimizer);
 
 // d[key]; throws PlanMismatchError "OptimizerState: <where> has no '<key>'".

@@ -584,4 +584,35 @@ TEST(TorchOptimizerStateLayout, NullOptimizerOrModuleIsRefused) {
   EXPECT_EQ(OptimizerState(opt, net).kind(), "Adam");
 }
 
+// An optimizer of the user's own: not supported.
+struct MyOptimizer : torch::optim::Optimizer {
+  explicit MyOptimizer(std::vector<torch::Tensor> params)
+      : Optimizer({OptimizerParamGroup(std::move(params))},
+                  std::make_unique<torch::optim::SGDOptions>(0.1)) {}
+  torch::Tensor step(LossClosure) override { return {}; }
+};
+
+// Every constructor refuses an unsupported optimizer, naming its type and
+// the supported ones.
+TEST(TorchOptimizerStateLayout, UnsupportedOptimizersAreRefusedByName) {
+  auto net = make_net(1);
+  auto lbfgs = std::make_shared<torch::optim::LBFGS>(net->parameters());
+  MyOptimizer mine(net->parameters());
+  auto refused = [](const std::function<void()>& make, const std::string& type) {
+    try {
+      make();
+      ADD_FAILURE() << "accepted " << type;
+    } catch (const dcp::InvalidArgumentError& e) {
+      EXPECT_TRUE(contains(e.what(), "OptimizerState: unsupported optimizer type " + type +
+                                         " (supported: SGD, Adam, AdamW, RMSprop, Adagrad)"))
+          << e.what();
+    }
+  };
+  refused([&] { OptimizerState(*lbfgs, *net); }, "torch::optim::LBFGS");
+  refused([&] { OptimizerState(lbfgs, net); }, "torch::optim::LBFGS");
+  refused([&] { OptimizerState(*lbfgs, dcp::lt::named_tensors(*net, false)); },
+          "torch::optim::LBFGS");
+  refused([&] { OptimizerState(mine, *net); }, "(anonymous namespace)::MyOptimizer");
+}
+
 }  // namespace

@@ -1,11 +1,12 @@
 // dcp::torch adapters against LibTorch itself: modules load in place, LR
 // schedulers, the RNG, the whole training state, and sharded parameters over
 // two real ranks. Every checkpoint goes through dcp::save / dcp::load on
-// disk. The optimizers' tests are in torch_optimizer_test.cpp; the network
-// and helpers both use in torch_test_net.h.
+// disk. The optimizers' tests are in torch_optimizer_test.cpp and
+// torch_optimizer_groups_test.cpp; the network and helpers they share in
+// torch_test_net.h.
 //
-// With torch_optimizer_test.cpp, the only test sources that include
-// <torch/torch.h> (slow to compile).
+// With those two, the only test sources that include <torch/torch.h> (slow
+// to compile).
 #include <torch/torch.h>
 
 #include <gtest/gtest.h>

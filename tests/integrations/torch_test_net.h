@@ -9,6 +9,7 @@
 
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "dcp/dcp.h"
 #include "dcp/torch/adapters.h"
@@ -69,6 +70,14 @@ inline ::testing::AssertionResult same_tensors(const torch::nn::Module& a,
       return ::testing::AssertionFailure() << "'" << ta[i].first << "' differs";
   }
   return ::testing::AssertionSuccess();
+}
+
+// Two param groups: fc1's parameters; the rest.
+inline std::vector<torch::optim::OptimizerParamGroup> two_groups(NetImpl& net) {
+  std::vector<torch::Tensor> first, rest;
+  for (const auto& p : net.named_parameters())
+    (p.key().rfind("fc1.", 0) == 0 ? first : rest).push_back(p.value());
+  return {torch::optim::OptimizerParamGroup(first), torch::optim::OptimizerParamGroup(rest)};
 }
 
 inline void save_to(const dcp::StateDict& sd, const std::string& dir) { dcp::save(sd, dir); }

@@ -2,12 +2,8 @@
 
 #include <c10/util/string_utils.h>
 #include <torch/nn/module.h>
-#include <torch/optim/adagrad.h>
-#include <torch/optim/adam.h>
-#include <torch/optim/adamw.h>
-#include <torch/optim/rmsprop.h>
+#include <torch/optim/optimizer.h>
 #include <torch/optim/schedulers/lr_scheduler.h>
-#include <torch/optim/sgd.h>
 
 #include <algorithm>
 #include <climits>
@@ -15,6 +11,7 @@
 #include <unordered_map>
 
 #include "dcp/error.h"
+#include "optimizer_traits.h"
 #include "tensor_util.h"
 
 namespace dcp {
@@ -24,278 +21,14 @@ namespace {
 
 namespace optim = torch::optim;
 
-enum class Kind { kSGD, kAdam, kAdamW, kRMSprop, kAdagrad };
-
-const char* kind_name(Kind k) {
-  switch (k) {
-    case Kind::kSGD:
-      return "SGD";
-    case Kind::kAdam:
-      return "Adam";
-    case Kind::kAdamW:
-      return "AdamW";
-    case Kind::kRMSprop:
-      return "RMSprop";
-    case Kind::kAdagrad:
-      return "Adagrad";
-  }
-  return "?";
-}
-
-Kind kind_of(const optim::Optimizer& o) {
-  if (dynamic_cast<const optim::SGD*>(&o)) return Kind::kSGD;
-  if (dynamic_cast<const optim::Adam*>(&o)) return Kind::kAdam;
-  if (dynamic_cast<const optim::AdamW*>(&o)) return Kind::kAdamW;
-  if (dynamic_cast<const optim::RMSprop*>(&o)) return Kind::kRMSprop;
-  if (dynamic_cast<const optim::Adagrad*>(&o)) return Kind::kAdagrad;
-  throw InvalidArgumentError(
-      "OptimizerState: unsupported optimizer type (supported: SGD, Adam, AdamW, RMSprop, "
-      "Adagrad)");
-}
-
 // LibTorch 1.13 keys optimizer state by the parameter's TensorImpl address,
 // printed; this must be the same expression as in its optimizers.
 std::string state_key(const at::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); }
 
-// --- hyper-parameters --------------------------------------------------------
-
-const Value& field(const Dict& d, const std::string& key, const std::string& where) {
-  auto it = d.find(key);
-  if (it == d.end()) throw PlanMismatchError("OptimizerState: " + where + " has no '" + key + "'");
-  return it->second;
-}
-
-Dict hyper_parameters(Kind kind, const optim::OptimizerOptions& o) {
-  switch (kind) {
-    case Kind::kSGD: {
-      const auto& s = static_cast<const optim::SGDOptions&>(o);
-      return {{"lr", s.lr()},
-              {"momentum", s.momentum()},
-              {"dampening", s.dampening()},
-              {"weight_decay", s.weight_decay()},
-              {"nesterov", s.nesterov()}};
-    }
-    case Kind::kAdam: {
-      const auto& s = static_cast<const optim::AdamOptions&>(o);
-      return {{"lr", s.lr()},
-              {"betas", List{std::get<0>(s.betas()), std::get<1>(s.betas())}},
-              {"eps", s.eps()},
-              {"weight_decay", s.weight_decay()},
-              {"amsgrad", s.amsgrad()}};
-    }
-    case Kind::kAdamW: {
-      const auto& s = static_cast<const optim::AdamWOptions&>(o);
-      return {{"lr", s.lr()},
-              {"betas", List{std::get<0>(s.betas()), std::get<1>(s.betas())}},
-              {"eps", s.eps()},
-              {"weight_decay", s.weight_decay()},
-              {"amsgrad", s.amsgrad()}};
-    }
-    case Kind::kRMSprop: {
-      const auto& s = static_cast<const optim::RMSpropOptions&>(o);
-      return {{"lr", s.lr()},
-              {"alpha", s.alpha()},
-              {"eps", s.eps()},
-              {"weight_decay", s.weight_decay()},
-              {"momentum", s.momentum()},
-              {"centered", s.centered()}};
-    }
-    case Kind::kAdagrad: {
-      const auto& s = static_cast<const optim::AdagradOptions&>(o);
-      return {{"lr", s.lr()},
-              {"lr_decay", s.lr_decay()},
-              {"weight_decay", s.weight_decay()},
-              {"initial_accumulator_value", s.initial_accumulator_value()},
-              {"eps", s.eps()}};
-    }
-  }
-  return {};
-}
-
-// New options of `kind` holding the hyper-parameters of `d` (a group of the
-// state dict); throws PlanMismatchError naming a missing or mistyped one.
-std::unique_ptr<optim::OptimizerOptions> options_from(Kind kind, const Dict& d,
-                                                      const std::string& where) {
-  auto num = [&](const char* k) {
-    try {
-      return field(d, k, where).to_double();
-    } catch (const PlanMismatchError&) {
-      throw;
-    } catch (const Error& e) {
-      throw PlanMismatchError("OptimizerState: " + where + " '" + k + "': " + e.what());
-    }
-  };
-  auto flag = [&](const char* k) {
-    try {
-      return field(d, k, where).to_bool();
-    } catch (const PlanMismatchError&) {
-      throw;
-    } catch (const Error& e) {
-      throw PlanMismatchError("OptimizerState: " + where + " '" + k + "': " + e.what());
-    }
-  };
-  auto betas = [&]() {
-    const Value& v = field(d, "betas", where);
-    if (!v.is_list() || v.list().size() != 2)
-      throw PlanMismatchError("OptimizerState: " + where + " 'betas' is not a list of 2 numbers");
-    return std::make_tuple(v.list()[0].to_double(), v.list()[1].to_double());
-  };
-  switch (kind) {
-    case Kind::kSGD: {
-      auto o = std::make_unique<optim::SGDOptions>(num("lr"));
-      o->momentum(num("momentum"))
-          .dampening(num("dampening"))
-          .weight_decay(num("weight_decay"))
-          .nesterov(flag("nesterov"));
-      return o;
-    }
-    case Kind::kAdam: {
-      auto o = std::make_unique<optim::AdamOptions>(num("lr"));
-      o->betas(betas()).eps(num("eps")).weight_decay(num("weight_decay")).amsgrad(flag("amsgrad"));
-      return o;
-    }
-    case Kind::kAdamW: {
-      auto o = std::make_unique<optim::AdamWOptions>(num("lr"));
-      o->betas(betas()).eps(num("eps")).weight_decay(num("weight_decay")).amsgrad(flag("amsgrad"));
-      return o;
-    }
-    case Kind::kRMSprop: {
-      auto o = std::make_unique<optim::RMSpropOptions>(num("lr"));
-      o->alpha(num("alpha"))
-          .eps(num("eps"))
-          .weight_decay(num("weight_decay"))
-          .momentum(num("momentum"))
-          .centered(flag("centered"));
-      return o;
-    }
-    case Kind::kAdagrad: {
-      auto o = std::make_unique<optim::AdagradOptions>(num("lr"));
-      o->lr_decay(num("lr_decay"))
-          .weight_decay(num("weight_decay"))
-          .initial_accumulator_value(num("initial_accumulator_value"))
-          .eps(num("eps"));
-      return o;
-    }
-  }
-  return nullptr;
-}
-
-// --- per-parameter state -------------------------------------------------------
-
-// The tensor fields of a parameter's state under `options`, in a fixed order,
-// and whether the state has a step counter.
-struct Layout {
-  std::vector<const char*> tensors;
-  bool step = false;
-};
-
-Layout layout_of(Kind kind, const optim::OptimizerOptions& o) {
-  switch (kind) {
-    case Kind::kSGD:
-      if (static_cast<const optim::SGDOptions&>(o).momentum() != 0) return {{"momentum_buffer"}};
-      return {};
-    case Kind::kAdam:
-    case Kind::kAdamW: {
-      const bool amsgrad = kind == Kind::kAdam
-                               ? static_cast<const optim::AdamOptions&>(o).amsgrad()
-                               : static_cast<const optim::AdamWOptions&>(o).amsgrad();
-      Layout l{{"exp_avg", "exp_avg_sq"}, true};
-      if (amsgrad) l.tensors.push_back("max_exp_avg_sq");
-      return l;
-    }
-    case Kind::kRMSprop: {
-      const auto& r = static_cast<const optim::RMSpropOptions&>(o);
-      Layout l{{"square_avg"}, true};
-      if (r.momentum() > 0) l.tensors.push_back("momentum_buffer");
-      if (r.centered()) l.tensors.push_back("grad_avg");
-      return l;
-    }
-    case Kind::kAdagrad:
-      return {{"sum"}, true};
-  }
-  return {};
-}
-
-// A field of a ParamState: its tensor (undefined when the state has none).
-at::Tensor get_tensor(Kind kind, const optim::OptimizerParamState& s, const std::string& f) {
-  switch (kind) {
-    case Kind::kSGD:
-      return static_cast<const optim::SGDParamState&>(s).momentum_buffer();
-    case Kind::kAdam: {
-      const auto& a = static_cast<const optim::AdamParamState&>(s);
-      return f == "exp_avg" ? a.exp_avg() : f == "exp_avg_sq" ? a.exp_avg_sq() : a.max_exp_avg_sq();
-    }
-    case Kind::kAdamW: {
-      const auto& a = static_cast<const optim::AdamWParamState&>(s);
-      return f == "exp_avg" ? a.exp_avg() : f == "exp_avg_sq" ? a.exp_avg_sq() : a.max_exp_avg_sq();
-    }
-    case Kind::kRMSprop: {
-      const auto& r = static_cast<const optim::RMSpropParamState&>(s);
-      return f == "square_avg"        ? r.square_avg()
-             : f == "momentum_buffer" ? r.momentum_buffer()
-                                      : r.grad_avg();
-    }
-    case Kind::kAdagrad:
-      return static_cast<const optim::AdagradParamState&>(s).sum();
-  }
-  return {};
-}
-
-int64_t get_step(Kind kind, const optim::OptimizerParamState& s) {
-  switch (kind) {
-    case Kind::kSGD:
-      return 0;
-    case Kind::kAdam:
-      return static_cast<const optim::AdamParamState&>(s).step();
-    case Kind::kAdamW:
-      return static_cast<const optim::AdamWParamState&>(s).step();
-    case Kind::kRMSprop:
-      return static_cast<const optim::RMSpropParamState&>(s).step();
-    case Kind::kAdagrad:
-      return static_cast<const optim::AdagradParamState&>(s).step();
-  }
-  return 0;
-}
-
-// A new ParamState of `kind` from loaded fields.
-std::unique_ptr<optim::OptimizerParamState> make_state(Kind kind,
-                                                       const std::map<std::string, at::Tensor>& t,
-                                                       int64_t step) {
-  auto get = [&](const char* f) {
-    auto it = t.find(f);
-    return it == t.end() ? at::Tensor() : it->second;
-  };
-  switch (kind) {
-    case Kind::kSGD: {
-      auto s = std::make_unique<optim::SGDParamState>();
-      s->momentum_buffer(get("momentum_buffer"));
-      return s;
-    }
-    case Kind::kAdam: {
-      auto s = std::make_unique<optim::AdamParamState>();
-      s->step(step).exp_avg(get("exp_avg")).exp_avg_sq(get("exp_avg_sq"));
-      s->max_exp_avg_sq(get("max_exp_avg_sq"));
-      return s;
-    }
-    case Kind::kAdamW: {
-      auto s = std::make_unique<optim::AdamWParamState>();
-      s->step(step).exp_avg(get("exp_avg")).exp_avg_sq(get("exp_avg_sq"));
-      s->max_exp_avg_sq(get("max_exp_avg_sq"));
-      return s;
-    }
-    case Kind::kRMSprop: {
-      auto s = std::make_unique<optim::RMSpropParamState>();
-      s->step(step).square_avg(get("square_avg"));
-      s->momentum_buffer(get("momentum_buffer")).grad_avg(get("grad_avg"));
-      return s;
-    }
-    case Kind::kAdagrad: {
-      auto s = std::make_unique<optim::AdagradParamState>();
-      s->step(step).sum(get("sum"));
-      return s;
-    }
-  }
-  return nullptr;
+// The piece of the parameter `name` this rank holds; null: the whole.
+const ShardSpec* shard_of(const OptimizerStateOptions& options, const std::string& name) {
+  auto it = options.sharded.find(name);
+  return it == options.sharded.end() ? nullptr : &it->second;
 }
 
 std::string names_string(const std::vector<std::string>& names) {
@@ -304,44 +37,6 @@ std::string names_string(const std::vector<std::string>& names) {
   if (names.size() > 8) s += ", ... (" + std::to_string(names.size()) + " in all)";
   return s + "]";
 }
-
-}  // namespace
-
-// --- OptimizerState --------------------------------------------------------------
-
-OptimizerState::OptimizerState(torch::optim::Optimizer& optimizer, const torch::nn::Module& module,
-                               OptimizerStateOptions options)
-    : OptimizerState(std::shared_ptr<torch::optim::Optimizer>(
-                         std::shared_ptr<torch::optim::Optimizer>(), &optimizer),
-                     std::shared_ptr<const torch::nn::Module>(
-                         std::shared_ptr<const torch::nn::Module>(), &module),
-                     std::move(options)) {}
-
-OptimizerState::OptimizerState(std::shared_ptr<torch::optim::Optimizer> optimizer,
-                               std::shared_ptr<const torch::nn::Module> module,
-                               OptimizerStateOptions options)
-    : optimizer_(std::move(optimizer)), module_(std::move(module)), options_(std::move(options)) {
-  if (!optimizer_ || !module_)
-    throw InvalidArgumentError("OptimizerState: the optimizer or the module is null");
-  kind_of(*optimizer_);
-}
-
-OptimizerState::OptimizerState(torch::optim::Optimizer& optimizer, NamedTensors named_parameters,
-                               OptimizerStateOptions options)
-    : optimizer_(std::shared_ptr<torch::optim::Optimizer>(
-          std::shared_ptr<torch::optim::Optimizer>(), &optimizer)),
-      names_(std::move(named_parameters)),
-      options_(std::move(options)) {
-  kind_of(*optimizer_);
-}
-
-std::string OptimizerState::kind() const { return kind_name(kind_of(*optimizer_)); }
-
-NamedTensors OptimizerState::parameter_names() const {
-  return module_ ? named_tensors(*module_, /*buffers=*/false) : names_;
-}
-
-namespace {
 
 // Each parameter of each group by name, in group order.
 std::vector<std::vector<std::string>> group_names(const optim::Optimizer& opt,
@@ -367,11 +62,77 @@ std::vector<std::vector<std::string>> group_names(const optim::Optimizer& opt,
   return out;
 }
 
+// The checkpoint's param groups, after checking its kind and that it has as
+// many groups as the optimizer.
+const List& saved_groups(const StateDict& sd, const OptimizerKind& kind, size_t n_groups) {
+  const std::string saved_kind = field(sd, "kind", "the state dict").to_string();
+  if (saved_kind != kind.name)
+    throw PlanMismatchError("OptimizerState: the checkpoint holds the state of " + saved_kind +
+                            ", the optimizer is " + kind.name);
+  const Value& groups_v = field(sd, "param_groups", "the state dict");
+  if (!groups_v.is_list())
+    throw PlanMismatchError("OptimizerState: 'param_groups' is a " +
+                            std::string(groups_v.kind_name()) + ", not a list");
+  const List& groups = groups_v.list();
+  if (groups.size() != n_groups)
+    throw PlanMismatchError("OptimizerState: the checkpoint has " + std::to_string(groups.size()) +
+                            " param group(s), the optimizer " + std::to_string(n_groups));
+  return groups;
+}
+
+// The saved group `gd` holds the parameters `names`, in any order (state is
+// keyed by name).
+void check_group_names(const Dict& gd, const std::vector<std::string>& names,
+                       const std::string& where) {
+  std::vector<std::string> saved_names;
+  for (const Value& v : field(gd, "params", where).list()) saved_names.push_back(v.to_string());
+  std::vector<std::string> have = names;
+  std::sort(saved_names.begin(), saved_names.end());
+  std::sort(have.begin(), have.end());
+  if (saved_names != have)
+    throw PlanMismatchError("OptimizerState: " + where + " holds " + names_string(saved_names) +
+                            " in the checkpoint, " + names_string(names) + " in the optimizer");
+}
+
 }  // namespace
+
+// --- OptimizerState --------------------------------------------------------------
+
+OptimizerState::OptimizerState(torch::optim::Optimizer& optimizer, const torch::nn::Module& module,
+                               OptimizerStateOptions options)
+    : OptimizerState(std::shared_ptr<torch::optim::Optimizer>(
+                         std::shared_ptr<torch::optim::Optimizer>(), &optimizer),
+                     std::shared_ptr<const torch::nn::Module>(
+                         std::shared_ptr<const torch::nn::Module>(), &module),
+                     std::move(options)) {}
+
+OptimizerState::OptimizerState(std::shared_ptr<torch::optim::Optimizer> optimizer,
+                               std::shared_ptr<const torch::nn::Module> module,
+                               OptimizerStateOptions options)
+    : optimizer_(std::move(optimizer)), module_(std::move(module)), options_(std::move(options)) {
+  if (!optimizer_ || !module_)
+    throw InvalidArgumentError("OptimizerState: the optimizer or the module is null");
+  optimizer_kind(*optimizer_);
+}
+
+OptimizerState::OptimizerState(torch::optim::Optimizer& optimizer, NamedTensors named_parameters,
+                               OptimizerStateOptions options)
+    : optimizer_(std::shared_ptr<torch::optim::Optimizer>(
+          std::shared_ptr<torch::optim::Optimizer>(), &optimizer)),
+      names_(std::move(named_parameters)),
+      options_(std::move(options)) {
+  optimizer_kind(*optimizer_);
+}
+
+std::string OptimizerState::kind() const { return optimizer_kind(*optimizer_).name; }
+
+NamedTensors OptimizerState::parameter_names() const {
+  return module_ ? named_tensors(*module_, /*buffers=*/false) : names_;
+}
 
 StateDict OptimizerState::state_dict() {
   const optim::Optimizer& opt = *optimizer_;
-  const Kind kind = kind_of(opt);
+  const OptimizerKind& kind = optimizer_kind(opt);
   const auto names = group_names(opt, parameter_names());
 
   Dict state;
@@ -379,8 +140,7 @@ StateDict OptimizerState::state_dict() {
   List groups;
   for (size_t g = 0; g < names.size(); ++g) {
     const auto& group = opt.param_groups()[g];
-    const Layout layout = layout_of(kind, group.options());
-    Dict gd = hyper_parameters(kind, group.options());
+    Dict gd = kind.save_options(group.options());
     List param_names;
     for (size_t i = 0; i < names[g].size(); ++i) {
       const std::string& name = names[g][i];
@@ -389,24 +149,13 @@ StateDict OptimizerState::state_dict() {
       auto it = opt.state().find(state_key(p));
       const optim::OptimizerParamState* s = it == opt.state().end() ? nullptr : it->second.get();
       if (s) with_state.emplace_back(name);
-      if (layout.tensors.empty() && !layout.step) continue;
-      auto spec = options_.sharded.find(name);
-      const ShardSpec* piece = spec == options_.sharded.end() ? nullptr : &spec->second;
-      Dict ps;
-      if (layout.step) ps.emplace("step", s ? get_step(kind, *s) : int64_t{0});
-      for (const char* f : layout.tensors) {
-        at::Tensor t = s ? get_tensor(kind, *s, f) : at::Tensor();
-        // No state yet (or amsgrad switched on later): zeros, a destination
-        // on load and the value a fresh state would start from.
-        if (!t.defined()) t = at::zeros_like(p, at::MemoryFormat::Preserve);
-        ps.emplace(f, as_piece(t, piece));
-      }
-      state.emplace(name, std::move(ps));
+      Dict entry = kind.save_state(group.options(), s, p, shard_of(options_, name));
+      if (!entry.empty()) state.emplace(name, std::move(entry));
     }
     gd.emplace("params", std::move(param_names));
     groups.emplace_back(std::move(gd));
   }
-  return {{"kind", kind_name(kind)},
+  return {{"kind", kind.name},
           {"state", std::move(state)},
           {"params_with_state", std::move(with_state)},
           {"param_groups", std::move(groups)}};
@@ -414,21 +163,9 @@ StateDict OptimizerState::state_dict() {
 
 void OptimizerState::load_state_dict(const StateDict& sd) {
   optim::Optimizer& opt = *optimizer_;
-  const Kind kind = kind_of(opt);
+  const OptimizerKind& kind = optimizer_kind(opt);
   const auto names = group_names(opt, parameter_names());
-
-  const std::string saved_kind = field(sd, "kind", "the state dict").to_string();
-  if (saved_kind != kind_name(kind))
-    throw PlanMismatchError("OptimizerState: the checkpoint holds the state of " + saved_kind +
-                            ", the optimizer is " + kind_name(kind));
-  const Value& groups_v = field(sd, "param_groups", "the state dict");
-  if (!groups_v.is_list())
-    throw PlanMismatchError("OptimizerState: 'param_groups' is a " +
-                            std::string(groups_v.kind_name()) + ", not a list");
-  const List& groups = groups_v.list();
-  if (groups.size() != names.size())
-    throw PlanMismatchError("OptimizerState: the checkpoint has " + std::to_string(groups.size()) +
-                            " param group(s), the optimizer " + std::to_string(names.size()));
+  const List& groups = saved_groups(sd, kind, names.size());
 
   std::set<std::string> with_state;
   for (const Value& v : field(sd, "params_with_state", "the state dict").list())
@@ -448,18 +185,8 @@ void OptimizerState::load_state_dict(const StateDict& sd) {
     const std::string where = "param group " + std::to_string(g);
     if (!groups[g].is_dict()) throw PlanMismatchError("OptimizerState: " + where + " is no dict");
     const Dict& gd = groups[g].dict();
-    std::vector<std::string> saved_names;
-    for (const Value& v : field(gd, "params", where).list()) saved_names.push_back(v.to_string());
-    // The same parameters, in any order (state is keyed by name).
-    std::vector<std::string> have = names[g];
-    std::sort(saved_names.begin(), saved_names.end());
-    std::sort(have.begin(), have.end());
-    if (saved_names != have)
-      throw PlanMismatchError("OptimizerState: " + where + " holds " + names_string(saved_names) +
-                              " in the checkpoint, " + names_string(names[g]) +
-                              " in the optimizer");
-    new_options.push_back(options_from(kind, gd, where));
-    const Layout layout = layout_of(kind, *new_options.back());
+    check_group_names(gd, names[g], where);
+    new_options.push_back(kind.load_options(gd, where));
 
     const auto& params = opt.param_groups()[g].params();
     for (size_t i = 0; i < params.size(); ++i) {
@@ -470,53 +197,9 @@ void OptimizerState::load_state_dict(const StateDict& sd) {
         erase.push_back(state_key(p));
         continue;
       }
-      std::map<std::string, at::Tensor> tensors;
-      int64_t step = 0;
-      if (layout.step || !layout.tensors.empty()) {
-        auto it = state.find(name);
-        if (it == state.end() || !it->second.is_dict()) {
-          problems.push_back("'" + name + "': no state in the state dict");
-          continue;
-        }
-        const Dict& ps = it->second.dict();
-        if (layout.step) {
-          auto st = ps.find("step");
-          if (st == ps.end() || st->second.kind() != Value::Kind::kInt) {
-            problems.push_back("'" + name + ".step': missing or not an int");
-            continue;
-          }
-          step = st->second.to_int();
-        }
-        auto spec = options_.sharded.find(name);
-        const ShardSpec* piece = spec == options_.sharded.end() ? nullptr : &spec->second;
-        for (const char* f : layout.tensors) {
-          auto ft = ps.find(f);
-          const std::string key = name + "." + f;
-          if (ft == ps.end()) {
-            problems.push_back("'" + key + "': missing");
-            continue;
-          }
-          std::string problem;
-          const at::Tensor t = local_piece(ft->second, piece, p, key, problem);
-          if (!t.defined()) {
-            problems.push_back(problem);
-            continue;
-          }
-          if (!t.sizes().equals(p.sizes())) {
-            problems.push_back("'" + key + "': shape mismatch: state dict " + describe_tensor(t) +
-                               ", parameter " + describe_tensor(p));
-            continue;
-          }
-          // As PyTorch's load_state_dict: state follows its parameter's
-          // dtype and device (no copy when they already agree). A slice of a
-          // larger tensor (a whole tensor given for a sharded parameter) is
-          // copied, so the state does not keep the whole alive.
-          at::Tensor own = t.to(p.device(), p.scalar_type());
-          if (own.storage().nbytes() != own.nbytes()) own = own.clone();
-          tensors.emplace(f, std::move(own));
-        }
-      }
-      new_states.emplace_back(state_key(p), make_state(kind, tensors, step));
+      auto s =
+          kind.load_state(*new_options.back(), state, name, p, shard_of(options_, name), problems);
+      if (s) new_states.emplace_back(state_key(p), std::move(s));
     }
   }
   if (!problems.empty()) throw PlanMismatchError(mismatch_message("OptimizerState", problems));

@@ -1,87 +1,30 @@
-// dcp::torch adapters against LibTorch itself: modules load in place,
-// optimizer state of every supported optimizer round-trips so that a step
-// after resume equals a step without interruption, LR schedulers, the RNG,
-// and sharded parameters over two real ranks. Every checkpoint goes through
-// dcp::save / dcp::load on disk.
+// dcp::torch adapters against LibTorch itself: modules load in place, LR
+// schedulers, the RNG, the whole training state, and sharded parameters over
+// two real ranks. Every checkpoint goes through dcp::save / dcp::load on
+// disk. The optimizers' tests are in torch_optimizer_test.cpp and
+// torch_optimizer_groups_test.cpp; the network and helpers they share in
+// torch_test_net.h.
 //
-// The only test source that includes <torch/torch.h> (slow to compile).
+// With those two, the only test sources that include <torch/torch.h> (slow
+// to compile).
 #include <torch/torch.h>
 
 #include <gtest/gtest.h>
-
-#include <functional>
 
 #include "common/multiproc.h"
 #include "common/test_util.h"
 #include "dcp/dcp.h"
 #include "dcp/torch/adapters.h"
+#include "torch_test_net.h"
 
 namespace {
 
+using namespace dcp_torch_test;
 using dcp::lt::LRSchedulerState;
 using dcp::lt::ModuleState;
 using dcp::lt::OptimizerState;
 using dcp::lt::RngState;
 using dcp::testing::TempDir;
-using torch::optim::OptimizerParamGroup;
-
-bool contains(const std::string& s, const std::string& needle) {
-  return s.find(needle) != std::string::npos;
-}
-
-// Parameters and buffers (BatchNorm), and a layer `aux` that takes part only
-// when asked: until then it has no gradient, so no optimizer state.
-struct NetImpl : torch::nn::Module {
-  explicit NetImpl(int64_t hidden = 16, double dropout = 0.0) {
-    fc1 = register_module("fc1", torch::nn::Linear(8, hidden));
-    bn = register_module("bn", torch::nn::BatchNorm1d(hidden));
-    drop = register_module("drop", torch::nn::Dropout(dropout));
-    fc2 = register_module("fc2", torch::nn::Linear(hidden, 4));
-    aux = register_module("aux", torch::nn::Linear(8, 4));
-  }
-  torch::Tensor forward(const torch::Tensor& x, bool use_aux) {
-    torch::Tensor y = fc2(drop(torch::relu(bn(fc1(x)))));
-    return use_aux ? y + aux(x) : y;
-  }
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr}, aux{nullptr};
-  torch::nn::BatchNorm1d bn{nullptr};
-  torch::nn::Dropout drop{nullptr};
-};
-
-std::shared_ptr<NetImpl> make_net(uint64_t seed, int64_t hidden = 16, double dropout = 0.0) {
-  torch::manual_seed(seed);
-  return std::make_shared<NetImpl>(hidden, dropout);
-}
-
-// The data of step i depends only on i.
-std::pair<torch::Tensor, torch::Tensor> batch(int64_t i) {
-  at::Generator gen = at::detail::createCPUGenerator(1000 + i);
-  return {at::randn({16, 8}, gen), at::randn({16, 4}, gen)};
-}
-
-void train_step(NetImpl& net, torch::optim::Optimizer& opt, int64_t i, bool use_aux) {
-  auto [x, y] = batch(i);
-  opt.zero_grad();
-  torch::mse_loss(net.forward(x, use_aux), y).backward();
-  opt.step();
-}
-
-// Every parameter and buffer of `a` equals `b`'s bit for bit; the first
-// difference is reported by name.
-::testing::AssertionResult same_tensors(const torch::nn::Module& a, const torch::nn::Module& b) {
-  const auto ta = dcp::lt::named_tensors(a), tb = dcp::lt::named_tensors(b);
-  if (ta.size() != tb.size()) return ::testing::AssertionFailure() << "different tensor counts";
-  for (size_t i = 0; i < ta.size(); ++i) {
-    if (ta[i].first != tb[i].first)
-      return ::testing::AssertionFailure() << ta[i].first << " vs " << tb[i].first;
-    if (!torch::equal(ta[i].second, tb[i].second))
-      return ::testing::AssertionFailure() << "'" << ta[i].first << "' differs";
-  }
-  return ::testing::AssertionSuccess();
-}
-
-void save_to(const dcp::StateDict& sd, const std::string& dir) { dcp::save(sd, dir); }
-void load_from(dcp::StateDict sd, const std::string& dir) { dcp::load(sd, dir); }
 
 // ---------------------------------------------------------------------------
 // Module
@@ -177,262 +120,6 @@ TEST(TorchModuleState, LoadStateDictCopiesTensorsFromElsewhere) {
 }
 
 // ---------------------------------------------------------------------------
-// Optimizers
-
-struct OptimizerCase {
-  std::string name;
-  // The optimizer over two groups (fc1's parameters; the rest), with every
-  // learning rate multiplied by `lr_scale`.
-  std::function<std::unique_ptr<torch::optim::Optimizer>(std::vector<OptimizerParamGroup>,
-                                                         double lr_scale)>
-      make;
-};
-
-void PrintTo(const OptimizerCase& c, std::ostream* os) { *os << c.name; }
-
-std::vector<OptimizerParamGroup> two_groups(NetImpl& net) {
-  std::vector<torch::Tensor> first, rest;
-  for (const auto& p : net.named_parameters())
-    (p.key().rfind("fc1.", 0) == 0 ? first : rest).push_back(p.value());
-  return {OptimizerParamGroup(first), OptimizerParamGroup(rest)};
-}
-
-// Gives group 1 half the learning rate of group 0.
-template <typename Options>
-std::vector<OptimizerParamGroup> with_options(std::vector<OptimizerParamGroup> groups,
-                                              Options options) {
-  std::vector<OptimizerParamGroup> out;
-  for (size_t g = 0; g < groups.size(); ++g) {
-    auto o = std::make_unique<Options>(options);
-    o->lr(options.lr() / (g + 1));
-    out.emplace_back(groups[g].params(), std::move(o));
-  }
-  return out;
-}
-
-template <typename Opt, typename Options>
-OptimizerCase make_case(std::string name, Options options) {
-  return {std::move(name), [options](std::vector<OptimizerParamGroup> groups, double scale) {
-            Options o = options;
-            o.lr(o.lr() * scale);
-            return std::unique_ptr<torch::optim::Optimizer>(
-                std::make_unique<Opt>(with_options(std::move(groups), o), o));
-          }};
-}
-
-std::vector<OptimizerCase> optimizer_cases() {
-  namespace o = torch::optim;
-  return {
-      make_case<o::SGD>("SGD_momentum_dampening",
-                        o::SGDOptions(0.05).momentum(0.9).dampening(0.1).weight_decay(1e-3)),
-      make_case<o::SGD>("SGD_nesterov", o::SGDOptions(0.05).momentum(0.9).nesterov(true)),
-      make_case<o::SGD>("SGD_plain", o::SGDOptions(0.05)),
-      make_case<o::Adam>("Adam", o::AdamOptions(1e-2).weight_decay(1e-3)),
-      make_case<o::Adam>("Adam_amsgrad", o::AdamOptions(1e-2).amsgrad(true)),
-      make_case<o::AdamW>("AdamW", o::AdamWOptions(1e-2)),
-      make_case<o::AdamW>("AdamW_amsgrad", o::AdamWOptions(1e-2).amsgrad(true)),
-      make_case<o::RMSprop>("RMSprop", o::RMSpropOptions(1e-2)),
-      make_case<o::RMSprop>("RMSprop_centered_momentum",
-                            o::RMSpropOptions(1e-2).centered(true).momentum(0.5)),
-      make_case<o::Adagrad>("Adagrad",
-                            o::AdagradOptions(0.05).lr_decay(0.01).initial_accumulator_value(0.1)),
-  };
-}
-
-// The optimizer state of `opt` as the adapter sees it, for comparisons.
-::testing::AssertionResult same_optimizer_state(torch::optim::Optimizer& a, NetImpl& na,
-                                                torch::optim::Optimizer& b, NetImpl& nb) {
-  const dcp::StateDict sa = OptimizerState(a, na).state_dict();
-  const dcp::StateDict sb = OptimizerState(b, nb).state_dict();
-  for (const char* key : {"kind", "state", "params_with_state", "param_groups"})
-    if (!sa.at(key).equals(sb.at(key)))
-      return ::testing::AssertionFailure()
-             << "'" << key << "' differs: " << dcp::describe(sa.at(key)) << " vs "
-             << dcp::describe(sb.at(key));
-  return ::testing::AssertionSuccess();
-}
-
-class TorchOptimizerState : public ::testing::TestWithParam<OptimizerCase> {};
-
-// Train k steps, save {model, optim}; a fresh model and optimizer (another
-// init, other learning rates, and `b_steps` steps of their own) load it;
-// then every further step of the restored pair equals the uninterrupted one,
-// bit for bit, including the first steps of `aux`, which had no state yet.
-void resume_and_compare(const OptimizerCase& c, int b_steps) {
-  TempDir dir;
-  const int k = 3;
-  auto a = make_net(1);
-  auto opt_a = c.make(two_groups(*a), 1.0);
-  for (int i = 0; i < k; ++i) train_step(*a, *opt_a, i, false);
-  save_to({{"model", std::make_shared<ModuleState>(a)},
-           {"optim", std::make_shared<OptimizerState>(*opt_a, *a)}},
-          dir.sub("ckpt"));
-
-  auto b = make_net(2);
-  auto opt_b = c.make(two_groups(*b), 3.0);
-  for (int i = 0; i < b_steps; ++i) train_step(*b, *opt_b, 100 + i, true);
-  load_from({{"model", std::make_shared<ModuleState>(b)},
-             {"optim", std::make_shared<OptimizerState>(*opt_b, *b)}},
-            dir.sub("ckpt"));
-  ASSERT_TRUE(same_tensors(*a, *b));
-  ASSERT_TRUE(same_optimizer_state(*opt_a, *a, *opt_b, *b));
-  EXPECT_DOUBLE_EQ(opt_b->param_groups()[1].options().get_lr(),
-                   opt_a->param_groups()[1].options().get_lr());
-
-  for (int i = k; i < k + 3; ++i) {
-    train_step(*a, *opt_a, i, true);
-    train_step(*b, *opt_b, i, true);
-    ASSERT_TRUE(same_tensors(*a, *b)) << "after step " << i;
-  }
-  EXPECT_TRUE(same_optimizer_state(*opt_a, *a, *opt_b, *b));
-}
-
-TEST_P(TorchOptimizerState, StepAfterResumeEqualsUninterruptedFreshOptimizer) {
-  resume_and_compare(GetParam(), 0);
-}
-
-TEST_P(TorchOptimizerState, StepAfterResumeEqualsUninterruptedSteppedOptimizer) {
-  resume_and_compare(GetParam(), 2);
-}
-
-// A checkpoint of an optimizer that never stepped loads into one that did:
-// the state the checkpoint does not have is dropped.
-TEST_P(TorchOptimizerState, SavedBeforeTheFirstStep) {
-  TempDir dir;
-  auto a = make_net(1);
-  auto opt_a = GetParam().make(two_groups(*a), 1.0);
-  save_to({{"model", std::make_shared<ModuleState>(a)},
-           {"optim", std::make_shared<OptimizerState>(*opt_a, *a)}},
-          dir.sub("ckpt"));
-  auto b = make_net(2);
-  auto opt_b = GetParam().make(two_groups(*b), 1.0);
-  train_step(*b, *opt_b, 50, true);
-  load_from({{"model", std::make_shared<ModuleState>(b)},
-             {"optim", std::make_shared<OptimizerState>(*opt_b, *b)}},
-            dir.sub("ckpt"));
-  EXPECT_EQ(opt_b->state().size(), opt_a->state().size());
-  for (int i = 0; i < 2; ++i) {
-    train_step(*a, *opt_a, i, true);
-    train_step(*b, *opt_b, i, true);
-  }
-  EXPECT_TRUE(same_tensors(*a, *b));
-  EXPECT_TRUE(same_optimizer_state(*opt_a, *a, *opt_b, *b));
-}
-
-// State is keyed by name, not position: the new optimizer lists each
-// group's parameters in reverse order, and the adapter names them from a list
-// rather than the module.
-TEST_P(TorchOptimizerState, NamesNotPositionsMatch) {
-  TempDir dir;
-  auto a = make_net(1);
-  auto opt_a = GetParam().make(two_groups(*a), 1.0);
-  for (int i = 0; i < 2; ++i) train_step(*a, *opt_a, i, true);
-  save_to({{"model", std::make_shared<ModuleState>(a)},
-           {"optim", std::make_shared<OptimizerState>(*opt_a, *a)}},
-          dir.sub("ckpt"));
-
-  auto b = make_net(2);
-  auto groups = two_groups(*b);
-  for (auto& g : groups) std::reverse(g.params().begin(), g.params().end());
-  auto opt_b = GetParam().make(std::move(groups), 1.0);
-  load_from(
-      {{"model", std::make_shared<ModuleState>(b)},
-       {"optim", std::make_shared<OptimizerState>(*opt_b, dcp::lt::named_tensors(*b, false))}},
-      dir.sub("ckpt"));
-  // Equal state, but each group lists its names in its own order.
-  EXPECT_FALSE(same_optimizer_state(*opt_a, *a, *opt_b, *b));
-  for (int i = 2; i < 4; ++i) {
-    train_step(*a, *opt_a, i, true);
-    train_step(*b, *opt_b, i, true);
-    ASSERT_TRUE(same_tensors(*a, *b)) << "step " << i;
-  }
-}
-
-INSTANTIATE_TEST_SUITE_P(All, TorchOptimizerState, ::testing::ValuesIn(optimizer_cases()),
-                         [](const auto& info) { return info.param.name; });
-
-TEST(TorchOptimizerStateLayout, KeysAreParameterNames) {
-  auto net = make_net(1);
-  torch::optim::Adam opt(net->parameters(), torch::optim::AdamOptions(1e-3).amsgrad(true));
-  train_step(*net, opt, 0, false);
-  const dcp::StateDict sd = OptimizerState(opt, *net).state_dict();
-  EXPECT_EQ(sd.at("kind").to_string(), "Adam");
-  const dcp::Dict& state = sd.at("state").dict();
-  ASSERT_TRUE(state.count("fc1.weight"));
-  const dcp::Dict& fc1 = state.at("fc1.weight").dict();
-  EXPECT_EQ(fc1.at("step").to_int(), 1);
-  for (const char* f : {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
-    EXPECT_TRUE(fc1.at(f).tensor().sizes().equals(net->fc1->weight.sizes())) << f;
-  // The state tensors are the optimizer's own.
-  const auto& own = static_cast<torch::optim::AdamParamState&>(
-      *opt.state().at(c10::guts::to_string(net->fc1->weight.unsafeGetTensorImpl())));
-  EXPECT_TRUE(fc1.at("exp_avg").tensor().is_same(own.exp_avg()));
-  // aux took no step: listed in state (zeros), not in params_with_state.
-  EXPECT_EQ(state.at("aux.weight").dict().at("step").to_int(), 0);
-  std::vector<std::string> with;
-  for (const auto& v : sd.at("params_with_state").list()) with.push_back(v.to_string());
-  EXPECT_EQ(std::count(with.begin(), with.end(), "aux.weight"), 0);
-  EXPECT_EQ(std::count(with.begin(), with.end(), "fc2.bias"), 1);
-  const dcp::Dict& group = sd.at("param_groups").list().at(0).dict();
-  EXPECT_DOUBLE_EQ(group.at("lr").to_double(), 1e-3);
-  EXPECT_TRUE(group.at("amsgrad").to_bool());
-  EXPECT_DOUBLE_EQ(group.at("betas").list().at(1).to_double(), 0.999);
-  EXPECT_EQ(group.at("params").list().size(), net->parameters().size());
-  EXPECT_EQ(group.at("params").list().at(0).to_string(), "fc1.weight");
-}
-
-TEST(TorchOptimizerStateLayout, Mismatches) {
-  TempDir dir;
-  auto net = make_net(1);
-  torch::optim::Adam adam(net->parameters());
-  train_step(*net, adam, 0, false);
-  save_to({{"optim", std::make_shared<OptimizerState>(adam, *net)}}, dir.sub("adam"));
-
-  // Another kind: dcp::load's key check names the keys; load_state_dict the kinds.
-  torch::optim::SGD sgd(net->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
-  EXPECT_THROW(load_from({{"optim", std::make_shared<OptimizerState>(sgd, *net)}}, dir.sub("adam")),
-               dcp::CheckpointError);
-  try {
-    OptimizerState(sgd, *net).load_state_dict(OptimizerState(adam, *net).state_dict());
-    FAIL();
-  } catch (const dcp::PlanMismatchError& e) {
-    EXPECT_TRUE(contains(e.what(), "the state of Adam, the optimizer is SGD")) << e.what();
-  }
-
-  // amsgrad on one side only: the keys differ, and the error names them.
-  torch::optim::Adam ams(net->parameters(), torch::optim::AdamOptions().amsgrad(true));
-  try {
-    load_from({{"optim", std::make_shared<OptimizerState>(ams, *net)}}, dir.sub("adam"));
-    FAIL();
-  } catch (const dcp::CheckpointError& e) {
-    EXPECT_TRUE(contains(e.what(), "optim.state.fc1.weight.max_exp_avg_sq")) << e.what();
-  }
-
-  // Other parameters in a group.
-  torch::optim::Adam partial(net->fc1->parameters());
-  try {
-    OptimizerState(partial, *net).load_state_dict(OptimizerState(adam, *net).state_dict());
-    FAIL();
-  } catch (const dcp::PlanMismatchError& e) {
-    EXPECT_TRUE(contains(e.what(), "param group 0 holds")) << e.what();
-  }
-
-  // A parameter the adapter cannot name.
-  torch::Tensor stray = torch::zeros({3}, torch::requires_grad());
-  torch::optim::Adam with_stray(std::vector<torch::Tensor>{net->fc1->weight, stray});
-  try {
-    OptimizerState(with_stray, *net).state_dict();
-    FAIL();
-  } catch (const dcp::InvalidArgumentError& e) {
-    EXPECT_TRUE(contains(e.what(), "parameter 1 of param group 0 (float32[3]) has no name"))
-        << e.what();
-  }
-
-  // LBFGS is not supported.
-  torch::optim::LBFGS lbfgs(net->parameters());
-  EXPECT_THROW(OptimizerState(lbfgs, *net), dcp::InvalidArgumentError);
-}
-
 // ---------------------------------------------------------------------------
 // LR scheduler
 

@@ -16,8 +16,9 @@
 // State dict layout (T: tensor like the parameter; int/double/bool: plain):
 //   "kind":   "SGD" | "Adam" | "AdamW" | "RMSprop" | "Adagrad"
 //   "state":  { <param name>: { per-parameter state } }, one entry for every
-//             parameter of every group (T is a ShardedTensor for a parameter
-//             in OptimizerStateOptions::sharded):
+//             parameter of every group, but none in a group of SGD without
+//             momentum, which keeps no state (T is a ShardedTensor for a
+//             parameter in OptimizerStateOptions::sharded):
 //       SGD      "momentum_buffer": T                (only when momentum != 0)
 //       Adam(W)  "step": int, "exp_avg": T, "exp_avg_sq": T,
 //                "max_exp_avg_sq": T                 (only when amsgrad)
@@ -83,15 +84,18 @@ struct OptimizerStateOptions {
 //   parameters that have state, and new zero tensors for those that have
 //   none; it does not change the optimizer.
 // - load_state_dict(sd), called by dcp::load after the tensors of
-//   state_dict() were filled: checks the kind and that the param groups hold
-//   the same parameter names, in any order (PlanMismatchError naming the
-//   group otherwise), restores every group's hyper-parameters, and
-//   installs the state: a parameter that had none gets a new ParamState
-//   holding the loaded tensors (so an optimizer that has not stepped yet
-//   loads), one listed without state loses its state. Each state tensor is
-//   checked against its parameter's shape (PlanMismatchError naming
-//   "<param>.<field>") and, as in PyTorch, converted to the parameter's
-//   dtype and device when they differ (dcp::load gives them equal).
+//   state_dict() were filled: checks the kind, the number of param groups
+//   and that each holds the same parameter names, in any order
+//   (PlanMismatchError naming the group otherwise), restores every group's
+//   hyper-parameters, and installs the state: each parameter listed with
+//   state gets a new ParamState holding the loaded tensors (under dcp::load,
+//   the ones state_dict() returned: the optimizer's own where it had
+//   state), so an optimizer that has not stepped yet loads too; one listed
+//   without state loses its state. Each state tensor is checked against its
+//   parameter's shape (PlanMismatchError naming "<param>.<field>") and, as
+//   in PyTorch, converted to the parameter's dtype and device when they
+//   differ (dcp::load gives them equal). Nothing is changed unless all of it
+//   checks out.
 // - Works after the module was loaded in place (same tensors) and in a new
 //   process (new tensors, new optimizer).
 // - The optimizer (and the module, when given by reference) must outlive
@@ -99,8 +103,9 @@ struct OptimizerStateOptions {
 //   runs.
 class OptimizerState : public Stateful {
  public:
-  // Each constructor throws InvalidArgumentError for an optimizer other than
-  // SGD, Adam, AdamW, RMSprop or Adagrad.
+  // Each constructor throws InvalidArgumentError, naming its type, for an
+  // optimizer other than SGD, Adam, AdamW, RMSprop or Adagrad (a subclass of
+  // one of them is taken for it: state of its own is not saved).
   //
   // Parameters named by `module`'s named_parameters(), read at each call.
   OptimizerState(torch::optim::Optimizer& optimizer, const torch::nn::Module& module,

@@ -177,7 +177,7 @@ void save_after_failure(const SaveOptions& options, const std::string& step,
     return {};
   };
   std::function<std::vector<SavePlan>(std::vector<SavePlan>)> global = [](auto all) { return all; };
-  dist.reduce_scatter<SavePlan>("plan", local, global);
+  dist.gather_scatter<SavePlan>("plan", local, global);
   throw Error(ErrorCode::kInternal, "save_after_failure: the failed save went through");
 }
 
@@ -226,7 +226,7 @@ Metadata save(const StateDict& state_dict, const SaveOptions& options) {
         global_metadata = std::move(md);
         return writer->prepare_global_plan(std::move(plans));
       };
-  SavePlan central = dist.reduce_scatter<SavePlan>("plan", local_step, global_step);
+  SavePlan central = dist.gather_scatter<SavePlan>("plan", local_step, global_step);
   const auto t_plan = Clock::now();
 
   Clock::time_point t_written;
@@ -252,7 +252,8 @@ Metadata save(const StateDict& state_dict, const SaveOptions& options) {
         writer->finish(global_metadata, results);
         return std::move(global_metadata);
       };
-  Metadata md = dist.all_reduce<wire::WriteReport, Metadata>("write", write_step, finish_step);
+  Metadata md =
+      dist.gather_broadcast<wire::WriteReport, Metadata>("write", write_step, finish_step);
   const double secs = seconds_since(t0);
   const uint64_t bytes = md.total_bytes();
   if (options.stats) {
@@ -329,7 +330,7 @@ LoadResult load_impl(StateDict& state_dict, const LoadOptions& options, bool mak
   std::function<Metadata(std::vector<int>)> read_md = [&](std::vector<int>) {
     return reader->read_metadata();
   };
-  Metadata md = dist.all_reduce<int, Metadata>("read_metadata", set_up, read_md);
+  Metadata md = dist.gather_broadcast<int, Metadata>("read_metadata", set_up, read_md);
   const auto t_md = Clock::now();
 
   std::function<LoadPlan()> local_step = [&] {
@@ -349,7 +350,7 @@ LoadResult load_impl(StateDict& state_dict, const LoadOptions& options, bool mak
       [&](std::vector<LoadPlan> all) {
         return reader->prepare_global_plan(planner->create_global_plan(std::move(all)));
       };
-  LoadPlan central = dist.reduce_scatter<LoadPlan>("plan", local_step, global_step);
+  LoadPlan central = dist.gather_scatter<LoadPlan>("plan", local_step, global_step);
   const auto t_plan = Clock::now();
 
   uint64_t bytes = 0;

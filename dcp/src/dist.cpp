@@ -117,7 +117,7 @@ void DistWrapper::all_ranks(const std::string& step, const std::function<void()>
     return 0;
   };
   std::function<int(std::vector<int>)> none = [](std::vector<int>) { return 0; };
-  all_reduce<int, int>(step, local, none);
+  gather_broadcast<int, int>(step, local, none);
 }
 
 void Collectives::barrier() {
@@ -138,7 +138,7 @@ std::vector<std::string> checked_all_gather(const std::shared_ptr<Collectives>& 
   DistWrapper dist(operation, collectives, root);
   std::function<std::vector<std::string>(std::vector<std::string>)> all =
       [](std::vector<std::string> v) { return v; };
-  return dist.all_reduce<std::string, std::vector<std::string>>(step, fn, all);
+  return dist.gather_broadcast<std::string, std::vector<std::string>>(step, fn, all);
 }
 
 void checked_all_ranks(const std::shared_ptr<Collectives>& collectives,

@@ -65,7 +65,7 @@ class DistWrapper {
   // local() on every rank; the results gathered on the coordinator go
   // through global(), whose i-th output goes back to rank i.
   template <typename T>
-  T reduce_scatter(const std::string& step, const std::function<T()>& local,
+  T gather_scatter(const std::string& step, const std::function<T()>& local,
                    const std::function<std::vector<T>(std::vector<T>)>& global) {
     if (!coll_) {
       T mine = run_local(step + ":local", local);
@@ -137,8 +137,8 @@ class DistWrapper {
   // local() on every rank; the results gathered on the coordinator go
   // through global(), whose result every rank returns.
   template <typename T, typename R>
-  R all_reduce(const std::string& step, const std::function<T()>& local,
-               const std::function<R(std::vector<T>)>& global) {
+  R gather_broadcast(const std::string& step, const std::function<T()>& local,
+                     const std::function<R(std::vector<T>)>& global) {
     if (!coll_) {
       T mine = run_local(step + ":local", local);
       std::vector<T> all;

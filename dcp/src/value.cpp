@@ -76,7 +76,7 @@ at::Tensor& Value::tensor() { return get<at::Tensor>(Kind::kTensor); }
 const ShardedTensor& Value::sharded() const {
   return *get<std::shared_ptr<ShardedTensor>>(Kind::kSharded);
 }
-ShardedTensor& Value::sharded() {
+ShardedTensor& Value::mutable_sharded() {
   auto& p = get<std::shared_ptr<ShardedTensor>>(Kind::kSharded);
   if (p.use_count() > 1) p = std::make_shared<ShardedTensor>(*p);  // copy on write
   return *p;

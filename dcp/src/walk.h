@@ -10,6 +10,9 @@
 
 namespace dcp {
 
+// Throws the InvalidArgumentError for a flat key that two paths give.
+[[noreturn]] void throw_collision(const std::string& key, const ObjectPath& a, const ObjectPath& b);
+
 inline bool contains_tensor(const Value& v) {
   switch (v.kind()) {
     case Value::Kind::kTensor:

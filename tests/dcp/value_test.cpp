@@ -54,9 +54,10 @@ TEST(ValueTest, CopiesOfAShardedTensorAreIndependent) {
   at::Tensor t = testing::make_tensor(at::kFloat, {2, 4}, 1);
   const Value a(ShardedTensor{{4, 4}, {Shard{t, {0, 0}}}});
   Value b = a;
-  EXPECT_EQ(&a.sharded(), &static_cast<const Value&>(b).sharded());  // shared: no copy made
-  b.sharded().local_shards.push_back(Shard{testing::make_tensor(at::kFloat, {2, 4}, 2), {2, 0}});
-  b.sharded().global_size[1] = 8;
+  EXPECT_EQ(&a.sharded(), &b.sharded());  // shared: no copy made
+  b.mutable_sharded().local_shards.push_back(
+      Shard{testing::make_tensor(at::kFloat, {2, 4}, 2), {2, 0}});
+  b.mutable_sharded().global_size[1] = 8;
   EXPECT_EQ(a.sharded().local_shards.size(), 1u);
   EXPECT_EQ(a.sharded().global_size, (std::vector<int64_t>{4, 4}));
   EXPECT_EQ(b.sharded().local_shards.size(), 2u);
@@ -66,7 +67,7 @@ TEST(ValueTest, CopiesOfAShardedTensorAreIndependent) {
   EXPECT_EQ(b.sharded().local_shards.size(), 2u);
   EXPECT_FALSE(a.equals(b));
   Value d = a;
-  d.sharded().local_shards[0].offsets = {2, 0};
+  d.mutable_sharded().local_shards[0].offsets = {2, 0};
   EXPECT_EQ(a.sharded().local_shards[0].offsets, (std::vector<int64_t>{0, 0}));
 }
 

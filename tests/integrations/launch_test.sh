@@ -16,10 +16,12 @@ rc=$?
 echo "$out"
 [ "$rc" -eq 0 ] || fail "launch.sh 2 -- launch_smoke exited $rc"
 for r in 0 1; do
-  echo "$out" | grep -q "^\[rank $r\] launch_smoke rank $r of 2 local_rank $r source=torchrun sum=3$" \
+  # A here-string, not `echo | grep -q`: under pipefail, grep -q leaving
+  # early makes echo die of SIGPIPE and the pipeline fail (seen under load).
+  grep -q "^\[rank $r\] launch_smoke rank $r of 2 local_rank $r source=torchrun sum=3$" <<<"$out" \
     || fail "no launch_smoke line from rank $r"
 done
-echo "$out" | grep -v -q '^\[rank [01]\] ' && fail "a line without a rank prefix"
+grep -v -q '^\[rank [01]\] ' <<<"$out" && fail "a line without a rank prefix"
 
 start=$SECONDS
 # shellcheck disable=SC2016  # expanded by each rank's shell
@@ -29,8 +31,8 @@ took=$((SECONDS - start))
 echo "$out"
 [ "$rc" -eq 3 ] || fail "expected the failing rank's status 3, got $rc"
 [ "$took" -lt 15 ] || fail "the other ranks were not stopped (took ${took}s)"
-echo "$out" | grep -q '^\[rank 2\] up 2/3 port [0-9]*$' || fail "no output from rank 2"
-echo "$out" | grep -q 'rank 1 exited with status 3' || fail "no report of the failing rank"
+grep -q '^\[rank 2\] up 2/3 port [0-9]*$' <<<"$out" || fail "no output from rank 2"
+grep -q 'rank 1 exited with status 3' <<<"$out" || fail "no report of the failing rank"
 
 "$launch" 0 -- true 2>/dev/null
 [ $? -eq 2 ] || fail "N=0 accepted"

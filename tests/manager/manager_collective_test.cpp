@@ -37,7 +37,7 @@ class State : public Stateful {
   bool fail = false;
   StateDict state_dict() override {
     if (fail) throw std::runtime_error("state_dict() failed on rank " + std::to_string(rank_));
-    return {{"w", w}, {"rank", rank_}};
+    return {{"w", w}, {"rank" + std::to_string(rank_), rank_}};  // per-rank values, per-rank keys
   }
   void load_state_dict(const StateDict&) override {}
 

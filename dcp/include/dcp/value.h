@@ -124,7 +124,9 @@ class Value {
   const at::Tensor& tensor() const;
   at::Tensor& tensor();
   const ShardedTensor& sharded() const;
-  ShardedTensor& sharded();  // its own copy from now on if it was shared (see v_)
+  // Mutable access: this Value gets its own copy of the ShardedTensor from
+  // now on if it shared one with copies of it (see v_).
+  ShardedTensor& mutable_sharded();
   const List& list() const;
   List& list();
   const Dict& dict() const;
@@ -145,8 +147,8 @@ class Value {
   // asks for it mutably (then that one gets its own copy): copying a state
   // dict of 100k sharded tensors, as flattening does, costs no allocation
   // per shard. Tensors alias their originals either way, as with at::Tensor.
-  // So: read through const access, and do not keep a mutable reference from
-  // sharded() across a copy of the Value (the copy would see its writes).
+  // So: read through sharded(), and do not keep a reference from
+  // mutable_sharded() across a copy of the Value (the copy would see its writes).
   std::variant<std::monostate, bool, int64_t, double, std::string, Bytes, at::Tensor,
                std::shared_ptr<ShardedTensor>, List, Dict, std::shared_ptr<Stateful>>
       v_;

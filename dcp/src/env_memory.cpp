@@ -1,4 +1,6 @@
+// memory_env(): the in-memory Env of "memory://" checkpoints (dcp/env.h).
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -18,6 +20,7 @@ struct MemoryStore {
   std::mutex mu;
   std::map<std::string, std::shared_ptr<std::string>> files;  // GUARDED_BY(mu)
   std::set<std::string> dirs;                                 // GUARDED_BY(mu)
+  std::set<std::string> locks;                                // GUARDED_BY(mu)
 };
 
 MemoryStore& store() {
@@ -73,12 +76,36 @@ class MemoryRandomAccessFile final : public RandomAccessFile {
   std::shared_ptr<std::string> data_;
 };
 
+[[noreturn]] void fail(const std::string& what, const std::string& path, int err) {
+  throw_errno(what, "memory://" + path, err);
+}
+
+bool under(const std::string& path, const std::string& dir) {
+  return path.size() > dir.size() && path.compare(0, dir.size(), dir) == 0 &&
+         path[dir.size()] == '/';
+}
+
+class MemoryFileLock final : public FileLock {
+ public:
+  explicit MemoryFileLock(std::string path) : path_(std::move(path)) {}
+  ~MemoryFileLock() override {
+    std::lock_guard<std::mutex> lock(store().mu);
+    store().locks.erase(path_);
+  }
+  const std::string& path() const override { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Directories are a set of paths ("" is the root, always there); a path's
+// entries are the files and directories whose parent it is.
 class MemoryEnv final : public Env {
  public:
   std::unique_ptr<WritableFile> new_writable_file(const std::string& path) override {
     std::lock_guard<std::mutex> lock(store().mu);
-    if (!store().dirs.count(parent_of(path)))
-      throw NotFoundError("cannot create 'memory://" + path + "': no such directory");
+    check_parent("cannot create", path);
+    if (store().dirs.count(path)) fail("cannot create", path, EISDIR);
     auto data = std::make_shared<std::string>();
     store().files[path] = data;
     return std::make_unique<MemoryWritableFile>(path, data);
@@ -86,8 +113,7 @@ class MemoryEnv final : public Env {
   std::unique_ptr<RandomAccessFile> new_random_access_file(const std::string& path) override {
     std::lock_guard<std::mutex> lock(store().mu);
     auto it = store().files.find(path);
-    if (it == store().files.end())
-      throw NotFoundError("cannot open 'memory://" + path + "': no such file");
+    if (it == store().files.end()) fail("cannot open", path, ENOENT);
     return std::make_unique<MemoryRandomAccessFile>(path, it->second);
   }
   bool file_exists(const std::string& path) override {
@@ -96,44 +122,111 @@ class MemoryEnv final : public Env {
   }
   bool dir_exists(const std::string& path) override {
     std::lock_guard<std::mutex> lock(store().mu);
-    return store().dirs.count(path) > 0;
+    return path.empty() || store().dirs.count(path) > 0;
   }
   void create_dirs(const std::string& path) override {
     std::lock_guard<std::mutex> lock(store().mu);
+    for (std::string p = path; !p.empty(); p = parent_of(p))
+      if (store().files.count(p)) fail("cannot create directory", path, EEXIST);
     for (std::string p = path; !p.empty(); p = parent_of(p)) store().dirs.insert(p);
-    store().dirs.insert("");
   }
   void rename_file(const std::string& from, const std::string& to) override {
     std::lock_guard<std::mutex> lock(store().mu);
+    const std::string what = "cannot rename to 'memory://" + to + "' from";
+    check_parent(what, to);
     auto it = store().files.find(from);
-    if (it == store().files.end())
-      throw NotFoundError("cannot rename 'memory://" + from + "': no such file");
-    store().files[to] = it->second;
-    store().files.erase(from);
+    if (it != store().files.end()) {
+      if (store().dirs.count(to)) fail(what, from, EISDIR);
+      auto data = it->second;
+      store().files.erase(it);
+      store().files[to] = std::move(data);
+      return;
+    }
+    if (!store().dirs.count(from)) fail(what, from, ENOENT);
+    if (from == to) return;
+    if (store().files.count(to)) fail(what, from, ENOTDIR);
+    if (under(to, from)) fail(what, from, EINVAL);
+    if (!entries(to).empty()) fail(what, from, ENOTEMPTY);
+    move_tree(from, to);
   }
   void remove_file(const std::string& path) override {
     std::lock_guard<std::mutex> lock(store().mu);
     store().files.erase(path);
   }
-  void sync_dir(const std::string&) override {}
+  void remove_dir_recursively(const std::string& path) override {
+    std::lock_guard<std::mutex> lock(store().mu);
+    store().files.erase(path);
+    if (path.empty()) fail("cannot remove", path, EBUSY);
+    store().dirs.erase(path);
+    erase_under(store().files, path);
+    erase_under(store().dirs, path);
+  }
   std::vector<std::string> list_dir(const std::string& path) override {
     std::lock_guard<std::mutex> lock(store().mu);
-    if (!store().dirs.count(path))
-      throw NotFoundError("cannot list 'memory://" + path + "': no such directory");
+    if (store().files.count(path)) fail("cannot list directory", path, ENOTDIR);
+    if (!path.empty() && !store().dirs.count(path)) fail("cannot list directory", path, ENOENT);
+    return entries(path);
+  }
+  void sync_dir(const std::string&) override {}
+  std::unique_ptr<FileLock> lock_file(const std::string& path) override {
+    std::lock_guard<std::mutex> lock(store().mu);
+    if (!store().files.count(path)) {
+      check_parent("cannot open lock file", path);
+      if (store().dirs.count(path)) fail("cannot open lock file", path, EISDIR);
+      store().files[path] = std::make_shared<std::string>();
+    }
+    if (!store().locks.insert(path).second) return nullptr;
+    return std::make_unique<MemoryFileLock>(path);
+  }
+
+ private:
+  // REQUIRES(store().mu) for every helper below.
+  static void check_parent(const std::string& what, const std::string& path) {
+    const std::string parent = parent_of(path);
+    if (parent.empty() || store().dirs.count(parent)) return;
+    fail(what, path, store().files.count(parent) ? ENOTDIR : ENOENT);
+  }
+  static std::vector<std::string> entries(const std::string& path) {
     std::vector<std::string> names;
     const std::string prefix = path.empty() ? "" : path + "/";
-    for (const auto& kv : store().files)
-      if (kv.first.compare(0, prefix.size(), prefix) == 0 &&
-          kv.first.find('/', prefix.size()) == std::string::npos)
-        names.push_back(kv.first.substr(prefix.size()));
+    auto add = [&](const std::string& p) {
+      if (p.compare(0, prefix.size(), prefix) == 0 && p.size() > prefix.size() &&
+          p.find('/', prefix.size()) == std::string::npos)
+        names.push_back(p.substr(prefix.size()));
+    };
+    for (const auto& kv : store().files) add(kv.first);
+    for (const auto& d : store().dirs) add(d);
     return names;
   }
+  template <typename C>
+  static void erase_under(C& c, const std::string& dir) {
+    const std::string prefix = dir + "/";
+    auto it = c.lower_bound(prefix);
+    while (it != c.end() && key(*it).compare(0, prefix.size(), prefix) == 0) it = c.erase(it);
+  }
+  static const std::string& key(const std::string& s) { return s; }
+  template <typename V>
+  static const std::string& key(const std::pair<const std::string, V>& kv) {
+    return kv.first;
+  }
+  static void move_tree(const std::string& from, const std::string& to) {
+    auto moved = [&](const std::string& p) { return to + p.substr(from.size()); };
+    std::map<std::string, std::shared_ptr<std::string>> files;
+    for (const auto& kv : store().files)
+      if (under(kv.first, from)) files[moved(kv.first)] = kv.second;
+    std::set<std::string> dirs;
+    for (const auto& d : store().dirs)
+      if (under(d, from)) dirs.insert(moved(d));
+    erase_under(store().files, from);
+    erase_under(store().dirs, from);
+    store().dirs.erase(from);
+    store().dirs.erase(to);
+    erase_under(store().dirs, to);
+    store().files.insert(files.begin(), files.end());
+    store().dirs.insert(dirs.begin(), dirs.end());
+    store().dirs.insert(to);
+  }
 };
-
-std::string strip_memory_scheme(const std::string& id) {
-  const std::string scheme = "memory://";
-  return id.compare(0, scheme.size(), scheme) == 0 ? id.substr(scheme.size()) : id;
-}
 
 }  // namespace
 
@@ -143,19 +236,19 @@ Env* memory_env() {
 }
 
 std::vector<std::string> memory_checkpoint_files(const std::string& checkpoint_id) {
-  return memory_env()->list_dir(strip_memory_scheme(checkpoint_id));
+  return memory_env()->list_dir(env_path(checkpoint_id));
 }
 
 std::string& memory_checkpoint_file(const std::string& checkpoint_id, const std::string& name) {
   std::lock_guard<std::mutex> lock(store().mu);
-  const std::string path = join_path(strip_memory_scheme(checkpoint_id), name);
+  const std::string path = join_path(env_path(checkpoint_id), name);
   auto it = store().files.find(path);
   if (it == store().files.end()) throw NotFoundError("no in-memory file 'memory://" + path + "'");
   return *it->second;
 }
 
 void clear_memory_checkpoints(const std::string& prefix) {
-  const std::string p = strip_memory_scheme(prefix);
+  const std::string p = env_path(prefix);
   std::lock_guard<std::mutex> lock(store().mu);
   for (auto it = store().files.begin(); it != store().files.end();)
     it = it->first.compare(0, p.size(), p) == 0 ? store().files.erase(it) : std::next(it);

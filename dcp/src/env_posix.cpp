@@ -1,26 +1,17 @@
+// posix_env(): the Env of POSIX files (dcp/env.h).
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <filesystem>
 
 #include "dcp/error.h"
 #include "env.h"
 
 namespace dcp {
-
-std::string Env::read_file(const std::string& path) {
-  auto f = new_random_access_file(path);
-  std::string s(f->size(), '\0');
-  s.resize(f->read(0, s.size(), s.data()));
-  return s;
-}
-
-std::string join_path(const std::string& dir, const std::string& name) {
-  if (dir.empty()) return name;
-  return dir.back() == '/' ? dir + name : dir + "/" + name;
-}
 
 namespace {
 
@@ -99,6 +90,20 @@ class PosixRandomAccessFile final : public RandomAccessFile {
   uint64_t size_;
 };
 
+class PosixFileLock final : public FileLock {
+ public:
+  PosixFileLock(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+  ~PosixFileLock() override {
+    ::flock(fd_, LOCK_UN);
+    ::close(fd_);
+  }
+  const std::string& path() const override { return path_; }
+
+ private:
+  std::string path_;
+  int fd_;
+};
+
 class PosixEnv final : public Env {
  public:
   std::unique_ptr<WritableFile> new_writable_file(const std::string& path) override {
@@ -129,7 +134,7 @@ class PosixEnv final : public Env {
     if (path.empty() || dir_exists(path)) return;
     auto slash = path.find_last_of('/', path.size() > 1 ? path.size() - 2 : 0);
     if (slash != std::string::npos && slash > 0) create_dirs(path.substr(0, slash));
-    if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST)
+    if (::mkdir(path.c_str(), 0755) != 0 && (errno != EEXIST || !dir_exists(path)))
       throw_errno("cannot create directory", path, errno);
   }
   void rename_file(const std::string& from, const std::string& to) override {
@@ -147,16 +152,37 @@ class PosixEnv final : public Env {
     ::close(fd);
     if (rc != 0) throw_errno("cannot fsync directory", path, err);
   }
+  void remove_dir_recursively(const std::string& path) override {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+    if (ec) throw_errno("cannot remove", path, ec.value());
+  }
   std::vector<std::string> list_dir(const std::string& path) override {
     DIR* d = ::opendir(path.c_str());
     if (!d) throw_errno("cannot list directory", path, errno);
     std::vector<std::string> names;
-    while (struct dirent* e = ::readdir(d)) {
+    for (;;) {
+      errno = 0;
+      struct dirent* e = ::readdir(d);
+      if (!e) break;
       std::string n = e->d_name;
       if (n != "." && n != "..") names.push_back(std::move(n));
     }
+    const int err = errno;
     ::closedir(d);
+    if (err != 0) throw_errno("cannot list directory", path, err);
     return names;
+  }
+  std::unique_ptr<FileLock> lock_file(const std::string& path) override {
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) throw_errno("cannot open lock file", path, errno);
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      const int err = errno;
+      ::close(fd);
+      if (err == EWOULDBLOCK) return nullptr;
+      throw_errno("cannot lock", path, err);
+    }
+    return std::make_unique<PosixFileLock>(path, fd);
   }
 };
 

@@ -341,34 +341,43 @@ class FileSystemWriter final : public StorageWriter {
 
 }  // namespace
 
-std::shared_ptr<StorageWriter> make_filesystem_writer(const std::string& path,
-                                                      FileSystemWriterOptions options) {
-  return std::make_shared<FileSystemWriter>(posix_env(), "", path, options);
-}
-std::shared_ptr<StorageReader> make_filesystem_reader(const std::string& path,
-                                                      FileSystemReaderOptions options) {
-  return fs::new_reader(posix_env(), "", path, options);
-}
-
-bool is_committed_checkpoint(const std::string& path) {
-  return posix_env()->file_exists(join_path(path, kMetadataFileName));
-}
-
 namespace {
-std::string memory_path(const std::string& id) {
-  const std::string scheme = "memory://";
-  return id.compare(0, scheme.size(), scheme) == 0 ? id.substr(scheme.size()) : id;
+constexpr const char kMemoryScheme[] = "memory://";
+
+// The Env, display scheme and Env path of a checkpoint id: "memory://x" is
+// "x" in the memory Env (or options.env), anything else a POSIX path.
+Location locate(const std::string& id, Env* env) {
+  const std::string path = env_path(id);
+  const std::string scheme = path.size() == id.size() ? "" : kMemoryScheme;
+  return Location{env ? env : env_for(id), scheme, path};
 }
 }  // namespace
 
+std::shared_ptr<StorageWriter> make_filesystem_writer(const std::string& path,
+                                                      FileSystemWriterOptions options) {
+  Location loc = locate(path, options.env);
+  return std::make_shared<FileSystemWriter>(loc.env, loc.scheme, loc.path, options);
+}
+std::shared_ptr<StorageReader> make_filesystem_reader(const std::string& path,
+                                                      FileSystemReaderOptions options) {
+  Location loc = locate(path, options.env);
+  return fs::new_reader(loc.env, loc.scheme, loc.path, options);
+}
+
+bool is_committed_checkpoint(const std::string& path, Env* env) {
+  Location loc = locate(path, env);
+  return loc.env->file_exists(loc.file(kMetadataFileName));
+}
+
 std::shared_ptr<StorageWriter> make_memory_writer(const std::string& checkpoint_id,
                                                   FileSystemWriterOptions options) {
-  return std::make_shared<FileSystemWriter>(memory_env(), "memory://", memory_path(checkpoint_id),
-                                            options);
+  return std::make_shared<FileSystemWriter>(options.env ? options.env : memory_env(), kMemoryScheme,
+                                            env_path(checkpoint_id), options);
 }
 std::shared_ptr<StorageReader> make_memory_reader(const std::string& checkpoint_id,
                                                   FileSystemReaderOptions options) {
-  return fs::new_reader(memory_env(), "memory://", memory_path(checkpoint_id), options);
+  return fs::new_reader(options.env ? options.env : memory_env(), kMemoryScheme,
+                        env_path(checkpoint_id), options);
 }
 
 }  // namespace dcp

@@ -1,17 +1,11 @@
-// The checkpoint directory: file-system helpers, the record, step_N
+// The checkpoint directory: file operations through the Env, the record, step_N
 // directories and moving them aside (directory.h).
 #include "directory.h"
-
-#include <dirent.h>
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
-#include <fstream>
 #include <set>
 #include <sstream>
 
@@ -26,65 +20,35 @@ double wall_clock() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-void fsync_dir(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) throw_errno("cannot open directory", path, errno);
-  int rc = ::fsync(fd);
-  int err = errno;
-  ::close(fd);
-  if (rc != 0) throw_errno("cannot fsync directory", path, err);
+Env* env_of(Env* env, const std::string& dir) { return env ? env : env_for(dir); }
+
+bool exists(Env* env, const std::string& path) {
+  const std::string p = env_path(path);
+  return env->dir_exists(p) || env->file_exists(p);
 }
 
-void write_durably(const std::string& path, const std::string& data, bool sync) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw_errno("cannot create", path, errno);
-  const char* p = data.data();
-  size_t left = data.size();
-  while (left > 0) {
-    ssize_t w = ::write(fd, p, left);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) {
-      int err = errno;
-      ::close(fd);
-      throw_errno("cannot write", path, err);
-    }
-    p += w;
-    left -= static_cast<size_t>(w);
-  }
-  if (sync && ::fdatasync(fd) != 0) {
-    int err = errno;
-    ::close(fd);
-    throw_errno("cannot fdatasync", path, err);
-  }
-  ::close(fd);
+void fsync_dir(Env* env, const std::string& path) { env->sync_dir(env_path(path)); }
+
+void write_durably(Env* env, const std::string& path, const std::string& data, bool sync) {
+  env->write_file(env_path(path), data, sync);
 }
 
-void rename_or_throw(const std::string& from, const std::string& to) {
-  if (::rename(from.c_str(), to.c_str()) != 0)
-    throw_errno("cannot rename to '" + to + "' from", from, errno);
+void rename_or_throw(Env* env, const std::string& from, const std::string& to) {
+  env->rename_file(env_path(from), env_path(to));
 }
 
-std::vector<std::string> entries(const std::string& dir, bool missing_ok) {
-  std::vector<std::string> out;
-  DIR* d = ::opendir(dir.c_str());
-  if (!d) {
-    const int err = errno;
-    if (missing_ok && err == ENOENT) return out;
+std::vector<std::string> entries(Env* env, const std::string& dir, bool missing_ok) {
+  auto fail = [&](int err) -> std::vector<std::string> {
     throw StorageError("cannot list checkpoint directory '" + dir + "': " + errno_text(err), err);
-  }
-  for (;;) {
-    errno = 0;
-    auto* e = ::readdir(d);
-    if (!e) {
-      const int err = errno;
-      ::closedir(d);
-      if (err != 0)
-        throw StorageError("cannot list checkpoint directory '" + dir + "': " + errno_text(err),
-                           err);
-      return out;
-    }
-    std::string n = e->d_name;
-    if (n != "." && n != "..") out.push_back(std::move(n));
+  };
+  try {
+    return env->list_dir(env_path(dir));
+  } catch (const NotFoundError&) {
+    if (missing_ok) return {};
+    return fail(ENOENT);
+  } catch (const StorageError& e) {
+    if (e.error_number() == 0) throw;
+    return fail(e.error_number());
   }
 }
 
@@ -175,38 +139,42 @@ std::string base_name(std::string path) {
 
 // Reads and parses the record in the checkpoint `path`: why it is not a
 // valid record (empty when it is). `missing` tells a record that is not there.
-std::string record_problem(const std::string& path, CheckpointInfo& info, bool& missing) {
-  std::ifstream in(path + "/" + kRecordName, std::ios::binary);
-  missing = !in;
+std::string record_problem(Env* env, const std::string& path, CheckpointInfo& info, bool& missing) {
+  const std::string record = env_path(path + "/" + kRecordName);
+  missing = !env->file_exists(record);
   if (missing) return std::string("no ") + kRecordName;
-  std::stringstream text;
-  text << in.rdbuf();
+  std::string text;
+  try {
+    text = env->read_file(record);
+  } catch (const NotFoundError&) {
+    missing = true;
+    return std::string("no ") + kRecordName;
+  }
   info = CheckpointInfo{};
   info.path = path;
-  const std::string problem = parse_record(text.str(), info);
+  const std::string problem = parse_record(text, info);
   return problem.empty() ? "" : std::string("bad ") + kRecordName + ": " + problem;
 }
 
 }  // namespace
 
-std::string commit_problem(const std::string& path, int64_t step, CheckpointInfo& info) {
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return "not a directory";
-  if (!is_committed_checkpoint(path)) return "no .metadata";
+std::string commit_problem(Env* env, const std::string& path, int64_t step, CheckpointInfo& info) {
+  if (!env->dir_exists(env_path(path))) return "not a directory";
+  if (!is_committed_checkpoint(path, env)) return "no .metadata";
   bool missing = false;
-  const std::string problem = record_problem(path, info, missing);
+  const std::string problem = record_problem(env, path, info, missing);
   if (!problem.empty()) return problem;
   if (info.step != step)
     return std::string("bad ") + kRecordName + ": it is of step " + std::to_string(info.step);
   return "";
 }
 
-std::vector<StepDir> scan_step_dirs(const std::string& dir, bool missing_ok) {
+std::vector<StepDir> scan_step_dirs(Env* env, const std::string& dir, bool missing_ok) {
   std::vector<StepDir> out;
-  for (auto& name : entries(dir, missing_ok)) {
+  for (auto& name : entries(env, dir, missing_ok)) {
     StepDir s;
     if (!parse_step_dir(name, s.step)) continue;
-    s.problem = commit_problem(dir + "/" + name, s.step, s.info);
+    s.problem = commit_problem(env, dir + "/" + name, s.step, s.info);
     s.name = std::move(name);
     out.push_back(std::move(s));
   }
@@ -214,31 +182,31 @@ std::vector<StepDir> scan_step_dirs(const std::string& dir, bool missing_ok) {
   return out;
 }
 
-std::string move_aside(const std::string& dir, const std::string& name, const char* kind,
+std::string move_aside(Env* env, const std::string& dir, const std::string& name, const char* kind,
                        bool sync) {
   for (int k = 0;; ++k) {
     const std::string to = dir + "/." + kind + "." + name + "." + std::to_string(k);
-    struct stat st;
-    if (::lstat(to.c_str(), &st) == 0) continue;
-    rename_or_throw(dir + "/" + name, to);
-    if (sync) fsync_dir(dir);
+    if (exists(env, to)) continue;
+    rename_or_throw(env, dir + "/" + name, to);
+    if (sync) fsync_dir(env, dir);
     return to;
   }
 }
 
 }  // namespace detail
 
-std::vector<CheckpointInfo> list_committed(const std::string& dir) {
+std::vector<CheckpointInfo> list_committed(const std::string& dir, Env* env) {
   std::vector<CheckpointInfo> out;
-  for (auto& s : detail::scan_step_dirs(dir, /*missing_ok=*/true))
+  for (auto& s : detail::scan_step_dirs(detail::env_of(env, dir), dir, /*missing_ok=*/true))
     if (s.problem.empty()) out.push_back(std::move(s.info));
   return out;
 }
 
-CheckpointInfo read_checkpoint_record(const std::string& path) {
+CheckpointInfo read_checkpoint_record(const std::string& path, Env* env) {
   CheckpointInfo info;
   bool missing = false;
-  const std::string problem = detail::record_problem(path, info, missing);
+  const std::string problem =
+      detail::record_problem(detail::env_of(env, path), path, info, missing);
   if (missing) throw NotFoundError(problem + " in '" + path + "'");
   if (!problem.empty()) throw CorruptionError("'" + path + "': " + problem);
   int64_t named = 0;

@@ -1,5 +1,5 @@
 // The checkpoint directory of a CheckpointManager, as the manager's sources
-// share it (not installed): file-system helpers, the record format, what a
+// share it (not installed): file operations through an Env, the record format, what a
 // step_N directory is, moving a directory aside, retention.
 //
 // Names in <dir>:
@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "dcp/env.h"
 #include "dcp/manager/manager.h"
 
 namespace dcp {
@@ -32,14 +33,22 @@ constexpr const char* kDamaged = "damaged";
 constexpr const char* kSuperseded = "superseded";
 
 double wall_clock();
-void fsync_dir(const std::string& path);
-void write_durably(const std::string& path, const std::string& data, bool sync);
-void rename_or_throw(const std::string& from, const std::string& to);
 
-// The names in `dir` (without . and ..). A directory that cannot be listed
-// is a StorageError naming it and the errno text; with `missing_ok`, one
-// that does not exist has no entries.
-std::vector<std::string> entries(const std::string& dir, bool missing_ok = false);
+// Every file operation of the manager goes to an Env (the options' env, or
+// the one the directory's scheme names: dcp::env_for). Paths here are spelt
+// as the user gave the directory ("memory://name/run/step_..." included), so
+// messages and CheckpointInfo::path name them so; each call passes
+// dcp::env_path(path) to the Env.
+Env* env_of(Env* env, const std::string& dir);   // `env`, or env_for(dir) when null
+bool exists(Env* env, const std::string& path);  // a file or a directory
+void fsync_dir(Env* env, const std::string& path);
+void write_durably(Env* env, const std::string& path, const std::string& data, bool sync);
+void rename_or_throw(Env* env, const std::string& from, const std::string& to);
+
+// The names in `dir`. A directory that cannot be listed is a StorageError
+// naming it and the errno text; with `missing_ok`, one that does not exist
+// has no entries.
+std::vector<std::string> entries(Env* env, const std::string& dir, bool missing_ok = false);
 // "step_<digits>" -> the step.
 bool parse_step_dir(const std::string& name, int64_t& step);
 
@@ -54,23 +63,23 @@ struct StepDir {
   CheckpointInfo info;  // from its record, when committed
 };
 // Every step_* entry of `dir`, committed or not, oldest first.
-std::vector<StepDir> scan_step_dirs(const std::string& dir, bool missing_ok = false);
+std::vector<StepDir> scan_step_dirs(Env* env, const std::string& dir, bool missing_ok = false);
 // Why the step_N directory `path` is not a committed checkpoint of `step`
 // (no .metadata, no record, a bad record); empty when it is, with `info`
 // filled from the record.
-std::string commit_problem(const std::string& path, int64_t step, CheckpointInfo& info);
+std::string commit_problem(Env* env, const std::string& path, int64_t step, CheckpointInfo& info);
 
 // Renames <dir>/<name> to <dir>/.<kind>.<name>.<k> with the smallest k not
 // taken, fsyncs <dir> when `sync`; returns the new path.
-std::string move_aside(const std::string& dir, const std::string& name, const char* kind,
+std::string move_aside(Env* env, const std::string& dir, const std::string& name, const char* kind,
                        bool sync);
 
 // Retention after the commit of `step` (coordinator): the committed
 // checkpoints `keep` does not keep, and the .damaged / .superseded
 // directories of steps before `step`, are renamed to .old.* and handed to
 // `delete_later`. Errors are logged: the checkpoint is committed.
-void retain(const std::string& dir, int64_t step, const KeepPolicy& keep, uint64_t save_number,
-            const std::function<void(std::string)>& delete_later);
+void retain(Env* env, const std::string& dir, int64_t step, const KeepPolicy& keep,
+            uint64_t save_number, const std::function<void(std::string)>& delete_later);
 
 }  // namespace detail
 }  // namespace manager

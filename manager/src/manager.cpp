@@ -33,10 +33,7 @@
 // as the same CheckpointError on every rank, at once.
 #include "dcp/manager/manager.h"
 
-#include <fcntl.h>
 #include <spdlog/spdlog.h>
-#include <sys/file.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -45,9 +42,7 @@
 #include <condition_variable>
 #include <csignal>
 #include <cstdio>
-#include <cstring>
 #include <deque>
-#include <filesystem>
 #include <thread>
 
 #include "dcp/checkpoint.h"
@@ -59,11 +54,11 @@
 namespace dcp {
 namespace manager {
 
-namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 using detail::commit_problem;
 using detail::entries;
+using detail::exists;
 using detail::fsync_dir;
 using detail::kDamaged;
 using detail::kRecordName;
@@ -122,8 +117,8 @@ struct CheckpointManager::Deleter {
   bool stop = false;              // GUARDED_BY(mu)
   std::thread thread;
 
-  Deleter() {
-    thread = std::thread([this] {
+  explicit Deleter(Env* env) {
+    thread = std::thread([this, env] {
       for (;;) {
         std::string path;
         {
@@ -133,9 +128,11 @@ struct CheckpointManager::Deleter {
           path = std::move(queue.front());
           queue.pop_front();
         }
-        std::error_code ec;
-        fs::remove_all(path, ec);
-        if (ec) logger().warn("retention: cannot delete '{}': {}", path, ec.message());
+        try {
+          env->remove_dir_recursively(env_path(path));
+        } catch (const std::exception& e) {
+          logger().warn("retention: cannot delete '{}': {}", path, e.what());
+        }
       }
     });
   }
@@ -161,6 +158,7 @@ struct CheckpointManager::Deleter {
 namespace {
 
 struct CommitContext {
+  Env* env;
   std::string dir, tmp, final_path;
   int64_t step;
   bool force;
@@ -190,15 +188,15 @@ class CommitWriter final : public StorageWriterWrapper {
     ctx_.phase("metadata", ctx_.step);
     StorageWriterWrapper::finish(md, results);
     ctx_.phase("record", ctx_.step);
-    write_durably(ctx_.tmp + "/" + kRecordName,
+    write_durably(ctx_.env, ctx_.tmp + "/" + kRecordName,
                   record_text(ctx_.step, ctx_.world_size, ctx_.metrics), ctx_.sync);
-    if (ctx_.sync) fsync_dir(ctx_.tmp);
+    if (ctx_.sync) fsync_dir(ctx_.env, ctx_.tmp);
     ctx_.phase("rename", ctx_.step);
     make_room();
-    rename_or_throw(ctx_.tmp, ctx_.final_path);
-    if (ctx_.sync) fsync_dir(ctx_.dir);
+    rename_or_throw(ctx_.env, ctx_.tmp, ctx_.final_path);
+    if (ctx_.sync) fsync_dir(ctx_.env, ctx_.dir);
     ctx_.phase("retention", ctx_.step);
-    retain(ctx_.dir, ctx_.step, ctx_.keep, ctx_.save_number, ctx_.delete_later);
+    retain(ctx_.env, ctx_.dir, ctx_.step, ctx_.keep, ctx_.save_number, ctx_.delete_later);
   }
 
  private:
@@ -206,19 +204,18 @@ class CommitWriter final : public StorageWriterWrapper {
   // or, with `force`, replaced; anything else is moved aside, never said to
   // be committed.
   void make_room() {
-    struct stat st;
-    if (::lstat(ctx_.final_path.c_str(), &st) != 0) return;
+    if (!exists(ctx_.env, ctx_.final_path)) return;
     const std::string name = CheckpointManager::step_dir_name(ctx_.step);
     CheckpointInfo info;
-    const std::string problem = commit_problem(ctx_.final_path, ctx_.step, info);
+    const std::string problem = commit_problem(ctx_.env, ctx_.final_path, ctx_.step, info);
     if (problem.empty()) {
       if (!ctx_.force) throw AlreadyExistsError("'" + ctx_.final_path + "' is already committed");
       const std::string old = ctx_.dir + "/.old." + name + "." + std::to_string(ctx_.save_number);
-      rename_or_throw(ctx_.final_path, old);
+      rename_or_throw(ctx_.env, ctx_.final_path, old);
       ctx_.delete_later(old);
       return;
     }
-    const std::string aside = move_aside(ctx_.dir, name, kDamaged, ctx_.sync);
+    const std::string aside = move_aside(ctx_.env, ctx_.dir, name, kDamaged, ctx_.sync);
     logger().warn(
         "'{}' is not a committed checkpoint ({}): moved aside to '{}' (kept until a checkpoint of "
         "a later step commits) before committing step {}",
@@ -253,6 +250,7 @@ CheckpointManager::CheckpointManager(CheckpointManagerOptions options,
       coll_(std::move(collectives)),
       async_coll_(std::move(async_collectives)) {
   validate(options_);
+  env_ = detail::env_of(options_.env, options_.dir);
   if (coll_) rank_ = coll_->rank();
   if (options_.dir.empty()) throw ConfigError("checkpoint.dir: must not be empty");
   if (options_.async.enabled && world_size() > 1 && !async_coll_)
@@ -268,7 +266,7 @@ CheckpointManager::CheckpointManager(CheckpointManagerOptions options,
     release_lock();
     throw;
   }
-  deleter_ = std::make_shared<Deleter>();
+  deleter_ = std::make_shared<Deleter>(env_);
   if (options_.async.enabled) {
     AsyncSaverOptions ao;
     ao.max_in_flight = options_.async.max_in_flight;
@@ -283,44 +281,48 @@ CheckpointManager::CheckpointManager(CheckpointManagerOptions options,
 }
 
 void CheckpointManager::open_directory() {
-  std::error_code ec;
-  fs::create_directories(options_.dir, ec);
-  if (ec)
-    throw StorageError("cannot create checkpoint directory '" + options_.dir + "': " + ec.message(),
-                       ec.value());
+  const std::string dir = env_path(options_.dir);
+  try {
+    env_->create_dirs(dir);
+  } catch (const Error& e) {
+    const auto* se = dynamic_cast<const StorageError*>(&e);
+    const int err = se ? se->error_number() : 0;
+    throw StorageError("cannot create checkpoint directory '" + options_.dir +
+                           "': " + (err ? errno_text(err) : std::string(e.what())),
+                       err);
+  }
   const std::string lock_path = options_.dir + "/.lock";
-  lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (lock_fd_ < 0) throw_errno("cannot open lock file", lock_path, errno);
-  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
-    char buf[32] = {};
-    ssize_t n = ::pread(lock_fd_, buf, sizeof buf - 1, 0);
-    release_lock();
+  lock_ = env_->lock_file(env_path(lock_path));
+  if (!lock_) {
+    std::string holder;
+    try {
+      holder = env_->read_file(env_path(lock_path));
+    } catch (const Error&) {
+    }
+    holder = holder.substr(0, holder.find('\n'));
     throw ConfigError("checkpoint directory '" + options_.dir +
                       "' is in use by another CheckpointManager" +
-                      (n > 0 ? " (pid " + std::string(buf, strcspn(buf, "\n")) + ")" : "") +
-                      "; lock file " + lock_path);
+                      (holder.empty() ? "" : " (pid " + holder + ")") + "; lock file " + lock_path);
   }
-  const std::string pid = std::to_string(::getpid()) + "\n";
-  if (::ftruncate(lock_fd_, 0) != 0 || ::pwrite(lock_fd_, pid.data(), pid.size(), 0) < 0)
-    logger().debug("cannot write the pid into '{}' (the lock is held)", lock_path);
+  try {
+    detail::write_durably(env_, lock_path, std::to_string(::getpid()) + "\n", false);
+  } catch (const Error& e) {
+    logger().debug("cannot write the pid into '{}' (the lock is held): {}", lock_path, e.what());
+  }
   // Leftovers of saves and deletions that a crash interrupted. Directories
   // moved aside (.damaged.*, .superseded.*) stay: retention removes them.
-  for (const auto& name : entries(options_.dir))
+  for (const auto& name : entries(env_, options_.dir))
     if (name.rfind(".tmp.", 0) == 0 || name.rfind(".old.", 0) == 0) {
-      fs::remove_all(options_.dir + "/" + name, ec);
-      if (ec)
-        logger().warn("cannot remove leftover '{}': {}", name, ec.message());
-      else
+      try {
+        env_->remove_dir_recursively(env_path(options_.dir + "/" + name));
         logger().info("removed leftover '{}' of an interrupted save", name);
+      } catch (const std::exception& e) {
+        logger().warn("cannot remove leftover '{}': {}", name, e.what());
+      }
     }
 }
 
-void CheckpointManager::release_lock() {
-  if (lock_fd_ < 0) return;
-  ::flock(lock_fd_, LOCK_UN);
-  ::close(lock_fd_);
-  lock_fd_ = -1;
-}
+void CheckpointManager::release_lock() { lock_.reset(); }
 
 CheckpointManager::~CheckpointManager() {
   try {
@@ -393,6 +395,7 @@ StateDict CheckpointManager::prepare_save(int64_t step) {
 std::shared_ptr<StorageWriter> CheckpointManager::make_writer(
     int64_t step, uint64_t number, bool force, const std::map<std::string, double>& metrics) {
   CommitContext ctx;
+  ctx.env = env_;
   ctx.dir = options_.dir;
   ctx.tmp = options_.dir + "/.tmp." + step_dir_name(step) + "." + std::to_string(number);
   ctx.final_path = options_.dir + "/" + step_dir_name(step);
@@ -406,16 +409,17 @@ std::shared_ptr<StorageWriter> CheckpointManager::make_writer(
     if (fn) fn(p, s);
   };
   std::weak_ptr<Deleter> deleter = deleter_;
-  ctx.delete_later = [deleter](std::string path) {
+  ctx.delete_later = [deleter, env = env_](std::string path) {
     if (auto d = deleter.lock())
       d->push(std::move(path));
     else
-      fs::remove_all(path);
+      env->remove_dir_recursively(env_path(path));
   };
   ctx.save_number = number;
   FileSystemWriterOptions wo;
   wo.threads = options_.storage.threads;
   wo.sync_files = options_.storage.fsync;
+  wo.env = env_;
   const std::string tmp = ctx.tmp;
   std::shared_ptr<StorageWriter> writer =
       std::make_shared<CommitWriter>(make_filesystem_writer(tmp, wo), std::move(ctx));

@@ -72,6 +72,7 @@ bool CheckpointManager::load_from(const std::string& path) {
   FileSystemReaderOptions ro;
   ro.threads = options_.storage.threads;
   ro.verify_checksums = options_.storage.verify_checksums;
+  ro.env = env_;
   lo.storage_reader = make_filesystem_reader(path, ro);
   lo.strict = options_.resume.strict;
   lo.exclude = options_.resume.exclude;
@@ -85,7 +86,7 @@ int64_t CheckpointManager::resume() {
   // A directory that cannot be listed is every rank's error, never a fresh start.
   const ResumeListing listing =
       decode(checked_broadcast(coll_, "resume from '" + options_.dir + "'", "list",
-                               [&] { return encode(detail::scan_step_dirs(options_.dir)); }));
+                               [&] { return encode(detail::scan_step_dirs(env_, options_.dir)); }));
   if (r.from == "none") {
     move_aside_after_resume(listing, 0, {});
     logger().info("resume: from none: starting fresh");
@@ -169,7 +170,7 @@ void CheckpointManager::move_aside_after_resume(const ResumeListing& listing, in
   checked_broadcast(coll_, "resume from '" + options_.dir + "'", "move aside", [&] {
     for (const auto& m : moves) {
       const std::string to =
-          detail::move_aside(options_.dir, m.name, m.kind, options_.storage.fsync);
+          detail::move_aside(env_, options_.dir, m.name, m.kind, options_.storage.fsync);
       logger().warn(
           "resume: moved '{}/{}' aside to '{}': {}; it is kept until a checkpoint of a later step "
           "commits",

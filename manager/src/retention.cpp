@@ -67,26 +67,26 @@ bool parse_set_aside(const std::string& name, int64_t& step) {
 
 }  // namespace
 
-void retain(const std::string& dir, int64_t step, const KeepPolicy& policy, uint64_t save_number,
-            const std::function<void(std::string)>& delete_later) {
+void retain(Env* env, const std::string& dir, int64_t step, const KeepPolicy& policy,
+            uint64_t save_number, const std::function<void(std::string)>& delete_later) {
   try {
-    const auto committed = list_committed(dir);
+    const auto committed = list_committed(dir, env);
     const auto keep = steps_to_keep(committed, policy);
     for (const auto& c : committed) {
       if (keep.count(c.step)) continue;
       const std::string old = dir + "/.old." + CheckpointManager::step_dir_name(c.step) + ".r" +
                               std::to_string(save_number);
-      rename_or_throw(c.path, old);  // invisible at once; deleted in the background
+      rename_or_throw(env, c.path, old);  // invisible at once; deleted in the background
       delete_later(old);
       logger().info("retention: removing checkpoint of step {}", c.step);
     }
     // Directories moved aside are kept for inspection until a checkpoint of
     // a later step commits.
-    for (const auto& name : entries(dir)) {
+    for (const auto& name : entries(env, dir)) {
       int64_t aside = 0;
       if (!parse_set_aside(name, aside) || aside >= step) continue;
       const std::string old = dir + "/.old" + name;  // .old.damaged.step_N.<k>
-      rename_or_throw(dir + "/" + name, old);
+      rename_or_throw(env, dir + "/" + name, old);
       delete_later(old);
       logger().info("retention: removing '{}' (step {} is committed)", name, step);
     }

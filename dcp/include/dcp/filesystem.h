@@ -3,6 +3,11 @@
 //   <dir>/__<rank>_<n>.distcp   data files: raw tensor bytes, items aligned
 //   <dir>/.metadata             written last, by atomic rename: the commit point
 //
+// The directory lives in an Env (dcp/env.h): by default the one the path's
+// scheme names, posix_env() for a plain path and memory_env() for
+// "memory://name" (the path inside it is then "name"); the options' `env`
+// replaces it (an EnvWrapper for fault injection, say).
+//
 // Writes go from tensor memory to the file with no serialisation copy, in
 // large sequential writes (small items are coalesced into one buffer); reads
 // land directly in the destination tensor when its memory is contiguous.
@@ -16,7 +21,12 @@
 
 namespace dcp {
 
+class Env;
+
 struct FileSystemWriterOptions {
+  // Where the files go; nullptr (default): the Env the path's scheme names
+  // (env_for()). Not owned; it must outlive the writer.
+  Env* env = nullptr;
   // Worker threads (TBB) writing data files in parallel. Default 2; more
   // threads help only when the storage is not already the bound.
   int threads = 2;
@@ -43,6 +53,9 @@ struct FileSystemWriterOptions {
 };
 
 struct FileSystemReaderOptions {
+  // Where the files are read from; nullptr (default): the Env the path's
+  // scheme names (env_for()). Not owned; it must outlive the reader.
+  Env* env = nullptr;
   // Worker threads (TBB) reading in parallel. Default 2.
   int threads = 2;
   // Check every item's checksum after reading it. Default on.
@@ -57,7 +70,8 @@ std::shared_ptr<StorageWriter> make_filesystem_writer(const std::string& path,
 std::shared_ptr<StorageReader> make_filesystem_reader(const std::string& path,
                                                       FileSystemReaderOptions options = {});
 
-// True when `path` holds a committed checkpoint (its metadata file exists).
-bool is_committed_checkpoint(const std::string& path);
+// True when `path` holds a committed checkpoint (its metadata file exists),
+// in `env` (nullptr: the Env the path's scheme names).
+bool is_committed_checkpoint(const std::string& path, Env* env = nullptr);
 
 }  // namespace dcp

@@ -42,6 +42,7 @@
 
 #include "dcp/async_save.h"
 #include "dcp/collectives.h"
+#include "dcp/env.h"
 #include "dcp/manager/options.h"
 #include "dcp/storage.h"
 #include "dcp/value.h"
@@ -65,14 +66,15 @@ std::set<int64_t> steps_to_keep(const std::vector<CheckpointInfo>& committed,
 // The committed checkpoints in `dir`, oldest first. A step directory without
 // metadata or without a valid record of its step is not committed and not
 // listed. A directory that does not exist holds none; one that cannot be
-// listed is a StorageError naming it.
-std::vector<CheckpointInfo> list_committed(const std::string& dir);
+// listed is a StorageError naming it. `env`: where the directory is
+// (nullptr: the Env its scheme names, dcp::env_for).
+std::vector<CheckpointInfo> list_committed(const std::string& dir, Env* env = nullptr);
 
 // The dcp_manager.record of the checkpoint directory `path`: NotFoundError
 // when it has none; CorruptionError when it does not parse, has a format
 // version this build does not know, or (for a directory named step_N) is of
-// another step.
-CheckpointInfo read_checkpoint_record(const std::string& path);
+// another step. `env` as for list_committed.
+CheckpointInfo read_checkpoint_record(const std::string& path, Env* env = nullptr);
 
 // What one save cost.
 struct SaveStatistics {
@@ -152,7 +154,7 @@ class CheckpointManager {
   void set_phase_callback(std::function<void(const char* phase, int64_t step)> fn);
 
   std::vector<SaveStatistics> statistics() const;
-  std::vector<CheckpointInfo> committed() const { return list_committed(options_.dir); }
+  std::vector<CheckpointInfo> committed() const { return list_committed(options_.dir, env_); }
   // A preemption signal was received by this process.
   bool signal_received() const;
   const CheckpointManagerOptions& options() const { return options_; }
@@ -199,8 +201,9 @@ class CheckpointManager {
   std::vector<SaveStatistics> stats_;  // GUARDED_BY(stats_mu_)
   std::chrono::steady_clock::time_point last_save_time_;
   int64_t last_saved_step_ = -1;
-  uint64_t save_counter_ = 0;  // names temporary directories; the same on every rank
-  int lock_fd_ = -1;
+  uint64_t save_counter_ = 0;       // names temporary directories; the same on every rank
+  Env* env_ = nullptr;              // options_.env, or the one options_.dir names
+  std::unique_ptr<FileLock> lock_;  // coordinator: <dir>/.lock
   bool signals_installed_ = false;
   bool closed_ = false;
   struct Deleter;

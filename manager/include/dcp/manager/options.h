@@ -11,6 +11,8 @@
 #include "dcp/replicas.h"
 
 namespace dcp {
+class Env;  // dcp/env.h
+
 namespace manager {
 
 // Upper bounds of the ranges below (validate() refuses anything outside a range).
@@ -105,7 +107,13 @@ struct CheckpointManagerOptions {
   // Where the run's checkpoints go: <dir>/step_<N> when committed. Default
   // "checkpoints"; not empty. $DCP_CHECKPOINT_DIR overrides it
   // (load_manager_options).
+  // "memory://name/run" keeps them in the in-memory store (memory_env()).
   std::string dir = "checkpoints";
+  // Where every file operation of the manager goes (listing, the lock, the
+  // records, renames, deletions, and the checkpoints' own files); nullptr
+  // (default): the Env `dir`'s scheme names, posix_env() or memory_env().
+  // Not owned; it must outlive the manager. Not a YAML key.
+  Env* env = nullptr;
   SavePolicy save;
   AsyncPolicy async;
   KeepPolicy keep;

@@ -1,0 +1,182 @@
+// The public Env (dcp/env.h): the same behaviour from posix_env() and
+// memory_env(), and an EnvWrapper that forwards every call.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+#include <algorithm>
+#include <cerrno>
+#include <map>
+#include <mutex>
+
+#include "common/test_util.h"
+#include "dcp/dcp.h"
+#include "dcp/env.h"
+#include "dcp/error.h"
+#include "dcp/filesystem.h"
+#include "dcp/memory_storage.h"
+
+namespace dcp {
+namespace {
+
+std::vector<std::string> sorted(std::vector<std::string> v) {
+  std::sort(v.begin(), v.end());
+  return v;
+}
+
+class EnvTest : public ::testing::TestWithParam<bool> {
+ protected:
+  Env* env() { return GetParam() ? memory_env() : posix_env(); }
+  std::string root() {
+    if (!GetParam()) return tmp_.path();
+    static int n = 0;
+    return "env_test_" + std::to_string(::getpid()) + "_" + std::to_string(n++);
+  }
+  void TearDown() override {
+    if (GetParam()) clear_memory_checkpoints("env_test_");
+  }
+  testing::TempDir tmp_;
+};
+
+TEST_P(EnvTest, FilesAndDirectories) {
+  const std::string r = root();
+  env()->create_dirs(r + "/a/b");
+  EXPECT_TRUE(env()->dir_exists(r + "/a/b"));
+  env()->write_file(r + "/a/f", "hello", true);
+  EXPECT_TRUE(env()->file_exists(r + "/a/f"));
+  EXPECT_FALSE(env()->dir_exists(r + "/a/f"));
+  EXPECT_EQ(env()->read_file(r + "/a/f"), "hello");
+  EXPECT_EQ(sorted(env()->list_dir(r + "/a")), (std::vector<std::string>{"b", "f"}));
+  env()->sync_dir(r + "/a");
+  // A file in the way of a directory.
+  EXPECT_THROW(env()->create_dirs(r + "/a/f/c"), StorageError);
+  EXPECT_THROW(env()->create_dirs(r + "/a/f"), StorageError);
+  env()->remove_file(r + "/a/f");
+  env()->remove_file(r + "/a/f");  // fine when missing
+  EXPECT_FALSE(env()->file_exists(r + "/a/f"));
+  EXPECT_THROW(env()->new_random_access_file(r + "/a/f"), NotFoundError);
+  EXPECT_THROW(env()->new_writable_file(r + "/nowhere/f"), NotFoundError);
+}
+
+TEST_P(EnvTest, ListDirErrors) {
+  const std::string r = root();
+  env()->create_dirs(r);
+  EXPECT_THROW(env()->list_dir(r + "/missing"), NotFoundError);
+  env()->write_file(r + "/file", "x", false);
+  try {
+    env()->list_dir(r + "/file");
+    FAIL() << "listed a file";
+  } catch (const StorageError& e) {
+    EXPECT_EQ(e.error_number(), ENOTDIR);
+    EXPECT_NE(std::string(e.what()).find(r + "/file"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("Not a directory"), std::string::npos) << e.what();
+  }
+}
+
+TEST_P(EnvTest, RenameAndRemoveDirectories) {
+  const std::string r = root();
+  env()->create_dirs(r + "/src/sub");
+  env()->write_file(r + "/src/sub/x", "1", false);
+  env()->write_file(r + "/src/y", "2", false);
+  env()->rename_file(r + "/src", r + "/dst");
+  EXPECT_FALSE(env()->dir_exists(r + "/src"));
+  EXPECT_EQ(env()->read_file(r + "/dst/sub/x"), "1");
+  EXPECT_EQ(env()->read_file(r + "/dst/y"), "2");
+  EXPECT_EQ(sorted(env()->list_dir(r)), (std::vector<std::string>{"dst"}));
+  // Onto a non-empty directory: refused.
+  env()->create_dirs(r + "/full");
+  env()->write_file(r + "/full/z", "3", false);
+  EXPECT_THROW(env()->rename_file(r + "/dst", r + "/full"), StorageError);
+  EXPECT_THROW(env()->rename_file(r + "/none", r + "/x"), NotFoundError);
+  // A file replaces a file.
+  env()->rename_file(r + "/dst/y", r + "/full/z");
+  EXPECT_EQ(env()->read_file(r + "/full/z"), "2");
+  env()->remove_dir_recursively(r + "/dst");
+  env()->remove_dir_recursively(r + "/dst");  // fine when missing
+  EXPECT_FALSE(env()->dir_exists(r + "/dst"));
+  EXPECT_FALSE(env()->file_exists(r + "/dst/sub/x"));
+  EXPECT_EQ(sorted(env()->list_dir(r)), (std::vector<std::string>{"full"}));
+}
+
+TEST_P(EnvTest, LockIsExclusiveUntilReleased) {
+  const std::string r = root();
+  env()->create_dirs(r);
+  auto lock = env()->lock_file(r + "/.lock");
+  ASSERT_NE(lock, nullptr);
+  EXPECT_TRUE(env()->file_exists(r + "/.lock"));
+  EXPECT_EQ(env()->lock_file(r + "/.lock"), nullptr);  // this process too
+  lock.reset();
+  auto again = env()->lock_file(r + "/.lock");
+  EXPECT_NE(again, nullptr);
+  EXPECT_THROW(env()->lock_file(r + "/nowhere/.lock"), NotFoundError);
+}
+
+INSTANTIATE_TEST_SUITE_P(Envs, EnvTest, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "memory" : "posix"; });
+
+// Counts the calls by name and forwards them.
+class CountingEnv : public EnvWrapper {
+ public:
+  using EnvWrapper::EnvWrapper;
+  std::map<std::string, int> calls;  // GUARDED_BY(mu)
+  std::mutex mu;
+  void count(const char* name) {
+    std::lock_guard<std::mutex> lock(mu);
+    ++calls[name];
+  }
+  std::unique_ptr<WritableFile> new_writable_file(const std::string& p) override {
+    count("new_writable_file");
+    return EnvWrapper::new_writable_file(p);
+  }
+  std::unique_ptr<RandomAccessFile> new_random_access_file(const std::string& p) override {
+    count("new_random_access_file");
+    return EnvWrapper::new_random_access_file(p);
+  }
+  void rename_file(const std::string& a, const std::string& b) override {
+    count("rename_file");
+    EnvWrapper::rename_file(a, b);
+  }
+};
+
+TEST(EnvWrapperTest, ForwardsAndSeesTheCallsOfTheStorageBackend) {
+  CountingEnv env(memory_env());
+  EXPECT_EQ(env.target(), memory_env());
+  env.create_dirs("env_wrapper_test");
+  env.write_file("env_wrapper_test/f", "abc", true);
+  EXPECT_EQ(memory_env()->read_file("env_wrapper_test/f"), "abc");
+  EXPECT_EQ(env.read_file("env_wrapper_test/f"), "abc");
+  EXPECT_EQ(env.calls["new_writable_file"], 1);
+  EXPECT_EQ(env.calls["new_random_access_file"], 1);
+
+  // A save and a load through the file-system writer and reader given it.
+  FileSystemWriterOptions wo;
+  wo.env = &env;
+  FileSystemReaderOptions ro;
+  ro.env = &env;
+  StateDict sd{{"t", at::arange(10, at::kFloat)}};
+  SaveOptions so;
+  so.storage_writer = make_filesystem_writer("memory://env_wrapper_test/ckpt", wo);
+  save(sd, so);
+  EXPECT_GE(env.calls["rename_file"], 1);  // .metadata.tmp -> .metadata
+  EXPECT_TRUE(memory_env()->file_exists("env_wrapper_test/ckpt/.metadata"));
+  EXPECT_TRUE(is_committed_checkpoint("memory://env_wrapper_test/ckpt"));
+  const int reads = env.calls["new_random_access_file"];
+  StateDict back{{"t", at::zeros({10})}};
+  LoadOptions lo;
+  lo.storage_reader = make_filesystem_reader("memory://env_wrapper_test/ckpt", ro);
+  load(back, lo);
+  EXPECT_TRUE(at::equal(back.at("t").tensor(), sd.at("t").tensor()));
+  EXPECT_GT(env.calls["new_random_access_file"], reads);
+  clear_memory_checkpoints("env_wrapper_test");
+}
+
+TEST(EnvWrapperTest, NeedsATarget) { EXPECT_THROW(EnvWrapper(nullptr), InvalidArgumentError); }
+
+TEST(EnvForTest, SchemeNamesTheEnv) {
+  EXPECT_EQ(env_for("memory://a/b"), memory_env());
+  EXPECT_EQ(env_for("/tmp/a"), posix_env());
+  EXPECT_EQ(env_path("memory://a/b"), "a/b");
+  EXPECT_EQ(env_path("/tmp/a"), "/tmp/a");
+}
+
+}  // namespace
+}  // namespace dcp

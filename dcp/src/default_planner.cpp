@@ -13,6 +13,8 @@
 
 namespace dcp {
 
+using namespace internal;
+
 // ---------------------------------------------------------------------------
 // Flattening
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 namespace dcp {
+namespace internal {
 
 class WritableFile {
  public:
@@ -60,4 +61,5 @@ Env* memory_env();
 
 std::string join_path(const std::string& dir, const std::string& name);
 
+}  // namespace internal
 }  // namespace dcp

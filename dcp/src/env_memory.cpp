@@ -10,6 +10,8 @@
 
 namespace dcp {
 
+using namespace internal;
+
 namespace {
 
 // The process-wide store of the memory backend. File contents are shared
@@ -137,7 +139,7 @@ std::string strip_memory_scheme(const std::string& id) {
 
 }  // namespace
 
-Env* memory_env() {
+Env* internal::memory_env() {
   static MemoryEnv env;
   return &env;
 }

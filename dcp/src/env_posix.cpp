@@ -9,6 +9,7 @@
 #include "env.h"
 
 namespace dcp {
+namespace internal {
 
 std::string Env::read_file(const std::string& path) {
   auto f = new_random_access_file(path);
@@ -167,4 +168,5 @@ Env* posix_env() {
   return &env;
 }
 
+}  // namespace internal
 }  // namespace dcp

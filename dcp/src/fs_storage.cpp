@@ -32,6 +32,8 @@
 
 namespace dcp {
 
+using namespace internal;
+
 namespace {
 
 constexpr size_t kAlign = 64;                    // every item starts at a multiple of this

@@ -20,6 +20,8 @@
 namespace dcp {
 namespace lt {
 
+using namespace internal;
+
 namespace {
 
 namespace optim = torch::optim;

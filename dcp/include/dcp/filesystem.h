@@ -12,11 +12,12 @@
 #include <memory>
 #include <string>
 
+#include "dcp/export.h"
 #include "dcp/storage.h"
 
 namespace dcp {
 
-struct FileSystemWriterOptions {
+struct DCP_CORE_EXPORT FileSystemWriterOptions {
   // Worker threads (TBB) writing data files in parallel. Default 2; more
   // threads help only when the storage is not already the bound.
   int threads = 2;
@@ -42,7 +43,7 @@ struct FileSystemWriterOptions {
   size_t buffer_bytes = size_t{8} << 20;
 };
 
-struct FileSystemReaderOptions {
+struct DCP_CORE_EXPORT FileSystemReaderOptions {
   // Worker threads (TBB) reading in parallel. Default 2.
   int threads = 2;
   // Check every item's checksum after reading it. Default on.
@@ -52,12 +53,12 @@ struct FileSystemReaderOptions {
   size_t coalesce_bytes = size_t{8} << 20;
 };
 
-std::shared_ptr<StorageWriter> make_filesystem_writer(const std::string& path,
-                                                      FileSystemWriterOptions options = {});
-std::shared_ptr<StorageReader> make_filesystem_reader(const std::string& path,
-                                                      FileSystemReaderOptions options = {});
+DCP_CORE_EXPORT std::shared_ptr<StorageWriter> make_filesystem_writer(
+    const std::string& path, FileSystemWriterOptions options = {});
+DCP_CORE_EXPORT std::shared_ptr<StorageReader> make_filesystem_reader(
+    const std::string& path, FileSystemReaderOptions options = {});
 
 // True when `path` holds a committed checkpoint (its metadata file exists).
-bool is_committed_checkpoint(const std::string& path);
+DCP_CORE_EXPORT bool is_committed_checkpoint(const std::string& path);
 
 }  // namespace dcp

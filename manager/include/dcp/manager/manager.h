@@ -35,6 +35,7 @@
 
 #include "dcp/async_save.h"
 #include "dcp/collectives.h"
+#include "dcp/export.h"
 #include "dcp/manager/options.h"
 #include "dcp/storage.h"
 #include "dcp/value.h"
@@ -43,7 +44,7 @@ namespace dcp {
 namespace manager {
 
 // A committed checkpoint, from its directory and record.
-struct CheckpointInfo {
+struct DCP_MANAGER_EXPORT CheckpointInfo {
   int64_t step = 0;
   std::string path;
   double wall_time = 0;  // seconds since the epoch, when it was committed
@@ -52,15 +53,15 @@ struct CheckpointInfo {
 };
 
 // The steps of `committed` that `policy` keeps (the newest always).
-std::set<int64_t> steps_to_keep(const std::vector<CheckpointInfo>& committed,
-                                const KeepPolicy& policy);
+DCP_MANAGER_EXPORT std::set<int64_t> steps_to_keep(const std::vector<CheckpointInfo>& committed,
+                                                   const KeepPolicy& policy);
 
 // The committed checkpoints in `dir`, oldest first. A step directory without
 // a record or without metadata is not committed and not listed.
-std::vector<CheckpointInfo> list_committed(const std::string& dir);
+DCP_MANAGER_EXPORT std::vector<CheckpointInfo> list_committed(const std::string& dir);
 
 // What one save cost.
-struct SaveStatistics {
+struct DCP_MANAGER_EXPORT SaveStatistics {
   int64_t step = 0;
   bool async = false;
   double blocking_seconds = 0;  // the training loop waited this long
@@ -69,7 +70,7 @@ struct SaveStatistics {
   double gbps = 0;  // bytes / durable_seconds
 };
 
-class CheckpointManager {
+class DCP_MANAGER_EXPORT CheckpointManager {
  public:
   // `collectives`: the group of the training ranks (null: one process).
   // `async_collectives`: a second group over the same ranks for async saves,

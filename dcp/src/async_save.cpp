@@ -15,6 +15,8 @@
 
 namespace dcp {
 
+using namespace internal;
+
 // ---------------------------------------------------------------------------
 // The default stager
 

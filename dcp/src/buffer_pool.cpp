@@ -1,6 +1,7 @@
 #include "buffer_pool.h"
 
 namespace dcp {
+namespace internal {
 
 BufferPool& BufferPool::instance() {
   static BufferPool* pool = new BufferPool();  // never destroyed: safe at exit
@@ -26,4 +27,5 @@ void BufferPool::release(std::unique_ptr<char[]> data, size_t size) {
   if (list.size() < kMaxPerSize) list.push_back(std::move(data));
 }
 
+}  // namespace internal
 }  // namespace dcp

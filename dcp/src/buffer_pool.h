@@ -10,6 +10,7 @@
 #include <vector>
 
 namespace dcp {
+namespace internal {
 
 class BufferPool {
  public:
@@ -46,4 +47,5 @@ class BufferPool {
   std::map<size_t, std::vector<std::unique_ptr<char[]>>> free_;  // GUARDED_BY(mu_)
 };
 
+}  // namespace internal
 }  // namespace dcp

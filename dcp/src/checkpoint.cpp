@@ -15,6 +15,8 @@
 
 namespace dcp {
 
+using namespace internal;
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -123,7 +125,7 @@ bool contains_stateful(const Value& v) {
 }
 }  // namespace
 
-Value resolve_stateful(const Value& v) {
+Value internal::resolve_stateful(const Value& v) {
   switch (v.kind()) {
     case Value::Kind::kStateful:
       return resolve_stateful(Value(v.stateful()->state_dict()));
@@ -168,8 +170,8 @@ std::string display_id(const std::string& id, const std::shared_ptr<StorageWrite
 
 }  // namespace
 
-void save_after_failure(const SaveOptions& options, const std::string& step,
-                        std::exception_ptr failure) {
+void internal::save_after_failure(const SaveOptions& options, const std::string& step,
+                                  std::exception_ptr failure) {
   DistWrapper dist("save of '" + display_id(options.checkpoint_id, options.storage_writer) + "'",
                    options.collectives, options.coordinator_rank);
   std::function<SavePlan()> local = [&]() -> SavePlan {

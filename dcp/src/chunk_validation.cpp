@@ -6,6 +6,7 @@
 #include "dcp/error.h"
 
 namespace dcp {
+namespace internal {
 
 std::string shape_str(const std::vector<int64_t>& v) {
   std::string s = "[";
@@ -173,4 +174,5 @@ void validate_chunks(const std::string& fqn, const TensorStorageMetadata& t,
                                " (every element must be saved by exactly one rank)");
 }
 
+}  // namespace internal
 }  // namespace dcp

@@ -19,6 +19,7 @@
 #include "dcp/planner.h"
 
 namespace dcp {
+namespace internal {
 
 // "[2, 0, 3]".
 std::string shape_str(const std::vector<int64_t>& v);
@@ -35,4 +36,5 @@ void check_write_item(const WriteItem& item, size_t rank);
 void validate_chunks(const std::string& fqn, const TensorStorageMetadata& t,
                      const std::vector<SavePlan>& plans);
 
+}  // namespace internal
 }  // namespace dcp

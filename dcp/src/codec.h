@@ -13,6 +13,7 @@
 #include "dcp/error.h"
 
 namespace dcp {
+namespace internal {
 namespace codec {
 
 class Encoder {
@@ -148,4 +149,5 @@ class Decoder {
 };
 
 }  // namespace codec
+}  // namespace internal
 }  // namespace dcp

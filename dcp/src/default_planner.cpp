@@ -19,6 +19,8 @@
 
 namespace dcp {
 
+using namespace internal;
+
 // ---------------------------------------------------------------------------
 // Local save plan checks
 

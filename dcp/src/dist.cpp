@@ -7,6 +7,7 @@
 #include "dcp/logging.h"
 
 namespace dcp {
+namespace internal {
 
 namespace {
 constexpr uint8_t kOk = 0, kFailed = 1;
@@ -120,6 +121,8 @@ void DistWrapper::all_ranks(const std::string& step, const std::function<void()>
   gather_broadcast<int, int>(step, local, none);
 }
 
+}  // namespace internal
+
 void Collectives::barrier() {
   gather(std::string(), 0);
   broadcast(std::string(), 0);
@@ -128,14 +131,14 @@ void Collectives::barrier() {
 std::string checked_broadcast(const std::shared_ptr<Collectives>& collectives,
                               const std::string& operation, const std::string& step,
                               const std::function<std::string()>& fn, int root) {
-  DistWrapper dist(operation, collectives, root);
+  internal::DistWrapper dist(operation, collectives, root);
   return dist.broadcast<std::string>(step, fn);
 }
 
 std::vector<std::string> checked_all_gather(const std::shared_ptr<Collectives>& collectives,
                                             const std::string& operation, const std::string& step,
                                             const std::function<std::string()>& fn, int root) {
-  DistWrapper dist(operation, collectives, root);
+  internal::DistWrapper dist(operation, collectives, root);
   std::function<std::vector<std::string>(std::vector<std::string>)> all =
       [](std::vector<std::string> v) { return v; };
   return dist.gather_broadcast<std::string, std::vector<std::string>>(step, fn, all);
@@ -144,7 +147,7 @@ std::vector<std::string> checked_all_gather(const std::shared_ptr<Collectives>& 
 void checked_all_ranks(const std::shared_ptr<Collectives>& collectives,
                        const std::string& operation, const std::string& step,
                        const std::function<void()>& fn, int root) {
-  DistWrapper dist(operation, collectives, root);
+  internal::DistWrapper dist(operation, collectives, root);
   dist.all_ranks(step, fn);
 }
 

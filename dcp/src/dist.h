@@ -27,6 +27,7 @@
 #include "wire.h"
 
 namespace dcp {
+namespace internal {
 
 // The failure of `rank` in `step` for the exception being handled (call it
 // inside a catch block): its code, retryable() and message; the message has
@@ -234,7 +235,7 @@ class DistWrapper {
   }
   [[noreturn]] void fail_local(const std::string& step, ErrorCode code, const std::string& msg);
   RankFailure current_failure(const std::string& step) const {
-    return dcp::current_failure(rank_, step);
+    return internal::current_failure(rank_, step);
   }
 
   // Runs fn, returning ok(payload) or failed({this rank's failure}).
@@ -295,4 +296,5 @@ class DistWrapper {
   int coordinator_ = 0;
 };
 
+}  // namespace internal
 }  // namespace dcp

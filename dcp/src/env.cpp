@@ -29,7 +29,7 @@ void Env::write_file(const std::string& path, const std::string& data, bool sync
   f->close();
 }
 
-std::string join_path(const std::string& dir, const std::string& name) {
+std::string internal::join_path(const std::string& dir, const std::string& name) {
   if (dir.empty()) return name;
   return dir.back() == '/' ? dir + name : dir + "/" + name;
 }

@@ -6,7 +6,9 @@
 #include "dcp/env.h"
 
 namespace dcp {
+namespace internal {
 
 std::string join_path(const std::string& dir, const std::string& name);
 
+}  // namespace internal
 }  // namespace dcp

@@ -12,6 +12,8 @@
 
 namespace dcp {
 
+using namespace internal;
+
 namespace {
 
 // The process-wide store of the memory backend. File contents are shared

@@ -7,6 +7,7 @@
 #include "dcp/logging.h"
 
 namespace dcp {
+namespace internal {
 
 std::string error_text(const std::exception& e) {
   if (const auto* ce = dynamic_cast<const c10::Error*>(&e)) {
@@ -33,4 +34,5 @@ void rethrow_with_context(const std::string& context) {
   }
 }
 
+}  // namespace internal
 }  // namespace dcp

@@ -6,6 +6,7 @@
 #include <string>
 
 namespace dcp {
+namespace internal {
 
 // The message of `e`. c10::Error::what() carries a backtrace of 10-30
 // frames; this gives its message without it (the backtrace is logged at
@@ -19,4 +20,5 @@ std::string error_text(const std::exception& e);
 // CheckpointError is rethrown as it is.
 [[noreturn]] void rethrow_with_context(const std::string& context);
 
+}  // namespace internal
 }  // namespace dcp

@@ -12,11 +12,13 @@
 
 namespace dcp {
 
+using namespace internal;
+
 // ---------------------------------------------------------------------------
 // Flattening
 
-[[noreturn]] void throw_collision(const std::string& key, const ObjectPath& a,
-                                  const ObjectPath& b) {
+[[noreturn]] void internal::throw_collision(const std::string& key, const ObjectPath& a,
+                                            const ObjectPath& b) {
   auto show = [](const ObjectPath& p) {
     std::string s;
     for (const auto& e : p)

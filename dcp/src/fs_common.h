@@ -16,6 +16,7 @@
 #include "env.h"
 
 namespace dcp {
+namespace internal {
 namespace fs {
 
 // Runs fn(i) for i in [0, n) on `threads` threads; every task runs even when
@@ -74,4 +75,5 @@ std::shared_ptr<StorageReader> new_reader(Env* env, std::string scheme, std::str
                                           FileSystemReaderOptions options);
 
 }  // namespace fs
+}  // namespace internal
 }  // namespace dcp

@@ -20,6 +20,8 @@
 
 namespace dcp {
 
+using namespace internal;
+
 namespace {
 
 using fs::Location;

@@ -33,6 +33,8 @@
 
 namespace dcp {
 
+using namespace internal;
+
 namespace {
 
 using fs::Location;

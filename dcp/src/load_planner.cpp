@@ -13,6 +13,8 @@
 
 namespace dcp {
 
+using namespace internal;
+
 bool key_matches(const std::string& key, const std::vector<std::string>& patterns) {
   for (const auto& p : patterns)
     if (key == p ||

@@ -10,6 +10,8 @@
 
 namespace dcp {
 
+using namespace internal;
+
 namespace {
 
 struct DtypeName {

@@ -11,6 +11,8 @@
 
 namespace dcp {
 
+using namespace internal;
+
 // ---------------------------------------------------------------------------
 // Plain values
 

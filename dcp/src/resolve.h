@@ -7,6 +7,7 @@
 #include "dcp/value.h"
 
 namespace dcp {
+namespace internal {
 // A copy of `v` in which every Stateful object (at any depth) is replaced by
 // its state_dict(), itself resolved. Tensors are shared, not copied.
 Value resolve_stateful(const Value& v);
@@ -17,4 +18,5 @@ Value resolve_stateful(const Value& v);
 // too. `step` names where it failed unless `failure` is a CheckpointError.
 [[noreturn]] void save_after_failure(const SaveOptions& options, const std::string& step,
                                      std::exception_ptr failure);
+}  // namespace internal
 }  // namespace dcp

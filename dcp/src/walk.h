@@ -9,6 +9,7 @@
 #include "dcp/value.h"
 
 namespace dcp {
+namespace internal {
 
 // Throws the InvalidArgumentError for a flat key that two paths give.
 [[noreturn]] void throw_collision(const std::string& key, const ObjectPath& a, const ObjectPath& b);
@@ -76,4 +77,5 @@ void walk_dict(D& state_dict, const Leaf& leaf) {
   }
 }
 
+}  // namespace internal
 }  // namespace dcp

@@ -5,6 +5,7 @@
 #include "codec.h"
 
 namespace dcp {
+namespace internal {
 namespace wire {
 
 namespace {
@@ -463,4 +464,5 @@ void decode(std::string_view bytes, std::vector<RankFailure>& out) {
 }
 
 }  // namespace wire
+}  // namespace internal
 }  // namespace dcp

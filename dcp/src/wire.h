@@ -13,6 +13,7 @@
 #include "dcp/storage.h"
 
 namespace dcp {
+namespace internal {
 namespace wire {
 
 // What a rank reports after writing: its write results and the digests of
@@ -63,4 +64,5 @@ void decode_reply(std::string_view bytes, SavePlan& local, SavePlan& out);
 void decode_reply(std::string_view bytes, LoadPlan& local, LoadPlan& out);
 
 }  // namespace wire
+}  // namespace internal
 }  // namespace dcp

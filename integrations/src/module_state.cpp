@@ -11,6 +11,8 @@
 namespace dcp {
 namespace lt {
 
+using namespace internal;
+
 NamedTensors named_tensors(const torch::nn::Module& module, bool buffers) {
   NamedTensors out;
   for (const auto& item : module.named_parameters(/*recurse=*/true))

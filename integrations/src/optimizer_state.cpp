@@ -17,6 +17,8 @@
 namespace dcp {
 namespace lt {
 
+using namespace internal;
+
 namespace {
 
 namespace optim = torch::optim;

@@ -16,6 +16,8 @@
 namespace dcp {
 namespace lt {
 
+using namespace internal;
+
 namespace {
 
 namespace optim = torch::optim;

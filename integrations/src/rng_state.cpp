@@ -11,6 +11,8 @@
 namespace dcp {
 namespace lt {
 
+using namespace internal;
+
 namespace {
 
 at::Tensor get_state(at::Generator gen) {

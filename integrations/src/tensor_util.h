@@ -12,7 +12,7 @@
 #include "dcp/value.h"
 
 namespace dcp {
-namespace lt {
+namespace internal {
 
 // "[3, 4]"
 inline std::string shape_string(at::IntArrayRef sizes) {
@@ -41,7 +41,7 @@ inline std::string mismatch_message(const std::string& who,
 //   - a ShardedTensor of the global shape: its local shard at the offsets.
 // Returns an undefined tensor and sets `problem` (naming `key`) when there is
 // no such part. The caller checks dtype and shape against `dest`.
-inline at::Tensor local_piece(const Value& v, const ShardSpec* spec, const at::Tensor& dest,
+inline at::Tensor local_piece(const Value& v, const lt::ShardSpec* spec, const at::Tensor& dest,
                               const std::string& key, std::string& problem) {
   const std::vector<int64_t> offsets = spec ? spec->offsets : std::vector<int64_t>(dest.dim(), 0);
   const std::vector<int64_t> global = spec ? spec->global_size : dest.sizes().vec();
@@ -77,10 +77,10 @@ inline at::Tensor local_piece(const Value& v, const ShardSpec* spec, const at::T
 }
 
 // `t` as this rank's piece `spec` (a ShardedTensor), or as it is (spec null).
-inline Value as_piece(const at::Tensor& t, const ShardSpec* spec) {
+inline Value as_piece(const at::Tensor& t, const lt::ShardSpec* spec) {
   if (!spec) return t;
   return ShardedTensor{spec->global_size, {Shard{t, spec->offsets}}};
 }
 
-}  // namespace lt
+}  // namespace internal
 }  // namespace dcp

@@ -116,26 +116,26 @@ class Reader {
 
   // Plain decimal, within the field's range (validate.h).
   int64_t integer(const Field& f) const {
-    const detail::IntRange r = detail::integer_range(f.key);
+    const internal::IntRange r = internal::integer_range(f.key);
     const std::string type =
         "an integer (decimal) in " + std::to_string(r.min) + ".." + std::to_string(r.max);
     const std::string s = plain(f, type);
     int64_t v = 0;
-    const detail::IntParse p = detail::parse_int64(s, v);
+    const internal::IntParse p = internal::parse_int64(s, v);
     const size_t sign = s[0] == '+' || s[0] == '-' ? 1 : 0;
-    if (p == detail::IntParse::kOk && s.size() > sign + 1 && s[sign] == '0')
+    if (p == internal::IntParse::kOk && s.size() > sign + 1 && s[sign] == '0')
       fail(f, "must be " + type + ", not '" + s + "' (a leading 0 is octal in YAML 1.1)");
-    if (p == detail::IntParse::kNotInteger) fail(f, "must be " + type + ", not '" + s + "'");
-    if (p == detail::IntParse::kOutOfRange || v < r.min || v > r.max)
-      fail(f, detail::range_problem(r, s));
+    if (p == internal::IntParse::kNotInteger) fail(f, "must be " + type + ", not '" + s + "'");
+    if (p == internal::IntParse::kOutOfRange || v < r.min || v > r.max)
+      fail(f, internal::range_problem(r, s));
     return v;
   }
   // Decimal notation; finite (>= 0 is validate()'s).
   double seconds(const Field& f) const {
-    const std::string s = plain(f, detail::kSecondsType);
+    const std::string s = plain(f, internal::kSecondsType);
     double v = 0;
-    if (!detail::parse_decimal(s, v))
-      fail(f, std::string("must be ") + detail::kSecondsType + ", not '" + s + "'");
+    if (!internal::parse_decimal(s, v))
+      fail(f, std::string("must be ") + internal::kSecondsType + ", not '" + s + "'");
     return v;
   }
   // `true` or `false` only: yes/no/on/off are strings elsewhere (YAML 1.2).
@@ -449,7 +449,7 @@ CheckpointManagerOptions parse_manager_options(const std::string& yaml, const st
   const YAML::Node root = load_document(text, r);
   check_node(root, "", line_of(root.Mark()), text, r);
   CheckpointManagerOptions o = read_options(root, r);
-  detail::validate(o, [&](const std::string& key, const std::string& problem) {
+  internal::validate(o, [&](const std::string& key, const std::string& problem) {
     r.fail(r.line(key), key, problem);
   });
   return o;
@@ -460,11 +460,11 @@ void apply_environment(CheckpointManagerOptions& o) {
     if (!problem.empty()) throw ConfigError(std::string("$") + var + ": " + key + ": " + problem);
   };
   if (const char* d = std::getenv("DCP_CHECKPOINT_DIR"); d && *d) {
-    check("DCP_CHECKPOINT_DIR", "checkpoint.dir", detail::dir_problem(d));
+    check("DCP_CHECKPOINT_DIR", "checkpoint.dir", internal::dir_problem(d));
     o.dir = d;
   }
   if (const char* f = std::getenv("DCP_RESUME_FROM"); f && *f) {
-    check("DCP_RESUME_FROM", "checkpoint.resume.from", detail::resume_from_problem(f));
+    check("DCP_RESUME_FROM", "checkpoint.resume.from", internal::resume_from_problem(f));
     o.resume.from = f;
   }
 }

@@ -15,7 +15,7 @@
 #include "dcp/error.h"
 
 namespace dcp {
-namespace manager {
+namespace internal {
 
 namespace {
 
@@ -32,19 +32,19 @@ std::string known_signals() {
 constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
 
 // Every integer field of CheckpointManagerOptions and its documented range.
-const std::pair<const char*, detail::IntRange> kIntegerRanges[] = {
+const std::pair<const char*, IntRange> kIntegerRanges[] = {
     {"checkpoint.save.every_steps", {0, kInt64Max}},
     {"checkpoint.save.at_steps", {1, kInt64Max}},
-    {"checkpoint.async.max_in_flight", {1, kMaxAsyncInFlight}},
+    {"checkpoint.async.max_in_flight", {1, manager::kMaxAsyncInFlight}},
     {"checkpoint.keep.last", {0, INT_MAX}},
     {"checkpoint.keep.every_steps", {0, kInt64Max}},
     {"checkpoint.keep.best.count", {0, INT_MAX}},
-    {"checkpoint.storage.threads", {1, kMaxStorageThreads}},
+    {"checkpoint.storage.threads", {1, manager::kMaxStorageThreads}},
 };
 
 std::string integer_problem(const std::string& key, int64_t value) {
-  const detail::IntRange r = detail::integer_range(key);
-  return value < r.min || value > r.max ? detail::range_problem(r, std::to_string(value)) : "";
+  const IntRange r = integer_range(key);
+  return value < r.min || value > r.max ? range_problem(r, std::to_string(value)) : "";
 }
 
 bool all_digits(const std::string& s, size_t from) {
@@ -53,8 +53,6 @@ bool all_digits(const std::string& s, size_t from) {
 }
 
 }  // namespace
-
-namespace detail {
 
 const char* const kSecondsType = "a finite number of seconds >= 0";
 
@@ -130,7 +128,7 @@ std::string resume_from_problem(const std::string& from) {
   return "a step must be in 0.." + std::to_string(kInt64Max) + " (digits only), not " + from;
 }
 
-void validate(const CheckpointManagerOptions& o, const Report& report) {
+void validate(const manager::CheckpointManagerOptions& o, const Report& report) {
   const auto check = [&](const std::string& key, const std::string& problem) {
     if (problem.empty()) return;
     report(key, problem);
@@ -165,15 +163,19 @@ void validate(const CheckpointManagerOptions& o, const Report& report) {
   if (rc != ReplicaCheck::kError && rc != ReplicaCheck::kWarn && rc != ReplicaCheck::kOff)
     check("checkpoint.storage.check_replicas",
           "must be error, warn or off, not " + std::to_string(static_cast<int>(rc)));
-  if (o.on_error != OnError::kRaise && o.on_error != OnError::kWarn)
+  if (o.on_error != manager::OnError::kRaise && o.on_error != manager::OnError::kWarn)
     check("checkpoint.on_error",
           "must be raise or warn, not " + std::to_string(static_cast<int>(o.on_error)));
 }
 
-}  // namespace detail
+}  // namespace internal
+
+namespace manager {
+
+using namespace internal;
 
 void validate(const CheckpointManagerOptions& options) {
-  detail::validate(options, [](const std::string& key, const std::string& problem) {
+  internal::validate(options, [](const std::string& key, const std::string& problem) {
     throw ConfigError(key + ": " + problem);
   });
 }

@@ -10,8 +10,7 @@
 #include "dcp/manager/options.h"
 
 namespace dcp {
-namespace manager {
-namespace detail {
+namespace internal {
 
 struct IntRange {
   int64_t min;
@@ -43,8 +42,7 @@ std::string resume_from_problem(const std::string& from);
 // Called with the key ("checkpoint.keep.last") and the problem; must throw.
 using Report = std::function<void(const std::string& key, const std::string& problem)>;
 // Reports the first field of `options` that validate() refuses.
-void validate(const CheckpointManagerOptions& options, const Report& report);
+void validate(const manager::CheckpointManagerOptions& options, const Report& report);
 
-}  // namespace detail
-}  // namespace manager
+}  // namespace internal
 }  // namespace dcp

@@ -9,6 +9,7 @@
 #include <vector>
 
 namespace dcp {
+namespace internal {
 namespace {
 
 WriteItem shard(const std::string& key, int64_t row) {
@@ -182,4 +183,5 @@ TEST(WireTest, ReplicaRequestsDigestsAndFailuresRoundTrip) {
 }
 
 }  // namespace
+}  // namespace internal
 }  // namespace dcp

@@ -21,6 +21,15 @@ int main(int argc, char** argv) {
   auto back = dcp::load_all(dir + "/plain");
   if (!at::equal(back["w"].tensor(), at::ones({3}))) return 1;
 
+  // An error thrown inside libdcp_core, caught here by its type (exported
+  // typeinfo, dcp/export.h).
+  try {
+    dcp::load_all(dir + "/missing");
+    return 3;
+  } catch (const dcp::CheckpointError& e) {
+    if (e.root_code() != dcp::ErrorCode::kNotFound) return 4;
+  }
+
   // The manager through the trainer hooks: 3 steps, saved at the end.
   auto opts = dcp::manager::parse_manager_options(
       "checkpoint: {dir: '" + dir + "/managed', save: {every_steps: 0}}", "consumer");

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `cmake --install` then find_package(dcp) from another project: the consumer
 # links dcp::core, dcp::dist, dcp::manager and dcp::trainer, saves and loads a
-# checkpoint, and runs a manager through the trainer hooks.
+# checkpoint, catches the CheckpointError of a failed load by type, and runs a
+# manager through the trainer hooks.
 set -euo pipefail
 BUILD_DIR="$1"
 HERE="$(cd "$(dirname "$0")" && pwd)"

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "dcp/checkpoint.h"
+#include "dcp/export.h"
 
 namespace dcp {
 
@@ -28,7 +29,7 @@ namespace dcp {
 // AsyncStager). stage() returns a state dict of the same structure whose
 // tensors are the stager's copies and whose plain values are copies; the
 // copies stay valid until release(), when the stager may reuse them.
-class Stager {
+class DCP_CORE_EXPORT Stager {
  public:
   Stager() = default;
   Stager(const Stager&) = delete;
@@ -40,7 +41,7 @@ class Stager {
   virtual void release() {}
 };
 
-struct StagerOptions {
+struct DCP_CORE_EXPORT StagerOptions {
   // Threads copying into staging memory. Default 2; the copy is bound by
   // memory bandwidth, so more than the cores available rarely helps.
   int threads = 2;
@@ -51,11 +52,11 @@ struct StagerOptions {
 // per save once warm); contiguous copies in parallel, in pieces of up to
 // 32 MiB. Pinned memory is used when CUDA is available (not in CPU builds).
 // Extra memory: one copy of the state dict's tensors.
-std::unique_ptr<Stager> make_default_stager(StagerOptions options = {});
+DCP_CORE_EXPORT std::unique_ptr<Stager> make_default_stager(StagerOptions options = {});
 
 // The result of one asynchronous save. Copyable; every copy refers to the
 // same save.
-class [[nodiscard]] AsyncSaveHandle {
+class [[nodiscard]] DCP_CORE_EXPORT AsyncSaveHandle {
  public:
   AsyncSaveHandle() = default;
   // True when the save has finished (committed or failed).
@@ -77,7 +78,7 @@ class [[nodiscard]] AsyncSaveHandle {
   std::shared_ptr<State> state_;
 };
 
-struct AsyncSaverOptions {
+struct DCP_CORE_EXPORT AsyncSaverOptions {
   // Saves staged but not yet committed at one time. Default 1: save() first
   // waits for the previous save. Each slot holds one copy of the state dict.
   int max_in_flight = 1;
@@ -90,7 +91,7 @@ struct AsyncSaverOptions {
 // every save in flight to finish (never leaving a half-written checkpoint
 // behind: the metadata is written last, so an interrupted save is never
 // taken for a checkpoint anyway).
-class AsyncSaver {
+class DCP_CORE_EXPORT AsyncSaver {
  public:
   explicit AsyncSaver(AsyncSaverOptions options = {});
   ~AsyncSaver();
@@ -133,6 +134,6 @@ class AsyncSaver {
 
 // async_save() on a process-wide AsyncSaver (max_in_flight 1), which waits
 // for its saves at exit.
-AsyncSaveHandle async_save(const StateDict& state_dict, const SaveOptions& options);
+DCP_CORE_EXPORT AsyncSaveHandle async_save(const StateDict& state_dict, const SaveOptions& options);
 
 }  // namespace dcp

@@ -13,6 +13,7 @@
 
 #include "dcp/collectives.h"
 #include "dcp/default_planner.h"
+#include "dcp/export.h"
 #include "dcp/metadata.h"
 #include "dcp/planner.h"
 #include "dcp/storage.h"
@@ -21,7 +22,7 @@
 namespace dcp {
 
 // Where the time of one save went (seconds, wall clock, on this rank).
-struct SaveStats {
+struct DCP_CORE_EXPORT SaveStats {
   double plan_seconds = 0;    // local plans, global plan, metadata: the first round
   double write_seconds = 0;   // writing this rank's items (and waiting for the others)
   double finish_seconds = 0;  // results to the coordinator, metadata written, commit
@@ -30,7 +31,7 @@ struct SaveStats {
   size_t items = 0;    // items in the checkpoint
 };
 
-struct LoadStats {
+struct DCP_CORE_EXPORT LoadStats {
   double metadata_seconds = 0;  // reading (and sharing) the metadata
   double plan_seconds = 0;
   double read_seconds = 0;
@@ -39,7 +40,7 @@ struct LoadStats {
   size_t items = 0;    // saved items this rank read
 };
 
-struct SaveOptions {
+struct DCP_CORE_EXPORT SaveOptions {
   // Where to save: a directory path, or "memory://name". Used to create a
   // writer when `storage_writer` is null; otherwise passed to its reset().
   std::string checkpoint_id;
@@ -54,7 +55,7 @@ struct SaveOptions {
   SaveStats* stats = nullptr;
 };
 
-struct LoadOptions {
+struct DCP_CORE_EXPORT LoadOptions {
   std::string checkpoint_id;
   std::shared_ptr<StorageReader> storage_reader;  // default: from checkpoint_id
   // default: DefaultLoadPlanner with `strict`.
@@ -71,32 +72,32 @@ struct LoadOptions {
   LoadStats* stats = nullptr;
 };
 
-struct LoadResult {
+struct DCP_CORE_EXPORT LoadResult {
   std::vector<std::string> missing_keys;     // wanted but not in the checkpoint
   std::vector<std::string> unexpected_keys;  // in the checkpoint but not wanted
 };
 
 // Saves `state_dict`. Stateful objects in it are asked for state_dict()
 // first. Returns the metadata that was committed.
-Metadata save(const StateDict& state_dict, const SaveOptions& options);
-Metadata save(const StateDict& state_dict, const std::string& checkpoint_id);
+DCP_CORE_EXPORT Metadata save(const StateDict& state_dict, const SaveOptions& options);
+DCP_CORE_EXPORT Metadata save(const StateDict& state_dict, const std::string& checkpoint_id);
 
 // Loads into `state_dict` in place: every tensor receives the saved values
 // (same dtype and shape, or a PlanMismatchError naming the key), plain
 // values are replaced, Stateful objects get load_state_dict().
-LoadResult load(StateDict& state_dict, const LoadOptions& options);
-LoadResult load(StateDict& state_dict, const std::string& checkpoint_id);
+DCP_CORE_EXPORT LoadResult load(StateDict& state_dict, const LoadOptions& options);
+DCP_CORE_EXPORT LoadResult load(StateDict& state_dict, const std::string& checkpoint_id);
 
 // Loads a whole checkpoint without a template: tensors are allocated from
 // the metadata, nested dicts rebuilt as saved.
-StateDict load_all(const LoadOptions& options);
-StateDict load_all(const std::string& checkpoint_id);
+DCP_CORE_EXPORT StateDict load_all(const LoadOptions& options);
+DCP_CORE_EXPORT StateDict load_all(const std::string& checkpoint_id);
 
 // Reads only the metadata of a checkpoint.
-Metadata read_metadata(const std::string& checkpoint_id);
+DCP_CORE_EXPORT Metadata read_metadata(const std::string& checkpoint_id);
 
 // Holds a writer, a reader and planners, as DCP's Checkpointer.
-class Checkpointer {
+class DCP_CORE_EXPORT Checkpointer {
  public:
   Checkpointer(std::shared_ptr<StorageWriter> writer, std::shared_ptr<StorageReader> reader,
                std::shared_ptr<SavePlanner> save_planner = nullptr,

@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "dcp/export.h"
+
 namespace c10d {
 class ProcessGroup;
 }
@@ -25,7 +27,7 @@ namespace dcp {
 // TimeoutError when a peer does not take part within the timeout,
 // PeerLostError when a peer's connection closed first (it exited or
 // crashed), and another dcp::Error for any other failure.
-class Collectives {
+class DCP_CORE_EXPORT Collectives {
  public:
   virtual ~Collectives() = default;
   virtual int rank() const = 0;
@@ -52,17 +54,17 @@ class Collectives {
 // a CheckpointError.
 //
 // fn() on `root` only; every rank returns its result.
-std::string checked_broadcast(const std::shared_ptr<Collectives>& collectives,
-                              const std::string& operation, const std::string& step,
-                              const std::function<std::string()>& fn, int root = 0);
+DCP_CORE_EXPORT std::string checked_broadcast(const std::shared_ptr<Collectives>& collectives,
+                                              const std::string& operation, const std::string& step,
+                                              const std::function<std::string()>& fn, int root = 0);
 // fn() on every rank; every rank returns all the results, in rank order.
-std::vector<std::string> checked_all_gather(const std::shared_ptr<Collectives>& collectives,
-                                            const std::string& operation, const std::string& step,
-                                            const std::function<std::string()>& fn, int root = 0);
+DCP_CORE_EXPORT std::vector<std::string> checked_all_gather(
+    const std::shared_ptr<Collectives>& collectives, const std::string& operation,
+    const std::string& step, const std::function<std::string()>& fn, int root = 0);
 // fn() on every rank; returns on every rank when all succeeded.
-void checked_all_ranks(const std::shared_ptr<Collectives>& collectives,
-                       const std::string& operation, const std::string& step,
-                       const std::function<void()>& fn, int root = 0);
+DCP_CORE_EXPORT void checked_all_ranks(const std::shared_ptr<Collectives>& collectives,
+                                       const std::string& operation, const std::string& step,
+                                       const std::function<void()>& fn, int root = 0);
 
 // Collectives over a c10d process group. Each operation waits at most
 // `timeout`: a rank that died makes the others throw PeerLostError at once,
@@ -70,7 +72,7 @@ void checked_all_ranks(const std::shared_ptr<Collectives>& collectives,
 // tells the two apart by the time the failed operation took, since Gloo
 // reports both the same way). Not thread-safe: use one group per thread that checkpoints
 // (async saves use a group of their own).
-std::shared_ptr<Collectives> make_process_group_collectives(
+DCP_CORE_EXPORT std::shared_ptr<Collectives> make_process_group_collectives(
     c10::intrusive_ptr<c10d::ProcessGroup> process_group,
     std::chrono::milliseconds timeout = std::chrono::minutes(10));
 

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "dcp/export.h"
 #include "dcp/planner.h"
 #include "dcp/replicas.h"
 
@@ -14,7 +15,7 @@ namespace dcp {
 
 // One step of the path from the top of a nested state dict to a leaf: a dict
 // key or a list index.
-struct PathElement {
+struct DCP_CORE_EXPORT PathElement {
   bool is_index = false;
   std::string key;
   int64_t index = 0;
@@ -31,22 +32,22 @@ using FlattenMapping = std::map<std::string, ObjectPath>;
 // {"model": {"w": t}} -> {"model.w": t}. Lists of plain values, empty dicts
 // and every non-container value are leaves. Throws InvalidArgumentError when
 // two paths give the same flat key or when a Stateful object is found.
-std::pair<Dict, FlattenMapping> flatten_state_dict(const StateDict& state_dict);
+DCP_CORE_EXPORT std::pair<Dict, FlattenMapping> flatten_state_dict(const StateDict& state_dict);
 
 // Rebuilds the nested state dict from flat values and the mapping.
-StateDict unflatten_state_dict(const Dict& flat, const FlattenMapping& mapping);
+DCP_CORE_EXPORT StateDict unflatten_state_dict(const Dict& flat, const FlattenMapping& mapping);
 
 // The mapping as stored in Metadata::planner_data by DefaultSavePlanner.
-std::string encode_flatten_mapping(const FlattenMapping& mapping);
-FlattenMapping decode_flatten_mapping(std::string_view bytes);
+DCP_CORE_EXPORT std::string encode_flatten_mapping(const FlattenMapping& mapping);
+DCP_CORE_EXPORT FlattenMapping decode_flatten_mapping(std::string_view bytes);
 
 // Plain values (none, bool, int, double, string, bytes, and lists/dicts of
 // them) as stored in BYTE_IO items: a small tagged binary encoding
 // (docs/FORMAT.md). decode throws CorruptionError on malformed input.
-Bytes encode_plain_value(const Value& value);
-Value decode_plain_value(std::string_view bytes, const std::string& what);
+DCP_CORE_EXPORT Bytes encode_plain_value(const Value& value);
+DCP_CORE_EXPORT Value decode_plain_value(std::string_view bytes, const std::string& what);
 
-struct SavePlannerOptions {
+struct DCP_CORE_EXPORT SavePlannerOptions {
   // Flatten nested dicts to dotted keys (and record the mapping). Default on;
   // off requires a flat state dict.
   bool flatten_state_dict = true;
@@ -65,12 +66,12 @@ struct SavePlannerOptions {
 // of its copy of a replicated item, the one it writes (`written`; only the
 // index is sent, and the write result's checksum serves when storage has
 // one) or one dedup dropped from its plan (the whole item, to resolve).
-struct ReplicaRequest {
+struct DCP_CORE_EXPORT ReplicaRequest {
   WriteItem item;
   bool written = false;
 };
 
-class DefaultSavePlanner : public SavePlanner {
+class DCP_CORE_EXPORT DefaultSavePlanner : public SavePlanner {
  public:
   explicit DefaultSavePlanner(SavePlannerOptions options = {});
 
@@ -103,7 +104,7 @@ class DefaultSavePlanner : public SavePlanner {
   std::vector<ReplicaRequest> replica_requests_;
 };
 
-struct LoadPlannerOptions {
+struct DCP_CORE_EXPORT LoadPlannerOptions {
   // Missing keys (wanted, not in the checkpoint) and unexpected keys (in the
   // checkpoint, not wanted) are an error listing them. When false they are
   // skipped and reported by missing_keys() / unexpected_keys(). With several
@@ -122,9 +123,9 @@ struct LoadPlannerOptions {
 };
 
 // True when `key` is one of `patterns` or lies below one ("a" covers "a.b").
-bool key_matches(const std::string& key, const std::vector<std::string>& patterns);
+DCP_CORE_EXPORT bool key_matches(const std::string& key, const std::vector<std::string>& patterns);
 
-class DefaultLoadPlanner : public LoadPlanner {
+class DCP_CORE_EXPORT DefaultLoadPlanner : public LoadPlanner {
  public:
   explicit DefaultLoadPlanner(LoadPlannerOptions options = {});
 
@@ -170,6 +171,6 @@ class DefaultLoadPlanner : public LoadPlanner {
 // A state dict with freshly allocated tensors (full global size, saved dtype)
 // and placeholders for plain values, nested as saved: the template for
 // loading a checkpoint without one of your own.
-StateDict state_dict_from_metadata(const Metadata& metadata);
+DCP_CORE_EXPORT StateDict state_dict_from_metadata(const Metadata& metadata);
 
 }  // namespace dcp

@@ -20,9 +20,11 @@
 #include <string>
 #include <vector>
 
+#include "dcp/export.h"
+
 namespace dcp {
 
-class WritableFile {
+class DCP_CORE_EXPORT WritableFile {
  public:
   virtual ~WritableFile() = default;
   virtual void append(const void* data, size_t n) = 0;
@@ -36,7 +38,7 @@ class WritableFile {
   virtual const std::string& path() const = 0;
 };
 
-class RandomAccessFile {
+class DCP_CORE_EXPORT RandomAccessFile {
  public:
   virtual ~RandomAccessFile() = default;
   // Reads up to n bytes at `offset` into dst; returns the bytes read (fewer
@@ -48,13 +50,13 @@ class RandomAccessFile {
 
 // An exclusive advisory lock on a file (Env::lock_file); destroying the
 // handle releases it.
-class FileLock {
+class DCP_CORE_EXPORT FileLock {
  public:
   virtual ~FileLock() = default;
   virtual const std::string& path() const = 0;
 };
 
-class Env {
+class DCP_CORE_EXPORT Env {
  public:
   virtual ~Env() = default;
 
@@ -99,7 +101,7 @@ class Env {
 
 // Forwards every call to `target` (not owned; it must outlive the wrapper).
 // Subclass it and override the calls to observe or change.
-class EnvWrapper : public Env {
+class DCP_CORE_EXPORT EnvWrapper : public Env {
  public:
   explicit EnvWrapper(Env* target);
   Env* target() const { return target_; }
@@ -121,15 +123,15 @@ class EnvWrapper : public Env {
 };
 
 // POSIX files. Process-wide, never destroyed.
-Env* posix_env();
+DCP_CORE_EXPORT Env* posix_env();
 // The process-wide in-memory store of "memory://" checkpoints: files and
 // directories in a map, sync a no-op, contents gone at exit.
-Env* memory_env();
+DCP_CORE_EXPORT Env* memory_env();
 
 // The Env a checkpoint id (or directory) names by its scheme: memory_env()
 // for "memory://...", posix_env() for everything else.
-Env* env_for(const std::string& id);
+DCP_CORE_EXPORT Env* env_for(const std::string& id);
 // The path inside that Env: the id without a "memory://" scheme.
-std::string env_path(const std::string& id);
+DCP_CORE_EXPORT std::string env_path(const std::string& id);
 
 }  // namespace dcp

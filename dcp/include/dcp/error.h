@@ -24,6 +24,8 @@
 #include <string>
 #include <vector>
 
+#include "dcp/export.h"
+
 namespace dcp {
 
 enum class ErrorCode {
@@ -40,9 +42,9 @@ enum class ErrorCode {
   kCheckpoint,       // a protocol step failed on one or more ranks (CheckpointError)
 };
 
-const char* error_code_name(ErrorCode code);
+DCP_CORE_EXPORT const char* error_code_name(ErrorCode code);
 
-class Error : public std::runtime_error {
+class DCP_CORE_EXPORT Error : public std::runtime_error {
  public:
   Error(ErrorCode code, const std::string& message, bool retryable = false)
       : std::runtime_error(message), code_(code), retryable_(retryable) {}
@@ -57,19 +59,19 @@ class Error : public std::runtime_error {
   bool retryable_;
 };
 
-class InvalidArgumentError : public Error {
+class DCP_CORE_EXPORT InvalidArgumentError : public Error {
  public:
   explicit InvalidArgumentError(const std::string& m) : Error(ErrorCode::kInvalidArgument, m) {}
 };
-class NotFoundError : public Error {
+class DCP_CORE_EXPORT NotFoundError : public Error {
  public:
   explicit NotFoundError(const std::string& m) : Error(ErrorCode::kNotFound, m) {}
 };
-class AlreadyExistsError : public Error {
+class DCP_CORE_EXPORT AlreadyExistsError : public Error {
  public:
   explicit AlreadyExistsError(const std::string& m) : Error(ErrorCode::kAlreadyExists, m) {}
 };
-class StorageError : public Error {
+class DCP_CORE_EXPORT StorageError : public Error {
  public:
   StorageError(const std::string& m, int err = 0, bool retryable = false)
       : Error(ErrorCode::kStorage, m, retryable), errno_(err) {}
@@ -79,29 +81,29 @@ class StorageError : public Error {
  private:
   int errno_;
 };
-class CorruptionError : public Error {
+class DCP_CORE_EXPORT CorruptionError : public Error {
  public:
   explicit CorruptionError(const std::string& m) : Error(ErrorCode::kCorruption, m) {}
 };
-class PlanMismatchError : public Error {
+class DCP_CORE_EXPORT PlanMismatchError : public Error {
  public:
   explicit PlanMismatchError(const std::string& m) : Error(ErrorCode::kPlanMismatch, m) {}
 };
-class ConfigError : public Error {
+class DCP_CORE_EXPORT ConfigError : public Error {
  public:
   explicit ConfigError(const std::string& m) : Error(ErrorCode::kConfig, m) {}
 };
-class TimeoutError : public Error {
+class DCP_CORE_EXPORT TimeoutError : public Error {
  public:
   explicit TimeoutError(const std::string& m) : Error(ErrorCode::kTimeout, m, true) {}
 };
-class PeerLostError : public Error {
+class DCP_CORE_EXPORT PeerLostError : public Error {
  public:
   explicit PeerLostError(const std::string& m) : Error(ErrorCode::kPeerLost, m) {}
 };
 
 // One rank's failure inside a protocol step.
-struct RankFailure {
+struct DCP_CORE_EXPORT RankFailure {
   int rank = 0;
   std::string step;  // "local_plan", "global_plan", "write_data", "finish", "read_data", ...
   ErrorCode code = ErrorCode::kInternal;
@@ -112,7 +114,7 @@ struct RankFailure {
 // Thrown by save/load (and the checked rounds of collectives.h) on every
 // rank when any rank failed: all ranks see the same list of failures,
 // the failing rank too.
-class CheckpointError : public Error {
+class DCP_CORE_EXPORT CheckpointError : public Error {
  public:
   CheckpointError(std::string operation, std::vector<RankFailure> failures);
 
@@ -127,11 +129,12 @@ class CheckpointError : public Error {
 };
 
 // The error text of an errno value ("No such file or directory").
-std::string errno_text(int err);
+DCP_CORE_EXPORT std::string errno_text(int err);
 
 // Throws the error for a failed system call: "<what> '<path>': <errno text>".
 // NotFoundError for ENOENT, else a StorageError, retryable as the table at
 // the top of this file says.
-[[noreturn]] void throw_errno(const std::string& what, const std::string& path, int err);
+[[noreturn]] DCP_CORE_EXPORT void throw_errno(const std::string& what, const std::string& path,
+                                              int err);
 
 }  // namespace dcp

@@ -17,13 +17,14 @@
 #include <memory>
 #include <string>
 
+#include "dcp/export.h"
 #include "dcp/storage.h"
 
 namespace dcp {
 
 class Env;
 
-struct FileSystemWriterOptions {
+struct DCP_CORE_EXPORT FileSystemWriterOptions {
   // Where the files go; nullptr (default): the Env the path's scheme names
   // (env_for()). Not owned; it must outlive the writer.
   Env* env = nullptr;
@@ -52,7 +53,7 @@ struct FileSystemWriterOptions {
   size_t buffer_bytes = size_t{8} << 20;
 };
 
-struct FileSystemReaderOptions {
+struct DCP_CORE_EXPORT FileSystemReaderOptions {
   // Where the files are read from; nullptr (default): the Env the path's
   // scheme names (env_for()). Not owned; it must outlive the reader.
   Env* env = nullptr;
@@ -65,13 +66,13 @@ struct FileSystemReaderOptions {
   size_t coalesce_bytes = size_t{8} << 20;
 };
 
-std::shared_ptr<StorageWriter> make_filesystem_writer(const std::string& path,
-                                                      FileSystemWriterOptions options = {});
-std::shared_ptr<StorageReader> make_filesystem_reader(const std::string& path,
-                                                      FileSystemReaderOptions options = {});
+DCP_CORE_EXPORT std::shared_ptr<StorageWriter> make_filesystem_writer(
+    const std::string& path, FileSystemWriterOptions options = {});
+DCP_CORE_EXPORT std::shared_ptr<StorageReader> make_filesystem_reader(
+    const std::string& path, FileSystemReaderOptions options = {});
 
 // True when `path` holds a committed checkpoint (its metadata file exists),
 // in `env` (nullptr: the Env the path's scheme names).
-bool is_committed_checkpoint(const std::string& path, Env* env = nullptr);
+DCP_CORE_EXPORT bool is_committed_checkpoint(const std::string& path, Env* env = nullptr);
 
 }  // namespace dcp

@@ -3,11 +3,13 @@
 // first save to route the lines elsewhere.
 #pragma once
 
+#include "dcp/export.h"
+
 namespace spdlog {
 class logger;
 }
 
 namespace dcp {
 // The "dcp" logger.
-spdlog::logger& logger();
+DCP_CORE_EXPORT spdlog::logger& logger();
 }  // namespace dcp

@@ -8,22 +8,24 @@
 #include <string>
 #include <vector>
 
+#include "dcp/export.h"
 #include "dcp/filesystem.h"
 #include "dcp/storage.h"
 
 namespace dcp {
 
-std::shared_ptr<StorageWriter> make_memory_writer(const std::string& checkpoint_id,
-                                                  FileSystemWriterOptions options = {});
-std::shared_ptr<StorageReader> make_memory_reader(const std::string& checkpoint_id,
-                                                  FileSystemReaderOptions options = {});
+DCP_CORE_EXPORT std::shared_ptr<StorageWriter> make_memory_writer(
+    const std::string& checkpoint_id, FileSystemWriterOptions options = {});
+DCP_CORE_EXPORT std::shared_ptr<StorageReader> make_memory_reader(
+    const std::string& checkpoint_id, FileSystemReaderOptions options = {});
 
 // Files of the in-memory checkpoint (names relative to it), for tests.
-std::vector<std::string> memory_checkpoint_files(const std::string& checkpoint_id);
+DCP_CORE_EXPORT std::vector<std::string> memory_checkpoint_files(const std::string& checkpoint_id);
 // Mutable access to one in-memory file, for fault-injection tests; throws
 // NotFoundError when absent.
-std::string& memory_checkpoint_file(const std::string& checkpoint_id, const std::string& name);
+DCP_CORE_EXPORT std::string& memory_checkpoint_file(const std::string& checkpoint_id,
+                                                    const std::string& name);
 // Drops every in-memory checkpoint whose id starts with `prefix`.
-void clear_memory_checkpoints(const std::string& prefix = "");
+DCP_CORE_EXPORT void clear_memory_checkpoints(const std::string& prefix = "");
 
 }  // namespace dcp

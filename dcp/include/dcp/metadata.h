@@ -19,6 +19,8 @@
 #include <variant>
 #include <vector>
 
+#include "dcp/export.h"
+
 namespace dcp {
 
 // The metadata format this build writes. A reader accepts every version up
@@ -29,7 +31,7 @@ constexpr uint32_t kFormatVersion = 1;
 // (by atomic rename) is the commit point of a save.
 constexpr const char* kMetadataFileName = ".metadata";
 
-struct TensorProperties {
+struct DCP_CORE_EXPORT TensorProperties {
   at::ScalarType dtype = at::kFloat;
   bool requires_grad = false;
   bool operator==(const TensorProperties& o) const {
@@ -38,7 +40,7 @@ struct TensorProperties {
 };
 
 // A box of a tensor: `sizes` elements from `offsets` in each dimension.
-struct ChunkStorageMetadata {
+struct DCP_CORE_EXPORT ChunkStorageMetadata {
   std::vector<int64_t> offsets;
   std::vector<int64_t> sizes;
   bool operator==(const ChunkStorageMetadata& o) const {
@@ -46,19 +48,19 @@ struct ChunkStorageMetadata {
   }
 };
 
-struct TensorStorageMetadata {
+struct DCP_CORE_EXPORT TensorStorageMetadata {
   TensorProperties properties;
   std::vector<int64_t> size;  // the global size
   std::vector<ChunkStorageMetadata> chunks;
 };
 
-struct BytesStorageMetadata {};
+struct DCP_CORE_EXPORT BytesStorageMetadata {};
 
 using StorageMetadata = std::variant<TensorStorageMetadata, BytesStorageMetadata>;
 
 // Names one saved item: a key, and for tensors the offsets of the chunk.
 // `index` is a lookup hint only: it takes no part in comparisons.
-struct MetadataIndex {
+struct DCP_CORE_EXPORT MetadataIndex {
   std::string fqn;
   std::vector<int64_t> offset;
   int64_t index = -1;
@@ -74,12 +76,12 @@ struct MetadataIndex {
   }
 };
 
-std::string to_string(const MetadataIndex& index);
+DCP_CORE_EXPORT std::string to_string(const MetadataIndex& index);
 
 enum class ChecksumType : uint8_t { kNone = 0, kXXH3_64 = 1 };
 
 // Where one item's bytes live.
-struct StorageInfo {
+struct DCP_CORE_EXPORT StorageInfo {
   std::string relative_path;  // file name inside the checkpoint
   uint64_t offset = 0;        // byte offset inside that file
   uint64_t length = 0;        // number of bytes
@@ -92,12 +94,12 @@ struct StorageInfo {
 };
 
 // Storage-specific facts recorded with the checkpoint.
-struct StorageMeta {
+struct DCP_CORE_EXPORT StorageMeta {
   std::string checkpoint_id;  // e.g. the directory the checkpoint was written to
   std::string save_id;        // unique per save: tells two saves to the same place apart
 };
 
-struct Metadata {
+struct DCP_CORE_EXPORT Metadata {
   uint32_t version = kFormatVersion;
   std::map<std::string, StorageMetadata> state_dict_metadata;
   std::map<MetadataIndex, StorageInfo> storage_data;
@@ -114,20 +116,20 @@ struct Metadata {
 
 // Encodes `metadata` in the binary format: a fixed header (magic, format
 // version, body length, XXH3 checksum of the body) and the body.
-std::string serialize_metadata(const Metadata& metadata);
+DCP_CORE_EXPORT std::string serialize_metadata(const Metadata& metadata);
 
 // Decodes bytes written by serialize_metadata. Throws CorruptionError naming
 // `source` (a path, for errors) for a bad magic, a wrong length, a checksum
 // mismatch or a malformed body, and InvalidArgumentError for a format version
 // newer than kFormatVersion.
-Metadata deserialize_metadata(std::string_view bytes, const std::string& source);
+DCP_CORE_EXPORT Metadata deserialize_metadata(std::string_view bytes, const std::string& source);
 
 // Stable names of dtypes as stored in metadata ("float32", "bfloat16", ...).
-const char* dtype_name(at::ScalarType dtype);
+DCP_CORE_EXPORT const char* dtype_name(at::ScalarType dtype);
 // The inverse; throws InvalidArgumentError for an unknown name.
-at::ScalarType dtype_from_name(std::string_view name);
+DCP_CORE_EXPORT at::ScalarType dtype_from_name(std::string_view name);
 // Throws InvalidArgumentError when dcp++ cannot save tensors of `dtype`
 // (quantized types); `what` names the key.
-void check_supported_dtype(at::ScalarType dtype, const std::string& what);
+DCP_CORE_EXPORT void check_supported_dtype(at::ScalarType dtype, const std::string& what);
 
 }  // namespace dcp

@@ -16,6 +16,7 @@
 #include <variant>
 #include <vector>
 
+#include "dcp/export.h"
 #include "dcp/metadata.h"
 #include "dcp/value.h"
 
@@ -24,16 +25,16 @@ namespace dcp {
 enum class WriteItemType : uint8_t { kTensor = 0, kShard = 1, kByteIO = 2 };
 enum class LoadItemType : uint8_t { kTensor = 0, kByteIO = 1 };
 
-const char* to_string(WriteItemType type);
+DCP_CORE_EXPORT const char* to_string(WriteItemType type);
 
-struct TensorWriteData {
+struct DCP_CORE_EXPORT TensorWriteData {
   ChunkStorageMetadata chunk;  // the box this item covers
   TensorProperties properties;
   std::vector<int64_t> size;  // the global size of the tensor
 };
 
 // What one rank writes for one item.
-struct WriteItem {
+struct DCP_CORE_EXPORT WriteItem {
   MetadataIndex index;
   WriteItemType type = WriteItemType::kTensor;
   std::optional<TensorWriteData> tensor_data;  // set for kTensor and kShard
@@ -44,7 +45,7 @@ struct WriteItem {
 
 // What one rank reads for one item: the box `lengths` from `storage_offsets`
 // in the saved chunk `storage_index` goes to `dest_offsets` in `dest_index`.
-struct ReadItem {
+struct DCP_CORE_EXPORT ReadItem {
   LoadItemType type = LoadItemType::kTensor;
   MetadataIndex dest_index;
   std::vector<int64_t> dest_offsets;
@@ -55,14 +56,14 @@ struct ReadItem {
 
 // storage_data and planner_data are opaque bytes so that plans can travel
 // between ranks; their meaning belongs to the storage and the planner.
-struct SavePlan {
+struct DCP_CORE_EXPORT SavePlan {
   std::vector<WriteItem> items;
   std::string storage_data;
   std::string planner_data;
   bool usable = true;
 };
 
-struct LoadPlan {
+struct DCP_CORE_EXPORT LoadPlan {
   std::vector<ReadItem> items;
   std::string storage_data;
   std::string planner_data;
@@ -76,7 +77,7 @@ struct WriteResult;
 
 // One rank's copy of a replicated item, for the replica check
 // (dcp/replicas.h): the XXH3-64 checksum of its bytes as storage writes them.
-struct ReplicaDigest {
+struct DCP_CORE_EXPORT ReplicaDigest {
   MetadataIndex index;
   uint64_t digest = 0;
   bool written = false;  // this rank's copy is the one written
@@ -88,7 +89,7 @@ struct ReplicaDigest {
 //   3. create_global_plan(all plans)  -> coordinator only: final plans + Metadata
 //   4. finish_plan(this rank's final plan)
 //   5. resolve_data(item), for each item, from storage worker threads.
-class SavePlanner {
+class DCP_CORE_EXPORT SavePlanner {
  public:
   virtual ~SavePlanner() = default;
   SavePlanner() = default;
@@ -128,7 +129,7 @@ class SavePlanner {
 //      commit_tensor(item, tensor) in pairs for each tensor item.
 // resolve_tensor/commit_tensor may be called concurrently for different items;
 // load_bytes is never called concurrently with itself.
-class LoadPlanner {
+class DCP_CORE_EXPORT LoadPlanner {
  public:
   virtual ~LoadPlanner() = default;
   LoadPlanner() = default;

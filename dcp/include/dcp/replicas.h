@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <string>
 
+#include "dcp/export.h"
+
 namespace dcp {
 
 enum class ReplicaCheck : uint8_t {
@@ -19,8 +21,8 @@ enum class ReplicaCheck : uint8_t {
 };
 
 // "error", "warn", "off".
-const char* replica_check_name(ReplicaCheck check);
+DCP_CORE_EXPORT const char* replica_check_name(ReplicaCheck check);
 // The inverse; throws InvalidArgumentError naming the accepted names.
-ReplicaCheck replica_check_from_name(const std::string& name);
+DCP_CORE_EXPORT ReplicaCheck replica_check_from_name(const std::string& name);
 
 }  // namespace dcp

@@ -14,12 +14,13 @@
 #include <string>
 #include <vector>
 
+#include "dcp/export.h"
 #include "dcp/metadata.h"
 #include "dcp/planner.h"
 
 namespace dcp {
 
-struct WriteResult {
+struct DCP_CORE_EXPORT WriteResult {
   MetadataIndex index;
   int64_t size_in_bytes = 0;
   StorageInfo storage_data;
@@ -33,7 +34,7 @@ struct WriteResult {
 //   4. write_data(plan, planner)                     all ranks
 //   5. finish(metadata, results)                     coordinator
 // A writer is reusable: reset() starts a new checkpoint.
-class StorageWriter {
+class DCP_CORE_EXPORT StorageWriter {
  public:
   StorageWriter() = default;
   StorageWriter(const StorageWriter&) = delete;
@@ -67,7 +68,7 @@ class StorageWriter {
 //   3. prepare_local_plan(plan)                     all ranks
 //   4. prepare_global_plan(plans)                   coordinator
 //   5. read_data(plan, planner)                     all ranks
-class StorageReader {
+class DCP_CORE_EXPORT StorageReader {
  public:
   StorageReader() = default;
   StorageReader(const StorageReader&) = delete;
@@ -91,7 +92,7 @@ class StorageReader {
 
 // Forwarding wrappers: every call goes to the wrapped object, so a subclass
 // overrides only what it changes (timing, fault injection, prefixing).
-class StorageWriterWrapper : public StorageWriter {
+class DCP_CORE_EXPORT StorageWriterWrapper : public StorageWriter {
  public:
   explicit StorageWriterWrapper(std::shared_ptr<StorageWriter> target);
   StorageWriter& target() const { return *target_; }
@@ -111,7 +112,7 @@ class StorageWriterWrapper : public StorageWriter {
   std::shared_ptr<StorageWriter> target_;
 };
 
-class StorageReaderWrapper : public StorageReader {
+class DCP_CORE_EXPORT StorageReaderWrapper : public StorageReader {
  public:
   explicit StorageReaderWrapper(std::shared_ptr<StorageReader> target);
   StorageReader& target() const { return *target_; }
@@ -135,10 +136,12 @@ class StorageReaderWrapper : public StorageReader {
 // (memory_storage.h). Registration is explicit and thread-safe.
 using WriterFactory = std::function<std::shared_ptr<StorageWriter>(const std::string& id)>;
 using ReaderFactory = std::function<std::shared_ptr<StorageReader>(const std::string& id)>;
-void register_storage_backend(const std::string& scheme, WriterFactory writer,
-                              ReaderFactory reader);
+DCP_CORE_EXPORT void register_storage_backend(const std::string& scheme, WriterFactory writer,
+                                              ReaderFactory reader);
 // Throws InvalidArgumentError for an unknown scheme, naming the known ones.
-std::shared_ptr<StorageWriter> make_storage_writer(const std::string& checkpoint_id);
-std::shared_ptr<StorageReader> make_storage_reader(const std::string& checkpoint_id);
+DCP_CORE_EXPORT std::shared_ptr<StorageWriter> make_storage_writer(
+    const std::string& checkpoint_id);
+DCP_CORE_EXPORT std::shared_ptr<StorageReader> make_storage_reader(
+    const std::string& checkpoint_id);
 
 }  // namespace dcp

@@ -22,6 +22,8 @@
 #include <variant>
 #include <vector>
 
+#include "dcp/export.h"
+
 namespace dcp {
 
 class Value;
@@ -32,14 +34,14 @@ using Dict = std::map<std::string, Value>;
 using StateDict = Dict;
 
 // Raw bytes, stored as they are (DCP's BytesIO).
-struct Bytes {
+struct DCP_CORE_EXPORT Bytes {
   std::string data;
   bool operator==(const Bytes& o) const { return data == o.data; }
 };
 
 // One local piece of a sharded tensor: `tensor` holds the elements of the
 // box that starts at `offsets` in the global tensor.
-struct Shard {
+struct DCP_CORE_EXPORT Shard {
   at::Tensor tensor;
   std::vector<int64_t> offsets;
 };
@@ -47,7 +49,7 @@ struct Shard {
 // The C++ form of ShardedTensor / DTensor: the global shape and this rank's
 // shards. Any number of shards per rank; shards of all ranks together must
 // tile the global tensor without overlap (checked at save).
-struct ShardedTensor {
+struct DCP_CORE_EXPORT ShardedTensor {
   std::vector<int64_t> global_size;
   std::vector<Shard> local_shards;
 };
@@ -58,14 +60,14 @@ struct ShardedTensor {
 // are read, not modified) and on load, to get the destination tensors that are
 // then filled in place; load_state_dict() is called after load with the loaded
 // dict, so the object can take plain values back.
-class Stateful {
+class DCP_CORE_EXPORT Stateful {
  public:
   virtual ~Stateful() = default;
   virtual StateDict state_dict() = 0;
   virtual void load_state_dict(const StateDict& state_dict) = 0;
 };
 
-class Value {
+class DCP_CORE_EXPORT Value {
  public:
   enum class Kind {
     kNone,
@@ -155,6 +157,6 @@ class Value {
 };
 
 // A human-readable rendering, for errors and tools ("tensor float32[3, 4]").
-std::string describe(const Value& value);
+DCP_CORE_EXPORT std::string describe(const Value& value);
 
 }  // namespace dcp

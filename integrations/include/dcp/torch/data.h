@@ -43,12 +43,13 @@
 #include <optional>
 #include <vector>
 
+#include "dcp/export.h"
 #include "dcp/value.h"
 
 namespace dcp {
 namespace lt {
 
-struct SamplerOptions {
+struct DCP_TORCH_EXPORT SamplerOptions {
   // Samples in the dataset (indices 0 .. dataset_size-1). Required, > 0.
   int64_t dataset_size = 0;
   // Samples per rank per batch. Default 1.
@@ -77,7 +78,7 @@ struct SamplerOptions {
 // size are this run's options and are not restored.
 //
 // Not thread-safe.
-class ResumableSampler : public Stateful {
+class DCP_TORCH_EXPORT ResumableSampler : public Stateful {
  public:
   // Throws InvalidArgumentError for a dataset_size or batch_size below 1 or
   // a rank outside [0, world_size).

@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "dcp/export.h"
 #include "dcp/value.h"
 
 namespace torch {
@@ -39,17 +40,17 @@ using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 // The module's parameters (recursively, dotted names as named_parameters()
 // gives them: "fc1.weight"), then its buffers when `buffers` is set.
 // Undefined tensors (a Linear without bias registers none) are left out.
-NamedTensors named_tensors(const torch::nn::Module& module, bool buffers = true);
+DCP_TORCH_EXPORT NamedTensors named_tensors(const torch::nn::Module& module, bool buffers = true);
 
 // Which piece of a global tensor a local parameter holds: the parameter
 // tensor of this rank is the box of its own shape that starts at `offsets`
 // in a tensor of `global_size`.
-struct ShardSpec {
+struct DCP_TORCH_EXPORT ShardSpec {
   std::vector<int64_t> global_size;
   std::vector<int64_t> offsets;
 };
 
-struct ModuleStateOptions {
+struct DCP_TORCH_EXPORT ModuleStateOptions {
   // Include the module's buffers (BatchNorm running statistics, ...) as well
   // as its parameters. Default true.
   bool buffers = true;
@@ -86,7 +87,7 @@ struct ModuleStateOptions {
 //   when constructed from a reference.
 // - Not thread-safe: do not train while state_dict() or a load runs (an
 //   async save copies the tensors before it returns).
-class ModuleState : public Stateful {
+class DCP_TORCH_EXPORT ModuleState : public Stateful {
  public:
   // Shares ownership of the module.
   explicit ModuleState(std::shared_ptr<torch::nn::Module> module, ModuleStateOptions options = {});

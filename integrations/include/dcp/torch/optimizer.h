@@ -52,6 +52,7 @@
 #include <memory>
 #include <string>
 
+#include "dcp/export.h"
 #include "dcp/torch/module.h"
 #include "dcp/value.h"
 
@@ -65,7 +66,7 @@ class LRScheduler;
 namespace dcp {
 namespace lt {
 
-struct OptimizerStateOptions {
+struct DCP_TORCH_EXPORT OptimizerStateOptions {
   // Parameters sharded across ranks: give the same map as to the ModuleState
   // (ModuleStateOptions::sharded). Their state tensors, shaped like the local
   // parameter, are then saved as ShardedTensors with the parameter's global
@@ -101,7 +102,7 @@ struct OptimizerStateOptions {
 // - The optimizer (and the module, when given by reference) must outlive
 //   this object. Not thread-safe: do not step while a save copies or a load
 //   runs.
-class OptimizerState : public Stateful {
+class DCP_TORCH_EXPORT OptimizerState : public Stateful {
  public:
   // Each constructor throws InvalidArgumentError, naming its type, for an
   // optimizer other than SGD, Adam, AdamW, RMSprop or Adagrad (a subclass of
@@ -141,7 +142,7 @@ class OptimizerState : public Stateful {
 //
 // Layout: {"step_count": int}. A subclass with more state than step_count_
 // needs an adapter of its own.
-class LRSchedulerState : public Stateful {
+class DCP_TORCH_EXPORT LRSchedulerState : public Stateful {
  public:
   // The scheduler must outlive this object.
   explicit LRSchedulerState(torch::optim::LRScheduler& scheduler);

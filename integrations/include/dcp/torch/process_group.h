@@ -27,6 +27,7 @@
 #include <string>
 
 #include "dcp/collectives.h"
+#include "dcp/export.h"
 
 namespace c10d {
 class ProcessGroup;
@@ -37,7 +38,7 @@ namespace dcp {
 namespace dist {
 
 // Where this process sits in the job, as its launcher described it.
-struct DistEnvironment {
+struct DCP_DIST_EXPORT DistEnvironment {
   int rank = 0;        // this process, in [0, world_size)
   int world_size = 1;  // number of processes in the job
   int local_rank = 0;  // this process among those on the same host
@@ -66,9 +67,9 @@ struct DistEnvironment {
 // Throws ConfigError naming the variable and its value when a value is not a
 // decimal integer, is negative, a rank is not below the world size, the world
 // size is below 1, MASTER_PORT is outside 1..65535 or MASTER_ADDR is empty.
-DistEnvironment detect_environment();
+DCP_DIST_EXPORT DistEnvironment detect_environment();
 
-struct ProcessGroupOptions {
+struct DCP_DIST_EXPORT ProcessGroupOptions {
   // How long rendezvous (TCPStore connection, waiting for all ranks, Gloo
   // connection setup) and each collective may take before it fails with an
   // error instead of waiting on a peer that died or hangs. Default 60 s.
@@ -102,7 +103,7 @@ struct ProcessGroupOptions {
 // process_group()) keep the store alive. On rank 0 the store is the TCPStore
 // server: the other ranks need it while they create groups, so rank 0 should
 // not tear down its context before they are done (end with a barrier).
-class DistContext {
+class DCP_DIST_EXPORT DistContext {
  public:
   // Collective: every rank of `env` calls it. Rank 0 serves a TCPStore on
   // env.master_addr:env.master_port and waits for env.world_size ranks; the

@@ -10,6 +10,7 @@
 #include <map>
 #include <string>
 
+#include "dcp/export.h"
 #include "dcp/value.h"
 
 namespace dcp {
@@ -23,7 +24,7 @@ namespace lt {
 // takes them all. load_state_dict() replaces the values with the saved ones.
 //
 // Not thread-safe.
-class Progress : public Stateful {
+class DCP_TORCH_EXPORT Progress : public Stateful {
  public:
   int64_t step() const { return step_; }
   int64_t epoch() const { return epoch_; }

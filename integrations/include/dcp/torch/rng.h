@@ -11,12 +11,13 @@
 // included; save those with a Stateful of your own.
 #pragma once
 
+#include "dcp/export.h"
 #include "dcp/value.h"
 
 namespace dcp {
 namespace lt {
 
-struct RngStateOptions {
+struct DCP_TORCH_EXPORT RngStateOptions {
   // Include the default generator of every CUDA device when CUDA is
   // available (at::hasCUDA()). Default true. On a CPU-only build there are
   // none. The number of devices must be the same on load.
@@ -43,7 +44,7 @@ struct RngStateOptions {
 //
 // load_state_dict() sets the generators' states (under each generator's
 // mutex). A state of another size is a PlanMismatchError.
-class RngState : public Stateful {
+class DCP_TORCH_EXPORT RngState : public Stateful {
  public:
   // Throws InvalidArgumentError for a rank outside [0, world_size).
   explicit RngState(RngStateOptions options = {});

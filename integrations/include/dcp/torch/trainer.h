@@ -28,6 +28,8 @@
 #include <string>
 #include <vector>
 
+#include "dcp/export.h"
+
 namespace dcp {
 namespace manager {
 class CheckpointManager;
@@ -36,7 +38,7 @@ class CheckpointManager;
 namespace lt {
 
 // What the training loop tells its callbacks, and what they tell it back.
-struct TrainState {
+struct DCP_TRAINER_EXPORT TrainState {
   // The number of steps done: the loop increments it before step_end().
   // train_begin() callbacks may set it (a resume does).
   int64_t step = 0;
@@ -50,7 +52,7 @@ struct TrainState {
 
 // Override what you need; every hook does nothing by default. Hooks run on
 // the training thread, in the order the callbacks were added.
-class TrainerCallback {
+class DCP_TRAINER_EXPORT TrainerCallback {
  public:
   virtual ~TrainerCallback() = default;
   virtual void on_train_begin(TrainState& /*state*/) {}
@@ -60,7 +62,7 @@ class TrainerCallback {
 
 // An ordered list of callbacks, called one after another. An exception from
 // a callback propagates to the loop (the callbacks after it are not called).
-class Callbacks {
+class DCP_TRAINER_EXPORT Callbacks {
  public:
   void add(std::shared_ptr<TrainerCallback> callback);
   void train_begin(TrainState& state);
@@ -84,7 +86,7 @@ class Callbacks {
 //   manager has waited for every save).
 // Errors of the manager (an async save that failed, with on_error: raise)
 // propagate from the hook that surfaces them.
-class CheckpointCallback : public TrainerCallback {
+class DCP_TRAINER_EXPORT CheckpointCallback : public TrainerCallback {
  public:
   explicit CheckpointCallback(std::shared_ptr<manager::CheckpointManager> manager);
   void on_train_begin(TrainState& state) override;

@@ -43,6 +43,7 @@
 #include "dcp/async_save.h"
 #include "dcp/collectives.h"
 #include "dcp/env.h"
+#include "dcp/export.h"
 #include "dcp/manager/options.h"
 #include "dcp/storage.h"
 #include "dcp/value.h"
@@ -51,7 +52,7 @@ namespace dcp {
 namespace manager {
 
 // A committed checkpoint, from its directory and record.
-struct CheckpointInfo {
+struct DCP_MANAGER_EXPORT CheckpointInfo {
   int64_t step = 0;
   std::string path;
   double wall_time = 0;  // seconds since the epoch, when it was committed
@@ -60,24 +61,26 @@ struct CheckpointInfo {
 };
 
 // The steps of `committed` that `policy` keeps (the newest always).
-std::set<int64_t> steps_to_keep(const std::vector<CheckpointInfo>& committed,
-                                const KeepPolicy& policy);
+DCP_MANAGER_EXPORT std::set<int64_t> steps_to_keep(const std::vector<CheckpointInfo>& committed,
+                                                   const KeepPolicy& policy);
 
 // The committed checkpoints in `dir`, oldest first. A step directory without
 // metadata or without a valid record of its step is not committed and not
 // listed. A directory that does not exist holds none; one that cannot be
 // listed is a StorageError naming it. `env`: where the directory is
 // (nullptr: the Env its scheme names, dcp::env_for).
-std::vector<CheckpointInfo> list_committed(const std::string& dir, Env* env = nullptr);
+DCP_MANAGER_EXPORT std::vector<CheckpointInfo> list_committed(const std::string& dir,
+                                                              Env* env = nullptr);
 
 // The dcp_manager.record of the checkpoint directory `path`: NotFoundError
 // when it has none; CorruptionError when it does not parse, has a format
 // version this build does not know, or (for a directory named step_N) is of
 // another step. `env` as for list_committed.
-CheckpointInfo read_checkpoint_record(const std::string& path, Env* env = nullptr);
+DCP_MANAGER_EXPORT CheckpointInfo read_checkpoint_record(const std::string& path,
+                                                         Env* env = nullptr);
 
 // What one save cost.
-struct SaveStatistics {
+struct DCP_MANAGER_EXPORT SaveStatistics {
   int64_t step = 0;
   bool async = false;
   double blocking_seconds = 0;  // the training loop waited this long
@@ -86,7 +89,7 @@ struct SaveStatistics {
   double gbps = 0;  // bytes / durable_seconds
 };
 
-class CheckpointManager {
+class DCP_MANAGER_EXPORT CheckpointManager {
  public:
   // `collectives`: the group of the training ranks (null: one process).
   // `async_collectives`: a second group over the same ranks for async saves,

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "dcp/export.h"
 #include "dcp/replicas.h"
 
 namespace dcp {
@@ -19,7 +20,7 @@ namespace manager {
 inline constexpr int kMaxAsyncInFlight = 64;     // async.max_in_flight: 1..64
 inline constexpr int kMaxStorageThreads = 1024;  // storage.threads: 1..1024
 
-struct SavePolicy {
+struct DCP_MANAGER_EXPORT SavePolicy {
   // Save when step % every_steps == 0 (steps > 0). 0 turns the rule off.
   // Default 1000; 0..INT64_MAX.
   int64_t every_steps = 1000;
@@ -37,7 +38,7 @@ struct SavePolicy {
   SavePolicy();
 };
 
-struct AsyncPolicy {
+struct DCP_MANAGER_EXPORT AsyncPolicy {
   // Periodic saves run in the background (dcp::AsyncSaver): training blocks
   // only for the copy to staging memory. Default true.
   bool enabled = true;
@@ -46,7 +47,7 @@ struct AsyncPolicy {
   int max_in_flight = 1;
 };
 
-struct BestPolicy {
+struct DCP_MANAGER_EXPORT BestPolicy {
   // The metric (a key of the metrics given to on_step) that ranks
   // checkpoints; empty (default): the rule is off.
   std::string metric;
@@ -59,7 +60,7 @@ struct BestPolicy {
 
 // Retention: every rule adds to what is kept; the newest committed checkpoint
 // is always kept and a save in flight is never touched.
-struct KeepPolicy {
+struct DCP_MANAGER_EXPORT KeepPolicy {
   // The newest `last` committed checkpoints. 0 keeps every checkpoint
   // (nothing is deleted). Default 3; 0..INT_MAX.
   int last = 3;
@@ -72,7 +73,7 @@ struct KeepPolicy {
   BestPolicy best;
 };
 
-struct ResumePolicy {
+struct DCP_MANAGER_EXPORT ResumePolicy {
   // "latest" (default): the newest committed checkpoint that loads; "none":
   // start fresh; a step number (digits, 0..INT64_MAX): that checkpoint (an
   // error if it does not exist); a path: warm-start from another run's
@@ -89,7 +90,7 @@ struct ResumePolicy {
   bool fallback_to_older = true;
 };
 
-struct StoragePolicy {
+struct DCP_MANAGER_EXPORT StoragePolicy {
   int threads = 2;               // writer/reader threads. Default 2; 1..kMaxStorageThreads (1024).
   bool fsync = true;             // fdatasync data and metadata. Default true.
   bool verify_checksums = true;  // check every item on load. Default true.
@@ -103,7 +104,7 @@ enum class OnError {
   kWarn,   // logged; training carries on
 };
 
-struct CheckpointManagerOptions {
+struct DCP_MANAGER_EXPORT CheckpointManagerOptions {
   // Where the run's checkpoints go: <dir>/step_<N> when committed. Default
   // "checkpoints"; not empty. $DCP_CHECKPOINT_DIR overrides it
   // (load_manager_options).
@@ -127,7 +128,7 @@ struct CheckpointManagerOptions {
 // signal or enum value, or best.count > 0 without a metric. The
 // CheckpointManager calls it before it touches the directory; the loaders
 // below apply the same checks.
-void validate(const CheckpointManagerOptions& options);
+DCP_MANAGER_EXPORT void validate(const CheckpointManagerOptions& options);
 
 // Reads the `checkpoint:` section of a YAML file (configs/default.yaml shows
 // every key). A ConfigError naming the file, the line and the key, before
@@ -138,17 +139,18 @@ void validate(const CheckpointManagerOptions& options);
 // plain decimal, not quoted), a number outside the field's range (see
 // validate()), a non-finite number of seconds. Then applies the environment
 // (see apply_environment).
-CheckpointManagerOptions load_manager_options(const std::string& path);
+DCP_MANAGER_EXPORT CheckpointManagerOptions load_manager_options(const std::string& path);
 // The same from YAML text; `source` names it in errors. No environment.
-CheckpointManagerOptions parse_manager_options(const std::string& yaml, const std::string& source);
+DCP_MANAGER_EXPORT CheckpointManagerOptions parse_manager_options(const std::string& yaml,
+                                                                  const std::string& source);
 // Applies $DCP_CHECKPOINT_DIR (replaces `dir`) and $DCP_RESUME_FROM
 // (replaces `resume.from`) when set and not empty; a value that validate()
 // would refuse is a ConfigError naming the variable.
-void apply_environment(CheckpointManagerOptions& options);
+DCP_MANAGER_EXPORT void apply_environment(CheckpointManagerOptions& options);
 
 // "SIGTERM" <-> SIGTERM for the signals the manager accepts.
-int signal_from_name(const std::string& name);
-std::string signal_name(int signal);
+DCP_MANAGER_EXPORT int signal_from_name(const std::string& name);
+DCP_MANAGER_EXPORT std::string signal_name(int signal);
 
 }  // namespace manager
 }  // namespace dcp

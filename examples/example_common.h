@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "dcp/libtorch/adapters.h"
 #include "dcp/manager/manager.h"
-#include "dcp/torch/adapters.h"
 
 namespace example {
 
@@ -47,7 +47,7 @@ struct Dataset {
 };
 
 // The next batch's sample indices; a finished epoch starts the next one.
-inline torch::Tensor next_batch(dcp::lt::ResumableSampler& sampler) {
+inline torch::Tensor next_batch(dcp::libtorch::ResumableSampler& sampler) {
   std::optional<std::vector<int64_t>> batch = sampler.next_batch();
   if (!batch) {
     sampler.next_epoch();

@@ -35,16 +35,16 @@
 
 #include <algorithm>
 #include <csignal>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 
+#include "dcp/dist/process_group.h"
 #include "dcp/error.h"
+#include "dcp/libtorch/adapters.h"
 #include "dcp/manager/manager.h"
 #include "dcp/manager/options.h"
-#include "dcp/torch/adapters.h"
-#include "dcp/torch/process_group.h"
-#include "dcp/torch/trainer.h"
+#include "dcp/trainer/trainer.h"
 #include "example_common.h"
 
 namespace {
@@ -205,8 +205,7 @@ class Trainer {
 };
 
 int run(int argc, char** argv) {
-  const example::TrainArgs args =
-      example::parse_train_args(argc, argv, /*default_dir=*/"", 200);
+  const example::TrainArgs args = example::parse_train_args(argc, argv, /*default_dir=*/"", 200);
   const int64_t steps = args.steps, seed = args.seed, stop_after = args.stop_after;
 
   std::unique_ptr<dcp::dist::DistContext> ctx =
@@ -224,7 +223,7 @@ int run(int argc, char** argv) {
       std::make_shared<torch::optim::Adam>(model->parameters(), torch::optim::AdamOptions(2e-3));
   const example::Dataset data(/*n=*/2048, seed + 1);
 
-  dcp::lt::SamplerOptions so;
+  dcp::libtorch::SamplerOptions so;
   so.dataset_size = data.x.size(0);
   // The global batch is 64 samples split over the ranks (rounded up: 66 at 3).
   so.batch_size = (kGlobalBatch + world - 1) / world;
@@ -232,8 +231,8 @@ int run(int argc, char** argv) {
   so.drop_last = true;
   so.rank = rank;
   so.world_size = world;
-  auto sampler = std::make_shared<dcp::lt::ResumableSampler>(so);
-  auto progress = std::make_shared<dcp::lt::Progress>();
+  auto sampler = std::make_shared<dcp::libtorch::ResumableSampler>(so);
+  auto progress = std::make_shared<dcp::libtorch::Progress>();
 
   dcp::manager::CheckpointManagerOptions options = dcp::manager::load_manager_options(args.config);
   // --dir, else $DCP_CHECKPOINT_DIR (load_manager_options applied it), else
@@ -253,31 +252,31 @@ int run(int argc, char** argv) {
     options.resume.exclude.push_back("rng");
   }
 
-  dcp::lt::ShardSpec w_spec{{kHidden, kIn}, {model->begin, 0}};
-  dcp::lt::ShardSpec b_spec{{kHidden}, {model->begin}};
-  dcp::lt::ModuleStateOptions mo;
+  dcp::libtorch::ShardSpec w_spec{{kHidden, kIn}, {model->begin, 0}};
+  dcp::libtorch::ShardSpec b_spec{{kHidden}, {model->begin}};
+  dcp::libtorch::ModuleStateOptions mo;
   mo.sharded = {{"fc1.weight", w_spec}, {"fc1.bias", b_spec}};
-  dcp::lt::OptimizerStateOptions oo;
+  dcp::libtorch::OptimizerStateOptions oo;
   oo.sharded = mo.sharded;
-  dcp::lt::RngStateOptions ro;
+  dcp::libtorch::RngStateOptions ro;
   ro.rank = rank;
   ro.world_size = world;
 
   auto manager = std::make_shared<dcp::manager::CheckpointManager>(
       options, ctx->collectives(std::chrono::seconds(60)),
       ctx->new_collectives("async_save", std::chrono::seconds(60)));
-  manager->register_stateful("model", std::make_shared<dcp::lt::ModuleState>(model, mo));
+  manager->register_stateful("model", std::make_shared<dcp::libtorch::ModuleState>(model, mo));
   manager->register_stateful(
-      "optim", std::make_shared<dcp::lt::OptimizerState>(
+      "optim", std::make_shared<dcp::libtorch::OptimizerState>(
                    optim, std::static_pointer_cast<const torch::nn::Module>(model), oo));
   manager->register_stateful("sampler", sampler);
-  manager->register_stateful("rng", std::make_shared<dcp::lt::RngState>(ro));
+  manager->register_stateful("rng", std::make_shared<dcp::libtorch::RngState>(ro));
   manager->register_stateful("progress", progress);
-  dcp::lt::Callbacks callbacks;
-  callbacks.add(std::make_shared<dcp::lt::CheckpointCallback>(manager));
+  dcp::trainer::Callbacks callbacks;
+  callbacks.add(std::make_shared<dcp::trainer::CheckpointCallback>(manager));
   Trainer trainer(*ctx, model);
 
-  dcp::lt::TrainState state;
+  dcp::trainer::TrainState state;
   say("training on " + std::to_string(world) + " ranks; fc1 rows of rank 0: [" +
       std::to_string(model->begin) + ", " + std::to_string(model->end) + ")");
   callbacks.train_begin(state);

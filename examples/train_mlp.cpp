@@ -26,20 +26,20 @@
 #include <memory>
 
 #include "dcp/error.h"
+#include "dcp/libtorch/adapters.h"
 #include "dcp/manager/manager.h"
 #include "dcp/manager/options.h"
-#include "dcp/torch/adapters.h"
-#include "dcp/torch/trainer.h"
+#include "dcp/trainer/trainer.h"
 #include "example_common.h"
 
 namespace {
 
 // Prints a line for each committed checkpoint, and every N steps one of
 // progress.
-class PrintCallback : public dcp::lt::TrainerCallback {
+class PrintCallback : public dcp::trainer::TrainerCallback {
  public:
   explicit PrintCallback(int64_t every) : every_(every) {}
-  void on_step_end(dcp::lt::TrainState& s) override {
+  void on_step_end(dcp::trainer::TrainState& s) override {
     if (every_ > 0 && s.step % every_ == 0)
       std::printf("step %5lld  epoch %lld  loss %.5f  lr %.2e\n", (long long)s.step,
                   (long long)s.epoch, s.metrics["loss"], s.metrics["lr"]);
@@ -63,31 +63,31 @@ int run(int argc, char** argv) {
   auto sched = std::make_shared<torch::optim::StepLR>(*optim, /*step_size=*/100, /*gamma=*/0.5);
   const example::Dataset data(/*n=*/2048, seed + 1);
 
-  dcp::lt::SamplerOptions so;
+  dcp::libtorch::SamplerOptions so;
   so.dataset_size = data.x.size(0);
   so.batch_size = 32;
   so.seed = static_cast<uint64_t>(seed);
-  auto sampler = std::make_shared<dcp::lt::ResumableSampler>(so);
-  auto progress = std::make_shared<dcp::lt::Progress>();
+  auto sampler = std::make_shared<dcp::libtorch::ResumableSampler>(so);
+  auto progress = std::make_shared<dcp::libtorch::Progress>();
 
   dcp::manager::CheckpointManagerOptions options = dcp::manager::load_manager_options(args.config);
   if (!args.dir.empty()) options.dir = args.dir;
 
   auto manager = std::make_shared<dcp::manager::CheckpointManager>(options);
-  manager->register_stateful("model", std::make_shared<dcp::lt::ModuleState>(model));
+  manager->register_stateful("model", std::make_shared<dcp::libtorch::ModuleState>(model));
   manager->register_stateful("optim",
-                             std::make_shared<dcp::lt::OptimizerState>(
+                             std::make_shared<dcp::libtorch::OptimizerState>(
                                  optim, std::static_pointer_cast<const torch::nn::Module>(model)));
-  manager->register_stateful("sched", std::make_shared<dcp::lt::LRSchedulerState>(sched));
+  manager->register_stateful("sched", std::make_shared<dcp::libtorch::LRSchedulerState>(sched));
   manager->register_stateful("sampler", sampler);
-  manager->register_stateful("rng", std::make_shared<dcp::lt::RngState>());
+  manager->register_stateful("rng", std::make_shared<dcp::libtorch::RngState>());
   manager->register_stateful("progress", progress);
-  auto checkpointing = std::make_shared<dcp::lt::CheckpointCallback>(manager);
-  dcp::lt::Callbacks callbacks;
+  auto checkpointing = std::make_shared<dcp::trainer::CheckpointCallback>(manager);
+  dcp::trainer::Callbacks callbacks;
   callbacks.add(checkpointing);
   callbacks.add(std::make_shared<PrintCallback>(args.print_every));
 
-  dcp::lt::TrainState state;
+  dcp::trainer::TrainState state;
   callbacks.train_begin(state);  // resume
   if (state.step > 0) {
     std::printf("resumed from %s/%s at step %lld (epoch %lld, sample %lld of the epoch)\n",

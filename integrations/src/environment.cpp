@@ -5,8 +5,8 @@
 #include <optional>
 #include <string>
 
+#include "dcp/dist/process_group.h"
 #include "dcp/error.h"
-#include "dcp/torch/process_group.h"
 
 namespace dcp {
 namespace dist {

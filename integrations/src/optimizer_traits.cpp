@@ -14,7 +14,7 @@
 #include "tensor_util.h"
 
 namespace dcp {
-namespace lt {
+namespace libtorch {
 
 using namespace internal;
 
@@ -323,5 +323,5 @@ const Value& field(const Dict& d, const std::string& key, const std::string& whe
   return it->second;
 }
 
-}  // namespace lt
+}  // namespace libtorch
 }  // namespace dcp

@@ -1,6 +1,6 @@
 // The optimizers OptimizerState supports, one entry each (optimizer_traits.cpp):
 // how an optimizer's hyper-parameters and per-parameter state map to the
-// state dict laid out in dcp/torch/optimizer.h. optimizer_state.cpp does the
+// state dict laid out in dcp/libtorch/optimizer.h. optimizer.cpp does the
 // rest (names, param groups, checks, installing a load) the same way for all.
 #pragma once
 
@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "dcp/torch/module.h"
+#include "dcp/libtorch/module.h"
 #include "dcp/value.h"
 
 namespace torch {
@@ -22,7 +22,7 @@ class OptimizerParamState;
 }  // namespace torch
 
 namespace dcp {
-namespace lt {
+namespace libtorch {
 
 // One supported optimizer. Each function takes the options and state of
 // this optimizer's types only (the entry that matched the optimizer).
@@ -61,5 +61,5 @@ const OptimizerKind& optimizer_kind(const torch::optim::Optimizer& optimizer);
 // d[key]; throws PlanMismatchError "OptimizerState: <where> has no '<key>'".
 const Value& field(const Dict& d, const std::string& key, const std::string& where);
 
-}  // namespace lt
+}  // namespace libtorch
 }  // namespace dcp

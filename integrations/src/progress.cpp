@@ -1,9 +1,9 @@
-#include "dcp/torch/progress.h"
+#include "dcp/libtorch/progress.h"
 
 #include "dcp/error.h"
 
 namespace dcp {
-namespace lt {
+namespace libtorch {
 
 namespace {
 
@@ -72,5 +72,5 @@ void Progress::load_state_dict(const StateDict& sd) {
   values_ = std::move(values);
 }
 
-}  // namespace lt
+}  // namespace libtorch
 }  // namespace dcp

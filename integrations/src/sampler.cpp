@@ -3,10 +3,10 @@
 #include <random>
 
 #include "dcp/error.h"
-#include "dcp/torch/data.h"
+#include "dcp/libtorch/sampler.h"
 
 namespace dcp {
-namespace lt {
+namespace libtorch {
 
 namespace {
 
@@ -142,5 +142,5 @@ void ResumableSampler::load_state_dict(const StateDict& sd) {
   order_epoch_ = -1;  // seed or shuffle may have changed
 }
 
-}  // namespace lt
+}  // namespace libtorch
 }  // namespace dcp

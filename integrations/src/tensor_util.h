@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "dcp/libtorch/module.h"
 #include "dcp/metadata.h"
-#include "dcp/torch/module.h"
 #include "dcp/value.h"
 
 namespace dcp {
@@ -41,8 +41,9 @@ inline std::string mismatch_message(const std::string& who,
 //   - a ShardedTensor of the global shape: its local shard at the offsets.
 // Returns an undefined tensor and sets `problem` (naming `key`) when there is
 // no such part. The caller checks dtype and shape against `dest`.
-inline at::Tensor local_piece(const Value& v, const lt::ShardSpec* spec, const at::Tensor& dest,
-                              const std::string& key, std::string& problem) {
+inline at::Tensor local_piece(const Value& v, const libtorch::ShardSpec* spec,
+                              const at::Tensor& dest, const std::string& key,
+                              std::string& problem) {
   const std::vector<int64_t> offsets = spec ? spec->offsets : std::vector<int64_t>(dest.dim(), 0);
   const std::vector<int64_t> global = spec ? spec->global_size : dest.sizes().vec();
   if (v.is_tensor()) {
@@ -77,7 +78,7 @@ inline at::Tensor local_piece(const Value& v, const lt::ShardSpec* spec, const a
 }
 
 // `t` as this rank's piece `spec` (a ShardedTensor), or as it is (spec null).
-inline Value as_piece(const at::Tensor& t, const lt::ShardSpec* spec) {
+inline Value as_piece(const at::Tensor& t, const libtorch::ShardSpec* spec) {
   if (!spec) return t;
   return ShardedTensor{spec->global_size, {Shard{t, spec->offsets}}};
 }

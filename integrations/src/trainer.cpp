@@ -1,4 +1,4 @@
-#include "dcp/torch/trainer.h"
+#include "dcp/trainer/trainer.h"
 
 #include <utility>
 
@@ -6,7 +6,7 @@
 #include "dcp/manager/manager.h"
 
 namespace dcp {
-namespace lt {
+namespace trainer {
 
 void Callbacks::add(std::shared_ptr<TrainerCallback> callback) {
   if (!callback) throw InvalidArgumentError("Callbacks::add: null callback");
@@ -51,5 +51,5 @@ void CheckpointCallback::on_train_end(TrainState& state) {
   manager_->on_train_end(state.step, state.metrics);
 }
 
-}  // namespace lt
+}  // namespace trainer
 }  // namespace dcp

@@ -34,7 +34,7 @@
 #include <vector>
 
 #include "dcp/dcp.h"
-#include "dcp/torch/process_group.h"
+#include "dcp/dist/process_group.h"
 
 namespace {
 

@@ -54,7 +54,7 @@
 #include <string>
 #include <vector>
 
-#include "dcp/torch/process_group.h"
+#include "dcp/dist/process_group.h"
 
 namespace dcp {
 namespace testing {

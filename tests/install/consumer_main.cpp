@@ -1,8 +1,8 @@
 #include <ATen/ATen.h>
 #include <dcp/dcp.h>
+#include <dcp/dist/process_group.h>
 #include <dcp/manager/manager.h>
-#include <dcp/torch/process_group.h>
-#include <dcp/torch/trainer.h>
+#include <dcp/trainer/trainer.h>
 
 #include <memory>
 #include <string>
@@ -35,9 +35,9 @@ int main(int argc, char** argv) {
       "checkpoint: {dir: '" + dir + "/managed', save: {every_steps: 0}}", "consumer");
   auto m = std::make_shared<dcp::manager::CheckpointManager>(opts);
   m->register_stateful("w", std::make_shared<W>());
-  dcp::lt::Callbacks cbs;
-  cbs.add(std::make_shared<dcp::lt::CheckpointCallback>(m));
-  dcp::lt::TrainState state;
+  dcp::trainer::Callbacks cbs;
+  cbs.add(std::make_shared<dcp::trainer::CheckpointCallback>(m));
+  dcp::trainer::TrainState state;
   cbs.train_begin(state);
   while (state.step < 3) {
     ++state.step;

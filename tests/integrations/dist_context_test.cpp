@@ -11,8 +11,8 @@
 #include <string>
 
 #include "common/multiproc.h"
+#include "dcp/dist/process_group.h"
 #include "dcp/error.h"
-#include "dcp/torch/process_group.h"
 
 namespace {
 

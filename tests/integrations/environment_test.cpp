@@ -6,8 +6,8 @@
 #include <optional>
 #include <string>
 
+#include "dcp/dist/process_group.h"
 #include "dcp/error.h"
-#include "dcp/torch/process_group.h"
 
 namespace {
 

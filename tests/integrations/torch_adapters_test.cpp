@@ -1,4 +1,4 @@
-// dcp::torch adapters against LibTorch itself: modules load in place, LR
+// dcp::libtorch adapters against LibTorch itself: modules load in place, LR
 // schedulers, the RNG, the whole training state, and sharded parameters over
 // two real ranks. Every checkpoint goes through dcp::save / dcp::load on
 // disk. The optimizers' tests are in torch_optimizer_test.cpp and
@@ -14,16 +14,16 @@
 #include "common/multiproc.h"
 #include "common/test_util.h"
 #include "dcp/dcp.h"
-#include "dcp/torch/adapters.h"
+#include "dcp/libtorch/adapters.h"
 #include "torch_test_net.h"
 
 namespace {
 
 using namespace dcp_torch_test;
-using dcp::lt::LRSchedulerState;
-using dcp::lt::ModuleState;
-using dcp::lt::OptimizerState;
-using dcp::lt::RngState;
+using dcp::libtorch::LRSchedulerState;
+using dcp::libtorch::ModuleState;
+using dcp::libtorch::OptimizerState;
+using dcp::libtorch::RngState;
 using dcp::testing::TempDir;
 
 // ---------------------------------------------------------------------------
@@ -39,13 +39,13 @@ TEST(TorchModuleState, LoadsInPlaceAndTheOptimizerStaysBound) {
   ASSERT_FALSE(same_tensors(*a, *b));
   std::vector<void*> ptrs;
   std::vector<c10::TensorImpl*> impls;
-  for (const auto& [name, t] : dcp::lt::named_tensors(*b)) {
+  for (const auto& [name, t] : dcp::libtorch::named_tensors(*b)) {
     ptrs.push_back(t.data_ptr());
     impls.push_back(t.unsafeGetTensorImpl());
   }
   load_from({{"model", std::make_shared<ModuleState>(*b)}}, dir.sub("ckpt"));
   EXPECT_TRUE(same_tensors(*a, *b));
-  const auto after = dcp::lt::named_tensors(*b);
+  const auto after = dcp::libtorch::named_tensors(*b);
   ASSERT_EQ(after.size(), ptrs.size());
   for (size_t i = 0; i < after.size(); ++i) {
     EXPECT_EQ(after[i].second.data_ptr(), ptrs[i]) << after[i].first;
@@ -59,7 +59,7 @@ TEST(TorchModuleState, LoadsInPlaceAndTheOptimizerStaysBound) {
 
 TEST(TorchModuleState, IncludesBuffersByName) {
   auto net = make_net(1);
-  ModuleState with(net), without(net, dcp::lt::ModuleStateOptions{false, {}, true});
+  ModuleState with(net), without(net, dcp::libtorch::ModuleStateOptions{false, {}, true});
   const dcp::StateDict sd = with.state_dict();
   for (const char* key : {"fc1.weight", "fc1.bias", "bn.weight", "bn.running_mean",
                           "bn.running_var", "bn.num_batches_tracked", "aux.bias"})
@@ -210,19 +210,19 @@ TEST(TorchAdapters, WholeTrainingStateResumesBitIdentically) {
     std::shared_ptr<NetImpl> net;
     std::unique_ptr<torch::optim::Adam> opt;
     std::unique_ptr<torch::optim::StepLR> sched;
-    std::shared_ptr<dcp::lt::ResumableSampler> sampler;
-    std::shared_ptr<dcp::lt::Progress> progress = std::make_shared<dcp::lt::Progress>();
+    std::shared_ptr<dcp::libtorch::ResumableSampler> sampler;
+    std::shared_ptr<dcp::libtorch::Progress> progress = std::make_shared<dcp::libtorch::Progress>();
     dcp::StateDict sd;
     Run(uint64_t seed) {
       net = make_net(seed, 16, /*dropout=*/0.3);
       opt =
           std::make_unique<torch::optim::Adam>(net->parameters(), torch::optim::AdamOptions(1e-2));
       sched = std::make_unique<torch::optim::StepLR>(*opt, 4, 0.7);
-      dcp::lt::SamplerOptions so;
+      dcp::libtorch::SamplerOptions so;
       so.dataset_size = 40;
       so.batch_size = 8;
       so.seed = seed;
-      sampler = std::make_shared<dcp::lt::ResumableSampler>(so);
+      sampler = std::make_shared<dcp::libtorch::ResumableSampler>(so);
       sd = {{"model", std::make_shared<ModuleState>(net)},
             {"optim", std::make_shared<OptimizerState>(*opt, *net)},
             {"sched", std::make_shared<LRSchedulerState>(*sched)},
@@ -304,7 +304,7 @@ TEST(TorchAdapters, AsyncSaveHoldsTheStateAtTheCall) {
 torch::Tensor global_weight() { return torch::arange(32, torch::kFloat).reshape({4, 8}); }
 torch::Tensor global_bias() { return torch::arange(4, torch::kFloat) * 10; }
 
-std::map<std::string, dcp::lt::ShardSpec> row_shards(int rank) {
+std::map<std::string, dcp::libtorch::ShardSpec> row_shards(int rank) {
   return {{"weight", {{4, 8}, {2 * rank, 0}}}, {"bias", {{4}, {2 * rank}}}};
 }
 
@@ -314,9 +314,9 @@ struct RankPiece {
   std::unique_ptr<torch::optim::Adam> opt;
   dcp::StateDict state_dict(int rank) {
     return {{"model", std::make_shared<ModuleState>(
-                          lin, dcp::lt::ModuleStateOptions{true, row_shards(rank), true})},
+                          lin, dcp::libtorch::ModuleStateOptions{true, row_shards(rank), true})},
             {"optim", std::make_shared<OptimizerState>(
-                          *opt, *lin, dcp::lt::OptimizerStateOptions{row_shards(rank)})}};
+                          *opt, *lin, dcp::libtorch::OptimizerStateOptions{row_shards(rank)})}};
   }
 };
 
@@ -344,7 +344,7 @@ DCP_REGISTER_WORKER(torch_sharded_save) {
   RankPiece piece = rank_piece(r);
   const torch::Tensor weight = piece.lin->weight.clone();
   const torch::Tensor exp_avg = adam_state(*piece.opt, piece.lin->weight, "exp_avg").clone();
-  dcp::lt::RngStateOptions ro;
+  dcp::libtorch::RngStateOptions ro;
   ro.rank = r;
   ro.world_size = ctx.world_size();
   torch::manual_seed(100 + r);
@@ -374,8 +374,8 @@ DCP_REGISTER_WORKER(torch_sharded_save) {
 DCP_REGISTER_WORKER(torch_sharded_load) {
   const int r = ctx.rank();
   auto lin = std::make_shared<torch::nn::LinearImpl>(8, 2);
-  dcp::StateDict sd{{"model", std::make_shared<ModuleState>(
-                                  lin, dcp::lt::ModuleStateOptions{true, row_shards(r), true})}};
+  dcp::StateDict sd{{"model", std::make_shared<ModuleState>(lin, dcp::libtorch::ModuleStateOptions{
+                                                                     true, row_shards(r), true})}};
   dcp::LoadOptions lo;
   lo.checkpoint_id = args.at(0);
   lo.collectives = ctx.collectives();
@@ -438,7 +438,7 @@ TEST(TorchModuleStateSharded, TwoRanksSaveOneProcessLoadsAndBack) {
   // each takes its slice.
   dcp::StateDict all = dcp::load_all(whole);
   auto half = std::make_shared<torch::nn::LinearImpl>(8, 2);
-  ModuleState(half, dcp::lt::ModuleStateOptions{true, row_shards(1), true})
+  ModuleState(half, dcp::libtorch::ModuleStateOptions{true, row_shards(1), true})
       .load_state_dict(all.at("model").dict());
   EXPECT_TRUE(torch::equal(half->weight, global_weight().narrow(0, 2, 2)));
 }

@@ -1,4 +1,4 @@
-// dcp::lt::OptimizerState for every supported optimizer over param groups
+// dcp::libtorch::OptimizerState for every supported optimizer over param groups
 // of different hyper-parameters, and of different state (momentum, amsgrad,
 // centered in one group only): the round trip compared by LibTorch itself,
 // the saved layout key by key, and malformed state dicts refused.
@@ -10,14 +10,14 @@
 
 #include "common/test_util.h"
 #include "dcp/dcp.h"
-#include "dcp/torch/adapters.h"
+#include "dcp/libtorch/adapters.h"
 #include "torch_test_net.h"
 
 namespace {
 
 using namespace dcp_torch_test;
-using dcp::lt::ModuleState;
-using dcp::lt::OptimizerState;
+using dcp::libtorch::ModuleState;
+using dcp::libtorch::OptimizerState;
 using dcp::testing::TempDir;
 using torch::optim::OptimizerParamGroup;
 
@@ -172,7 +172,7 @@ TEST_P(TorchOptimizerStateGroups, EveryGroupsHyperParametersAndStateRoundTrip) {
   EXPECT_TRUE(same_libtorch_state(c, *opt_a, *opt_b));
 }
 
-// The keys and kinds of values documented in dcp/torch/optimizer.h: each
+// The keys and kinds of values documented in dcp/libtorch/optimizer.h: each
 // group's hyper-parameters, and for each parameter exactly the state its
 // group's options keep (no entry when they keep none), tensors of the
 // parameter's dtype and shape.
@@ -191,7 +191,7 @@ TEST_P(TorchOptimizerStateGroups, SavesTheDocumentedLayout) {
 
   const dcp::List& groups = sd.at("param_groups").list();
   ASSERT_EQ(groups.size(), 2u);
-  const auto named = dcp::lt::named_tensors(*net, false);
+  const auto named = dcp::libtorch::named_tensors(*net, false);
   size_t entries = 0;
   for (size_t g = 0; g < 2; ++g) {
     const dcp::Dict& gd = groups[g].dict();

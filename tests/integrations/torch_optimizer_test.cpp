@@ -1,4 +1,4 @@
-// dcp::lt::OptimizerState against LibTorch's optimizers: the state of every
+// dcp::libtorch::OptimizerState against LibTorch's optimizers: the state of every
 // supported optimizer round-trips through dcp::save / dcp::load on disk so
 // that a step after resume equals a step without interruption; the layout
 // is keyed by parameter name; mismatches and unsupported optimizers are
@@ -11,14 +11,14 @@
 
 #include "common/test_util.h"
 #include "dcp/dcp.h"
-#include "dcp/torch/adapters.h"
+#include "dcp/libtorch/adapters.h"
 #include "torch_test_net.h"
 
 namespace {
 
 using namespace dcp_torch_test;
-using dcp::lt::ModuleState;
-using dcp::lt::OptimizerState;
+using dcp::libtorch::ModuleState;
+using dcp::libtorch::OptimizerState;
 using dcp::testing::TempDir;
 using torch::optim::OptimizerParamGroup;
 
@@ -171,10 +171,10 @@ TEST_P(TorchOptimizerState, NamesNotPositionsMatch) {
   auto groups = two_groups(*b);
   for (auto& g : groups) std::reverse(g.params().begin(), g.params().end());
   auto opt_b = GetParam().make(std::move(groups), 1.0);
-  load_from(
-      {{"model", std::make_shared<ModuleState>(b)},
-       {"optim", std::make_shared<OptimizerState>(*opt_b, dcp::lt::named_tensors(*b, false))}},
-      dir.sub("ckpt"));
+  load_from({{"model", std::make_shared<ModuleState>(b)},
+             {"optim",
+              std::make_shared<OptimizerState>(*opt_b, dcp::libtorch::named_tensors(*b, false))}},
+            dir.sub("ckpt"));
   // Equal state, but each group lists its names in its own order.
   EXPECT_FALSE(same_optimizer_state(*opt_a, *a, *opt_b, *b));
   for (int i = 2; i < 4; ++i) {
@@ -303,7 +303,7 @@ TEST(TorchOptimizerStateLayout, UnsupportedOptimizersAreRefusedByName) {
   };
   refused([&] { OptimizerState(*lbfgs, *net); }, "torch::optim::LBFGS");
   refused([&] { OptimizerState(lbfgs, net); }, "torch::optim::LBFGS");
-  refused([&] { OptimizerState(*lbfgs, dcp::lt::named_tensors(*net, false)); },
+  refused([&] { OptimizerState(*lbfgs, dcp::libtorch::named_tensors(*net, false)); },
           "torch::optim::LBFGS");
   refused([&] { OptimizerState(mine, *net); }, "(anonymous namespace)::MyOptimizer");
 }

@@ -1,4 +1,4 @@
-// dcp::lt::ResumableSampler and dcp::lt::Progress, through real checkpoints:
+// dcp::libtorch::ResumableSampler and dcp::libtorch::Progress, through real checkpoints:
 // a resumed sampler yields exactly the batches of an uninterrupted one (also
 // across epoch boundaries), ranks split each global batch without overlap,
 // and a checkpoint taken at one world size continues at another with every
@@ -10,14 +10,14 @@
 
 #include "common/test_util.h"
 #include "dcp/dcp.h"
-#include "dcp/torch/data.h"
-#include "dcp/torch/progress.h"
+#include "dcp/libtorch/progress.h"
+#include "dcp/libtorch/sampler.h"
 
 namespace {
 
-using dcp::lt::Progress;
-using dcp::lt::ResumableSampler;
-using dcp::lt::SamplerOptions;
+using dcp::libtorch::Progress;
+using dcp::libtorch::ResumableSampler;
+using dcp::libtorch::SamplerOptions;
 using dcp::testing::TempDir;
 
 SamplerOptions options(int64_t size, int64_t batch, uint64_t seed, int rank = 0, int world = 1) {

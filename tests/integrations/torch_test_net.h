@@ -1,4 +1,4 @@
-// What the dcp::torch adapter tests share: a small network with parameters,
+// What the dcp::libtorch adapter tests share: a small network with parameters,
 // buffers and a layer that steps only when asked, deterministic training
 // steps, and bit-exact comparisons.
 #pragma once
@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "dcp/dcp.h"
-#include "dcp/torch/adapters.h"
+#include "dcp/libtorch/adapters.h"
 
 namespace dcp_torch_test {
 
@@ -61,7 +61,7 @@ inline void train_step(NetImpl& net, torch::optim::Optimizer& opt, int64_t i, bo
 // difference is reported by name.
 inline ::testing::AssertionResult same_tensors(const torch::nn::Module& a,
                                                const torch::nn::Module& b) {
-  const auto ta = dcp::lt::named_tensors(a), tb = dcp::lt::named_tensors(b);
+  const auto ta = dcp::libtorch::named_tensors(a), tb = dcp::libtorch::named_tensors(b);
   if (ta.size() != tb.size()) return ::testing::AssertionFailure() << "different tensor counts";
   for (size_t i = 0; i < ta.size(); ++i) {
     if (ta[i].first != tb[i].first)

@@ -6,10 +6,10 @@
 
 #include "common/test_util.h"
 #include "dcp/manager/manager.h"
-#include "dcp/torch/trainer.h"
+#include "dcp/trainer/trainer.h"
 
 namespace dcp {
-namespace lt {
+namespace trainer {
 namespace {
 
 // A weight that is a function of the step, and the step.
@@ -179,5 +179,5 @@ INSTANTIATE_TEST_SUITE_P(, CheckpointCallbackTest, ::testing::Values(false, true
                          [](const auto& info) { return info.param ? "async" : "sync"; });
 
 }  // namespace
-}  // namespace lt
+}  // namespace trainer
 }  // namespace dcp

@@ -46,21 +46,21 @@
 #define DCP_MANAGER_EXPORT DCP_SYMBOL_IMPORT_
 #endif
 
-// dcp::dist (integrations/include/dcp/torch/process_group.h)
+// dcp::dist (integrations/include/dcp/dist/process_group.h)
 #ifdef DCP_DIST_BUILDING
 #define DCP_DIST_EXPORT DCP_SYMBOL_EXPORT_
 #else
 #define DCP_DIST_EXPORT DCP_SYMBOL_IMPORT_
 #endif
 
-// dcp::torch (integrations/include/dcp/torch/{data,module,optimizer,progress,rng}.h)
-#ifdef DCP_TORCH_BUILDING
-#define DCP_TORCH_EXPORT DCP_SYMBOL_EXPORT_
+// dcp::libtorch (integrations/include/dcp/libtorch/{data,module,optimizer,progress,rng}.h)
+#ifdef DCP_LIBTORCH_BUILDING
+#define DCP_LIBTORCH_EXPORT DCP_SYMBOL_EXPORT_
 #else
-#define DCP_TORCH_EXPORT DCP_SYMBOL_IMPORT_
+#define DCP_LIBTORCH_EXPORT DCP_SYMBOL_IMPORT_
 #endif
 
-// dcp::trainer (integrations/include/dcp/torch/trainer.h)
+// dcp::trainer (integrations/include/dcp/trainer/trainer.h)
 #ifdef DCP_TRAINER_BUILDING
 #define DCP_TRAINER_EXPORT DCP_SYMBOL_EXPORT_
 #else

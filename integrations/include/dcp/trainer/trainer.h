@@ -3,13 +3,13 @@
 // CheckpointManager.
 //
 //   auto manager = std::make_shared<dcp::manager::CheckpointManager>(options);
-//   manager->register_stateful("model", std::make_shared<dcp::lt::ModuleState>(model));
+//   manager->register_stateful("model", std::make_shared<dcp::libtorch::ModuleState>(model));
 //   ...
-//   dcp::lt::Callbacks callbacks;
-//   callbacks.add(std::make_shared<dcp::lt::CheckpointCallback>(manager));
+//   dcp::trainer::Callbacks callbacks;
+//   callbacks.add(std::make_shared<dcp::trainer::CheckpointCallback>(manager));
 //   callbacks.add(my_logger);
 //
-//   dcp::lt::TrainState state;
+//   dcp::trainer::TrainState state;
 //   callbacks.train_begin(state);          // resumes: state.step = the step to start from
 //   while (state.step < steps) {
 //     state.metrics["loss"] = train_one_step();
@@ -35,7 +35,7 @@ namespace manager {
 class CheckpointManager;
 }  // namespace manager
 
-namespace lt {
+namespace trainer {
 
 // What the training loop tells its callbacks, and what they tell it back.
 struct DCP_TRAINER_EXPORT TrainState {
@@ -105,5 +105,5 @@ class DCP_TRAINER_EXPORT CheckpointCallback : public TrainerCallback {
   bool preempted_ = false;
 };
 
-}  // namespace lt
+}  // namespace trainer
 }  // namespace dcp

@@ -3,8 +3,8 @@
 //   auto model = std::make_shared<Net>();
 //   torch::optim::Adam optim(model->parameters(), torch::optim::AdamOptions(1e-3));
 //   dcp::StateDict sd{
-//       {"model", std::make_shared<dcp::lt::ModuleState>(model)},
-//       {"optim", std::make_shared<dcp::lt::OptimizerState>(optim, *model)}};
+//       {"model", std::make_shared<dcp::libtorch::ModuleState>(model)},
+//       {"optim", std::make_shared<dcp::libtorch::OptimizerState>(optim, *model)}};
 //   dcp::save(sd, dir);  ...  dcp::load(sd, dir);
 //
 // Supported: SGD, Adam, AdamW, RMSprop, Adagrad (LibTorch 1.13's set minus
@@ -53,7 +53,7 @@
 #include <string>
 
 #include "dcp/export.h"
-#include "dcp/torch/module.h"
+#include "dcp/libtorch/module.h"
 #include "dcp/value.h"
 
 namespace torch {
@@ -64,9 +64,9 @@ class LRScheduler;
 }  // namespace torch
 
 namespace dcp {
-namespace lt {
+namespace libtorch {
 
-struct DCP_TORCH_EXPORT OptimizerStateOptions {
+struct DCP_LIBTORCH_EXPORT OptimizerStateOptions {
   // Parameters sharded across ranks: give the same map as to the ModuleState
   // (ModuleStateOptions::sharded). Their state tensors, shaped like the local
   // parameter, are then saved as ShardedTensors with the parameter's global
@@ -102,7 +102,7 @@ struct DCP_TORCH_EXPORT OptimizerStateOptions {
 // - The optimizer (and the module, when given by reference) must outlive
 //   this object. Not thread-safe: do not step while a save copies or a load
 //   runs.
-class DCP_TORCH_EXPORT OptimizerState : public Stateful {
+class DCP_LIBTORCH_EXPORT OptimizerState : public Stateful {
  public:
   // Each constructor throws InvalidArgumentError, naming its type, for an
   // optimizer other than SGD, Adam, AdamW, RMSprop or Adagrad (a subclass of
@@ -142,7 +142,7 @@ class DCP_TORCH_EXPORT OptimizerState : public Stateful {
 //
 // Layout: {"step_count": int}. A subclass with more state than step_count_
 // needs an adapter of its own.
-class DCP_TORCH_EXPORT LRSchedulerState : public Stateful {
+class DCP_LIBTORCH_EXPORT LRSchedulerState : public Stateful {
  public:
   // The scheduler must outlive this object.
   explicit LRSchedulerState(torch::optim::LRScheduler& scheduler);
@@ -158,5 +158,5 @@ class DCP_TORCH_EXPORT LRSchedulerState : public Stateful {
   std::shared_ptr<torch::optim::LRScheduler> scheduler_;
 };
 
-}  // namespace lt
+}  // namespace libtorch
 }  // namespace dcp

@@ -2,11 +2,11 @@
 // epoch by epoch, with its position as a dcp::Stateful so that a resumed run
 // sees exactly the batches the uninterrupted run would have.
 //
-//   dcp::lt::SamplerOptions so;
+//   dcp::libtorch::SamplerOptions so;
 //   so.dataset_size = dataset.size().value();
 //   so.batch_size = 32;  so.seed = 1234;
 //   so.rank = ctx->rank();  so.world_size = ctx->world_size();
-//   auto sampler = std::make_shared<dcp::lt::ResumableSampler>(so);
+//   auto sampler = std::make_shared<dcp::libtorch::ResumableSampler>(so);
 //   dcp::StateDict sd{..., {"sampler", sampler}};   // restored by dcp::load
 //   for (; sampler->epoch() < epochs; sampler->next_epoch())
 //     while (auto indices = sampler->next_batch()) {
@@ -47,9 +47,9 @@
 #include "dcp/value.h"
 
 namespace dcp {
-namespace lt {
+namespace libtorch {
 
-struct DCP_TORCH_EXPORT SamplerOptions {
+struct DCP_LIBTORCH_EXPORT SamplerOptions {
   // Samples in the dataset (indices 0 .. dataset_size-1). Required, > 0.
   int64_t dataset_size = 0;
   // Samples per rank per batch. Default 1.
@@ -78,7 +78,7 @@ struct DCP_TORCH_EXPORT SamplerOptions {
 // size are this run's options and are not restored.
 //
 // Not thread-safe.
-class DCP_TORCH_EXPORT ResumableSampler : public Stateful {
+class DCP_LIBTORCH_EXPORT ResumableSampler : public Stateful {
  public:
   // Throws InvalidArgumentError for a dataset_size or batch_size below 1 or
   // a rank outside [0, world_size).
@@ -123,5 +123,5 @@ class DCP_TORCH_EXPORT ResumableSampler : public Stateful {
   int64_t order_epoch_ = -1;
 };
 
-}  // namespace lt
+}  // namespace libtorch
 }  // namespace dcp

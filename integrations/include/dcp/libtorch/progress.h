@@ -1,7 +1,7 @@
 // Training progress as a dcp::Stateful: step, epoch, samples seen, and any
 // named plain values the program adds (a best metric, a run name, ...).
 //
-//   auto progress = std::make_shared<dcp::lt::Progress>();
+//   auto progress = std::make_shared<dcp::libtorch::Progress>();
 //   dcp::StateDict sd{..., {"progress", progress}};
 //   ...  progress->advance(batch_size);  progress->set("best_loss", 0.31);
 #pragma once
@@ -14,7 +14,7 @@
 #include "dcp/value.h"
 
 namespace dcp {
-namespace lt {
+namespace libtorch {
 
 // State dict layout:
 //   "step": int, "epoch": int, "samples_seen": int,
@@ -24,7 +24,7 @@ namespace lt {
 // takes them all. load_state_dict() replaces the values with the saved ones.
 //
 // Not thread-safe.
-class DCP_TORCH_EXPORT Progress : public Stateful {
+class DCP_LIBTORCH_EXPORT Progress : public Stateful {
  public:
   int64_t step() const { return step_; }
   int64_t epoch() const { return epoch_; }
@@ -59,5 +59,5 @@ class DCP_TORCH_EXPORT Progress : public Stateful {
   std::map<std::string, Value> values_;
 };
 
-}  // namespace lt
+}  // namespace libtorch
 }  // namespace dcp

@@ -1,4 +1,4 @@
-#include "dcp/torch/module.h"
+#include "dcp/libtorch/module.h"
 
 #include <torch/nn/module.h>
 
@@ -9,7 +9,7 @@
 #include "tensor_util.h"
 
 namespace dcp {
-namespace lt {
+namespace libtorch {
 
 using namespace internal;
 
@@ -102,5 +102,5 @@ void ModuleState::load_state_dict(const StateDict& state_dict) {
   for (auto& [dest, src] : copies) dest.copy_(src);
 }
 
-}  // namespace lt
+}  // namespace libtorch
 }  // namespace dcp

@@ -1,4 +1,4 @@
-#include "dcp/torch/rng.h"
+#include "dcp/libtorch/rng.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
@@ -9,7 +9,7 @@
 #include "tensor_util.h"
 
 namespace dcp {
-namespace lt {
+namespace libtorch {
 
 using namespace internal;
 
@@ -99,5 +99,5 @@ void RngState::load_state_dict(const StateDict& sd) {
     set_state(todo[i].first, todo[i].second, i == 0 ? "cpu" : "cuda" + std::to_string(i - 1));
 }
 
-}  // namespace lt
+}  // namespace libtorch
 }  // namespace dcp

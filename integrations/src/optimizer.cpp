@@ -1,4 +1,4 @@
-#include "dcp/torch/optimizer.h"
+#include "dcp/libtorch/optimizer.h"
 
 #include <c10/util/string_utils.h>
 #include <torch/nn/module.h>
@@ -15,7 +15,7 @@
 #include "tensor_util.h"
 
 namespace dcp {
-namespace lt {
+namespace libtorch {
 
 using namespace internal;
 
@@ -251,5 +251,5 @@ void LRSchedulerState::load_state_dict(const StateDict& sd) {
   (*scheduler_).*SchedulerAccess::step_count() = static_cast<unsigned>(n);
 }
 
-}  // namespace lt
+}  // namespace libtorch
 }  // namespace dcp

@@ -2,7 +2,7 @@
 // that dropout masks, random initialisation and anything else drawn from
 // the global generators continue after a resume exactly as they would have.
 //
-//   dcp::StateDict sd{..., {"rng", std::make_shared<dcp::lt::RngState>()}};
+//   dcp::StateDict sd{..., {"rng", std::make_shared<dcp::libtorch::RngState>()}};
 //
 // What is saved is the generators' state at the moment state_dict() is called
 // (the start of dcp::save, or of dcp::AsyncSaver::save): save at a step
@@ -15,9 +15,9 @@
 #include "dcp/value.h"
 
 namespace dcp {
-namespace lt {
+namespace libtorch {
 
-struct DCP_TORCH_EXPORT RngStateOptions {
+struct DCP_LIBTORCH_EXPORT RngStateOptions {
   // Include the default generator of every CUDA device when CUDA is
   // available (at::hasCUDA()). Default true. On a CPU-only build there are
   // none. The number of devices must be the same on load.
@@ -44,7 +44,7 @@ struct DCP_TORCH_EXPORT RngStateOptions {
 //
 // load_state_dict() sets the generators' states (under each generator's
 // mutex). A state of another size is a PlanMismatchError.
-class DCP_TORCH_EXPORT RngState : public Stateful {
+class DCP_LIBTORCH_EXPORT RngState : public Stateful {
  public:
   // Throws InvalidArgumentError for a rank outside [0, world_size).
   explicit RngState(RngStateOptions options = {});
@@ -56,5 +56,5 @@ class DCP_TORCH_EXPORT RngState : public Stateful {
   RngStateOptions options_;
 };
 
-}  // namespace lt
+}  // namespace libtorch
 }  // namespace dcp

@@ -3,11 +3,11 @@
 //
 //   auto model = std::make_shared<Net>();
 //   torch::optim::Adam optim(model->parameters());
-//   dcp::StateDict sd{{"model", std::make_shared<dcp::lt::ModuleState>(model)}};
+//   dcp::StateDict sd{{"model", std::make_shared<dcp::libtorch::ModuleState>(model)}};
 //   dcp::load(sd, "/ckpt/step_100");  // fills model's own tensors; optim still points at them
 //
-// Namespace dcp::lt ("LibTorch"), library dcp::torch. The namespace is not
-// dcp::torch: that would shadow ::torch for all code inside namespace dcp.
+// Namespace dcp::libtorch ("LibTorch"), library dcp::libtorch. The namespace is not
+// dcp::libtorch: that would shadow ::torch for all code inside namespace dcp.
 //
 // This header does not include the LibTorch C++ API (<torch/torch.h> costs
 // ~20 s per translation unit): it forward-declares torch::nn::Module.
@@ -32,7 +32,7 @@ class Module;
 }  // namespace torch
 
 namespace dcp {
-namespace lt {
+namespace libtorch {
 
 // Tensors by name, in a fixed order.
 using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
@@ -40,17 +40,18 @@ using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 // The module's parameters (recursively, dotted names as named_parameters()
 // gives them: "fc1.weight"), then its buffers when `buffers` is set.
 // Undefined tensors (a Linear without bias registers none) are left out.
-DCP_TORCH_EXPORT NamedTensors named_tensors(const torch::nn::Module& module, bool buffers = true);
+DCP_LIBTORCH_EXPORT NamedTensors named_tensors(const torch::nn::Module& module,
+                                               bool buffers = true);
 
 // Which piece of a global tensor a local parameter holds: the parameter
 // tensor of this rank is the box of its own shape that starts at `offsets`
 // in a tensor of `global_size`.
-struct DCP_TORCH_EXPORT ShardSpec {
+struct DCP_LIBTORCH_EXPORT ShardSpec {
   std::vector<int64_t> global_size;
   std::vector<int64_t> offsets;
 };
 
-struct DCP_TORCH_EXPORT ModuleStateOptions {
+struct DCP_LIBTORCH_EXPORT ModuleStateOptions {
   // Include the module's buffers (BatchNorm running statistics, ...) as well
   // as its parameters. Default true.
   bool buffers = true;
@@ -87,7 +88,7 @@ struct DCP_TORCH_EXPORT ModuleStateOptions {
 //   when constructed from a reference.
 // - Not thread-safe: do not train while state_dict() or a load runs (an
 //   async save copies the tensors before it returns).
-class DCP_TORCH_EXPORT ModuleState : public Stateful {
+class DCP_LIBTORCH_EXPORT ModuleState : public Stateful {
  public:
   // Shares ownership of the module.
   explicit ModuleState(std::shared_ptr<torch::nn::Module> module, ModuleStateOptions options = {});
@@ -105,5 +106,5 @@ class DCP_TORCH_EXPORT ModuleState : public Stateful {
   ModuleStateOptions options_;
 };
 
-}  // namespace lt
+}  // namespace libtorch
 }  // namespace dcp

@@ -11,7 +11,7 @@
 // programs on one host cannot collide on MASTER_PORT).
 //
 // The namespace is dcp::dist (like the CMake target dcp::dist), not
-// dcp::torch: a namespace dcp::torch would shadow ::torch for all code inside
+// dcp::libtorch: a namespace dcp::libtorch would shadow ::torch for all code inside
 // namespace dcp.
 //
 // This header keeps c10d out of the includes: it forward-declares

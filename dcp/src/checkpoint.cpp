@@ -183,6 +183,25 @@ void internal::save_after_failure(const SaveOptions& options, const std::string&
   throw Error(ErrorCode::kInternal, "save_after_failure: the failed save went through");
 }
 
+namespace {
+
+// `state_dict` with its Stateful objects replaced by their state dicts (in
+// `copy`); a state dict without any (the common case at scale) is planned as
+// it is, uncopied.
+const StateDict& resolve_for_save(const StateDict& state_dict, StateDict& copy,
+                                  const DistWrapper& dist) {
+  const bool any_stateful = std::any_of(state_dict.begin(), state_dict.end(), [](const auto& kv) {
+    return contains_stateful(kv.second);
+  });
+  if (!any_stateful) return state_dict;
+  for (const auto& kv : state_dict)
+    with_context(dist.operation(), dist.rank(), "state_dict", "state_dict() of '" + kv.first + "'",
+                 [&] { copy.emplace(kv.first, resolve_stateful(kv.second)); });
+  return copy;
+}
+
+}  // namespace
+
 Metadata save(const StateDict& state_dict, const SaveOptions& options) {
   const auto t0 = Clock::now();
   // Whatever a rank does before the first round happens inside it, so that
@@ -200,23 +219,12 @@ Metadata save(const StateDict& state_dict, const SaveOptions& options) {
   DistWrapper dist("save of '" + display_id(options.checkpoint_id, writer) + "'",
                    options.collectives, options.coordinator_rank);
 
-  // Stateful objects are replaced by their state dicts in a copy; a state dict
-  // without any (the common case at scale) is planned as it is, uncopied.
   StateDict resolved_copy;
   const StateDict* resolved = &state_dict;
   Metadata global_metadata;
   std::function<SavePlan()> local_step = [&] {
     if (setup_error) std::rethrow_exception(setup_error);
-    const bool any_stateful = std::any_of(state_dict.begin(), state_dict.end(), [](const auto& kv) {
-      return contains_stateful(kv.second);
-    });
-    if (any_stateful) {
-      for (const auto& kv : state_dict)
-        with_context(dist.operation(), dist.rank(), "state_dict",
-                     "state_dict() of '" + kv.first + "'",
-                     [&] { resolved_copy.emplace(kv.first, resolve_stateful(kv.second)); });
-      resolved = &resolved_copy;
-    }
+    resolved = &resolve_for_save(state_dict, resolved_copy, dist);
     const auto meta = writer->storage_meta();
     planner->set_up_planner(*resolved, meta, dist.is_coordinator());
     writer->set_up_storage_writer(dist.is_coordinator(), dist.rank());
@@ -299,6 +307,26 @@ std::string display_id(const std::string& id, const std::shared_ptr<StorageReade
   }
 }
 
+std::shared_ptr<LoadPlanner> planner_for(const LoadOptions& options) {
+  if (options.planner) return options.planner;
+  LoadPlannerOptions po;
+  po.strict = options.strict;
+  po.exclude = options.exclude;
+  return std::make_shared<DefaultLoadPlanner>(po);
+}
+
+// The saved items a plan reads, and their bytes.
+std::pair<size_t, uint64_t> items_and_bytes(const LoadPlan& plan, const Metadata& md) {
+  std::set<MetadataIndex> seen;
+  uint64_t bytes = 0;
+  for (const auto& ri : plan.items)
+    if (seen.insert(ri.storage_index).second) {
+      auto it = md.storage_data.find(ri.storage_index);
+      if (it != md.storage_data.end()) bytes += it->second.length;
+    }
+  return {seen.size(), bytes};
+}
+
 // A load (or load_all, when `make_template` is set: it builds the state
 // dict from the metadata). Whatever a rank does before the first round
 // happens inside it, so that its failure reaches every rank there: making
@@ -313,13 +341,7 @@ LoadResult load_impl(StateDict& state_dict, const LoadOptions& options, bool mak
   } catch (...) {
     setup_error = std::current_exception();
   }
-  std::shared_ptr<LoadPlanner> planner = options.planner;
-  if (!planner) {
-    LoadPlannerOptions po;
-    po.strict = options.strict;
-    po.exclude = options.exclude;
-    planner = std::make_shared<DefaultLoadPlanner>(po);
-  }
+  std::shared_ptr<LoadPlanner> planner = planner_for(options);
   DistWrapper dist("load of '" + display_id(options.checkpoint_id, reader) + "'",
                    options.collectives, options.coordinator_rank);
 
@@ -359,13 +381,7 @@ LoadResult load_impl(StateDict& state_dict, const LoadOptions& options, bool mak
   size_t items = 0;
   dist.all_ranks("read", [&] {
     LoadPlan final_plan = planner->finish_plan(std::move(central));
-    std::set<MetadataIndex> seen;
-    for (const auto& ri : final_plan.items)
-      if (seen.insert(ri.storage_index).second) {
-        auto it = md.storage_data.find(ri.storage_index);
-        if (it != md.storage_data.end()) bytes += it->second.length;
-      }
-    items = seen.size();
+    std::tie(items, bytes) = items_and_bytes(final_plan, md);
     reader->read_data(final_plan, *planner).get();
   });
   const auto t_read = Clock::now();

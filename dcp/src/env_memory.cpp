@@ -237,6 +237,18 @@ Env* memory_env() {
   return &env;
 }
 
+// The file-system writer and reader over the memory store.
+std::shared_ptr<StorageWriter> make_memory_writer(const std::string& checkpoint_id,
+                                                  FileSystemWriterOptions options) {
+  if (!options.env) options.env = memory_env();
+  return make_filesystem_writer("memory://" + env_path(checkpoint_id), options);
+}
+std::shared_ptr<StorageReader> make_memory_reader(const std::string& checkpoint_id,
+                                                  FileSystemReaderOptions options) {
+  if (!options.env) options.env = memory_env();
+  return make_filesystem_reader("memory://" + env_path(checkpoint_id), options);
+}
+
 std::vector<std::string> memory_checkpoint_files(const std::string& checkpoint_id) {
   return memory_env()->list_dir(env_path(checkpoint_id));
 }

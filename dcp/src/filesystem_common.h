@@ -1,4 +1,4 @@
-// What the file-system writer and reader share (fs_storage.cpp, fs_reader.cpp).
+// What the file-system writer and reader share (filesystem_writer.cpp, filesystem_reader.cpp).
 #pragma once
 
 #include <tbb/parallel_for.h>

@@ -16,7 +16,7 @@
 #include "dcp/filesystem.h"
 #include "env.h"
 #include "error_text.h"
-#include "fs_common.h"
+#include "filesystem_common.h"
 
 namespace dcp {
 

@@ -1,5 +1,5 @@
 // The file-system storage backend (and, over another Env, the memory one):
-// the writer here, the reader in fs_reader.cpp.
+// the writer here, the reader in filesystem_reader.cpp.
 //
 // Commit protocol of a save (writer side):
 //   1. set_up (coordinator): create the directory; if it holds a committed
@@ -29,7 +29,7 @@
 #include "dcp/filesystem.h"
 #include "dcp/memory_storage.h"
 #include "env.h"
-#include "fs_common.h"
+#include "filesystem_common.h"
 
 namespace dcp {
 
@@ -249,11 +249,9 @@ class FileSystemWriter final : public StorageWriter {
   std::string checkpoint_id() const override { return loc_.id(); }
 
  private:
-  std::vector<WriteResult> write_all(const SavePlan& plan, SavePlanner& planner) {
-    const std::string prefix =
-        plan.storage_data.empty() ? "__" + std::to_string(rank_) + "_" : plan.storage_data;
-    // Assign items to files: largest first onto the lightest file, then each
-    // file keeps plan order (key order: what a loader reads together).
+  // Items to files: largest first onto the lightest file, then each file
+  // keeps plan order (key order: what a loader reads together).
+  std::vector<std::vector<size_t>> assign_files(const SavePlan& plan) const {
     std::vector<std::vector<size_t>> files;
     if (opt_.file_per_thread) {
       const size_t n_files = std::max<size_t>(1, std::min<size_t>(opt_.threads, plan.items.size()));
@@ -273,6 +271,13 @@ class FileSystemWriter final : public StorageWriter {
     } else {
       for (size_t i = 0; i < plan.items.size(); ++i) files.push_back({i});
     }
+    return files;
+  }
+
+  std::vector<WriteResult> write_all(const SavePlan& plan, SavePlanner& planner) {
+    const std::string prefix =
+        plan.storage_data.empty() ? "__" + std::to_string(rank_) + "_" : plan.storage_data;
+    const std::vector<std::vector<size_t>> files = assign_files(plan);
 
     std::vector<std::vector<WriteResult>> per_file(files.size());
     run_parallel(opt_.threads, files.size(), [&](size_t fi) {
@@ -369,17 +374,6 @@ std::shared_ptr<StorageReader> make_filesystem_reader(const std::string& path,
 bool is_committed_checkpoint(const std::string& path, Env* env) {
   Location loc = locate(path, env);
   return loc.env->file_exists(loc.file(kMetadataFileName));
-}
-
-std::shared_ptr<StorageWriter> make_memory_writer(const std::string& checkpoint_id,
-                                                  FileSystemWriterOptions options) {
-  return std::make_shared<FileSystemWriter>(options.env ? options.env : memory_env(), kMemoryScheme,
-                                            env_path(checkpoint_id), options);
-}
-std::shared_ptr<StorageReader> make_memory_reader(const std::string& checkpoint_id,
-                                                  FileSystemReaderOptions options) {
-  return fs::new_reader(options.env ? options.env : memory_env(), kMemoryScheme,
-                        env_path(checkpoint_id), options);
 }
 
 }  // namespace dcp

@@ -147,6 +147,45 @@ std::string serialize_metadata(const Metadata& md) {
   return out;
 }
 
+namespace {
+
+// The state_dict_metadata entries of a metadata body.
+void decode_entries(codec::Decoder& d, Metadata& md) {
+  const size_t n_entries = d.count("entry");
+  for (size_t i = 0; i < n_entries; ++i) {
+    std::string fqn = d.str();
+    const uint8_t kind = d.u8();
+    if (kind == 0) {
+      TensorStorageMetadata t;
+      try {
+        t.properties.dtype = dtype_from_name(d.str_view());
+      } catch (const InvalidArgumentError& e) {
+        d.fail("key '" + fqn + "': " + e.what());
+      }
+      t.properties.requires_grad = d.u8() != 0;
+      t.size = d.ints();
+      const size_t n_chunks = d.count("chunk");
+      t.chunks.resize(n_chunks);
+      for (auto& c : t.chunks) {
+        c.offsets = d.ints();
+        c.sizes = d.ints();
+        if (c.offsets.size() != t.size.size() || c.sizes.size() != t.size.size())
+          d.fail("key '" + fqn + "': chunk rank differs from tensor rank");
+      }
+      // Written in key order: the hint makes each insertion O(1).
+      md.state_dict_metadata.emplace_hint(md.state_dict_metadata.end(), std::move(fqn),
+                                          std::move(t));
+    } else if (kind == 1) {
+      md.state_dict_metadata.emplace_hint(md.state_dict_metadata.end(), std::move(fqn),
+                                          BytesStorageMetadata{});
+    } else {
+      d.fail("key '" + fqn + "': unknown entry kind " + std::to_string(kind));
+    }
+  }
+}
+
+}  // namespace
+
 Metadata deserialize_metadata(std::string_view bytes, const std::string& source) {
   if (bytes.empty()) throw CorruptionError(source + ": metadata file is empty");
   if (bytes.size() < kHeaderSize || std::memcmp(bytes.data(), kMagic, sizeof kMagic) != 0)
@@ -186,37 +225,7 @@ Metadata deserialize_metadata(std::string_view bytes, const std::string& source)
   }
   md.planner_data = d.str();
 
-  const size_t n_entries = d.count("entry");
-  for (size_t i = 0; i < n_entries; ++i) {
-    std::string fqn = d.str();
-    const uint8_t kind = d.u8();
-    if (kind == 0) {
-      TensorStorageMetadata t;
-      try {
-        t.properties.dtype = dtype_from_name(d.str_view());
-      } catch (const InvalidArgumentError& e) {
-        d.fail("key '" + fqn + "': " + e.what());
-      }
-      t.properties.requires_grad = d.u8() != 0;
-      t.size = d.ints();
-      const size_t n_chunks = d.count("chunk");
-      t.chunks.resize(n_chunks);
-      for (auto& c : t.chunks) {
-        c.offsets = d.ints();
-        c.sizes = d.ints();
-        if (c.offsets.size() != t.size.size() || c.sizes.size() != t.size.size())
-          d.fail("key '" + fqn + "': chunk rank differs from tensor rank");
-      }
-      // Written in key order: the hint makes each insertion O(1).
-      md.state_dict_metadata.emplace_hint(md.state_dict_metadata.end(), std::move(fqn),
-                                          std::move(t));
-    } else if (kind == 1) {
-      md.state_dict_metadata.emplace_hint(md.state_dict_metadata.end(), std::move(fqn),
-                                          BytesStorageMetadata{});
-    } else {
-      d.fail("key '" + fqn + "': unknown entry kind " + std::to_string(kind));
-    }
-  }
+  decode_entries(d, md);
 
   const size_t n_files = d.count("file");
   std::vector<std::string> files(n_files);

@@ -14,7 +14,7 @@
 
 namespace dcp {
 namespace manager {
-namespace detail {
+namespace internal {
 
 double wall_clock() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
@@ -193,11 +193,11 @@ std::string move_aside(Env* env, const std::string& dir, const std::string& name
   }
 }
 
-}  // namespace detail
+}  // namespace internal
 
 std::vector<CheckpointInfo> list_committed(const std::string& dir, Env* env) {
   std::vector<CheckpointInfo> out;
-  for (auto& s : detail::scan_step_dirs(detail::env_of(env, dir), dir, /*missing_ok=*/true))
+  for (auto& s : internal::scan_step_dirs(internal::env_of(env, dir), dir, /*missing_ok=*/true))
     if (s.problem.empty()) out.push_back(std::move(s.info));
   return out;
 }
@@ -206,12 +206,12 @@ CheckpointInfo read_checkpoint_record(const std::string& path, Env* env) {
   CheckpointInfo info;
   bool missing = false;
   const std::string problem =
-      detail::record_problem(detail::env_of(env, path), path, info, missing);
+      internal::record_problem(internal::env_of(env, path), path, info, missing);
   if (missing) throw NotFoundError(problem + " in '" + path + "'");
   if (!problem.empty()) throw CorruptionError("'" + path + "': " + problem);
   int64_t named = 0;
-  if (detail::parse_step_dir(detail::base_name(path), named) && named != info.step)
-    throw CorruptionError("'" + path + "': " + detail::kRecordName + " is of step " +
+  if (internal::parse_step_dir(internal::base_name(path), named) && named != info.step)
+    throw CorruptionError("'" + path + "': " + internal::kRecordName + " is of step " +
                           std::to_string(info.step) + ", the directory's name says step " +
                           std::to_string(named));
   return info;

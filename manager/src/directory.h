@@ -25,7 +25,7 @@
 
 namespace dcp {
 namespace manager {
-namespace detail {
+namespace internal {
 
 constexpr const char* kRecordName = "dcp_manager.record";
 constexpr int kRecordVersion = 1;  // record versions this build reads: 1 to kRecordVersion
@@ -81,6 +81,6 @@ std::string move_aside(Env* env, const std::string& dir, const std::string& name
 void retain(Env* env, const std::string& dir, int64_t step, const KeepPolicy& keep,
             uint64_t save_number, const std::function<void(std::string)>& delete_later);
 
-}  // namespace detail
+}  // namespace internal
 }  // namespace manager
 }  // namespace dcp

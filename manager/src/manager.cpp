@@ -45,68 +45,35 @@
 #include <deque>
 #include <thread>
 
+#include "commit.h"
 #include "dcp/checkpoint.h"
 #include "dcp/error.h"
 #include "dcp/filesystem.h"
 #include "dcp/logging.h"
 #include "directory.h"
+#include "signals.h"
 
 namespace dcp {
 namespace manager {
 
 using Clock = std::chrono::steady_clock;
 
-using detail::commit_problem;
-using detail::entries;
-using detail::exists;
-using detail::fsync_dir;
-using detail::kDamaged;
-using detail::kRecordName;
-using detail::move_aside;
-using detail::record_text;
-using detail::rename_or_throw;
-using detail::retain;
-using detail::write_durably;
+using internal::CommitContext;
+using internal::g_signal;
+using internal::install_signals;
+using internal::restore_signals;
 
-namespace {
-
-// ---- preemption signals ------------------------------------------------------
-
-volatile std::sig_atomic_t g_signal = 0;
-void on_signal(int signo) { g_signal = signo; }  // async-signal-safe: one store
-
-struct SavedHandlers {
-  std::mutex mu;
-  int installs = 0;
-  std::map<int, struct sigaction> previous;
-};
-SavedHandlers& handlers() {
-  static SavedHandlers* h = new SavedHandlers();
-  return *h;
-}
-
-void install_signals(const std::vector<int>& signals) {
-  std::lock_guard<std::mutex> lock(handlers().mu);
-  if (handlers().installs++ > 0) return;
-  g_signal = 0;  // a signal that a closed manager acted on is not this one's
-  for (int s : signals) {
-    struct sigaction sa {};
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESTART;
-    struct sigaction old {};
-    if (::sigaction(s, &sa, &old) == 0) handlers().previous[s] = old;
-  }
-}
-
-void restore_signals() {
-  std::lock_guard<std::mutex> lock(handlers().mu);
-  if (--handlers().installs > 0) return;
-  for (auto& [s, old] : handlers().previous) ::sigaction(s, &old, nullptr);
-  handlers().previous.clear();
-}
-
-}  // namespace
+using internal::commit_problem;
+using internal::entries;
+using internal::exists;
+using internal::fsync_dir;
+using internal::kDamaged;
+using internal::kRecordName;
+using internal::move_aside;
+using internal::record_text;
+using internal::rename_or_throw;
+using internal::retain;
+using internal::write_durably;
 
 // ---- background deletion ------------------------------------------------------
 
@@ -153,80 +120,6 @@ struct CheckpointManager::Deleter {
   }
 };
 
-// ---- the commit, inside the save -------------------------------------------
-
-namespace {
-
-struct CommitContext {
-  Env* env;
-  std::string dir, tmp, final_path;
-  int64_t step;
-  bool force;
-  bool sync;
-  int world_size;
-  std::map<std::string, double> metrics;
-  KeepPolicy keep;
-  std::function<void(const char*, int64_t)> phase;
-  std::function<void(std::string)> delete_later;
-  uint64_t save_number;
-};
-
-// Wraps the file-system writer of one save: finish() (coordinator only)
-// commits the checkpoint, steps 4-7 of the protocol above.
-class CommitWriter final : public StorageWriterWrapper {
- public:
-  CommitWriter(std::shared_ptr<StorageWriter> target, CommitContext ctx)
-      : StorageWriterWrapper(std::move(target)), ctx_(std::move(ctx)) {}
-
-  std::future<std::vector<WriteResult>> write_data(const SavePlan& plan,
-                                                   SavePlanner& planner) override {
-    ctx_.phase("write", ctx_.step);
-    return StorageWriterWrapper::write_data(plan, planner);
-  }
-
-  void finish(Metadata& md, const std::vector<std::vector<WriteResult>>& results) override {
-    ctx_.phase("metadata", ctx_.step);
-    StorageWriterWrapper::finish(md, results);
-    ctx_.phase("record", ctx_.step);
-    write_durably(ctx_.env, ctx_.tmp + "/" + kRecordName,
-                  record_text(ctx_.step, ctx_.world_size, ctx_.metrics), ctx_.sync);
-    if (ctx_.sync) fsync_dir(ctx_.env, ctx_.tmp);
-    ctx_.phase("rename", ctx_.step);
-    make_room();
-    rename_or_throw(ctx_.env, ctx_.tmp, ctx_.final_path);
-    if (ctx_.sync) fsync_dir(ctx_.env, ctx_.dir);
-    ctx_.phase("retention", ctx_.step);
-    retain(ctx_.env, ctx_.dir, ctx_.step, ctx_.keep, ctx_.save_number, ctx_.delete_later);
-  }
-
- private:
-  // An existing step_N: a committed checkpoint is kept (AlreadyExistsError)
-  // or, with `force`, replaced; anything else is moved aside, never said to
-  // be committed.
-  void make_room() {
-    if (!exists(ctx_.env, ctx_.final_path)) return;
-    const std::string name = CheckpointManager::step_dir_name(ctx_.step);
-    CheckpointInfo info;
-    const std::string problem = commit_problem(ctx_.env, ctx_.final_path, ctx_.step, info);
-    if (problem.empty()) {
-      if (!ctx_.force) throw AlreadyExistsError("'" + ctx_.final_path + "' is already committed");
-      const std::string old = ctx_.dir + "/.old." + name + "." + std::to_string(ctx_.save_number);
-      rename_or_throw(ctx_.env, ctx_.final_path, old);
-      ctx_.delete_later(old);
-      return;
-    }
-    const std::string aside = move_aside(ctx_.env, ctx_.dir, name, kDamaged, ctx_.sync);
-    logger().warn(
-        "'{}' is not a committed checkpoint ({}): moved aside to '{}' (kept until a checkpoint of "
-        "a later step commits) before committing step {}",
-        ctx_.final_path, problem, aside, ctx_.step);
-  }
-
-  CommitContext ctx_;
-};
-
-}  // namespace
-
 // ---- the manager ---------------------------------------------------------------
 
 struct CheckpointManager::Pending {
@@ -250,7 +143,7 @@ CheckpointManager::CheckpointManager(CheckpointManagerOptions options,
       coll_(std::move(collectives)),
       async_coll_(std::move(async_collectives)) {
   validate(options_);
-  env_ = detail::env_of(options_.env, options_.dir);
+  env_ = internal::env_of(options_.env, options_.dir);
   if (coll_) rank_ = coll_->rank();
   if (options_.dir.empty()) throw ConfigError("checkpoint.dir: must not be empty");
   if (options_.async.enabled && world_size() > 1 && !async_coll_)
@@ -305,7 +198,7 @@ void CheckpointManager::open_directory() {
                       (holder.empty() ? "" : " (pid " + holder + ")") + "; lock file " + lock_path);
   }
   try {
-    detail::write_durably(env_, lock_path, std::to_string(::getpid()) + "\n", false);
+    internal::write_durably(env_, lock_path, std::to_string(::getpid()) + "\n", false);
   } catch (const Error& e) {
     logger().debug("cannot write the pid into '{}' (the lock is held): {}", lock_path, e.what());
   }
@@ -422,7 +315,7 @@ std::shared_ptr<StorageWriter> CheckpointManager::make_writer(
   wo.env = env_;
   const std::string tmp = ctx.tmp;
   std::shared_ptr<StorageWriter> writer =
-      std::make_shared<CommitWriter>(make_filesystem_writer(tmp, wo), std::move(ctx));
+      internal::make_commit_writer(make_filesystem_writer(tmp, wo), std::move(ctx));
   return wrap_writer_ ? wrap_writer_(writer) : writer;
 }
 

@@ -29,8 +29,8 @@
 namespace dcp {
 namespace manager {
 
-using detail::kDamaged;
-using detail::kSuperseded;
+using internal::kDamaged;
+using internal::kSuperseded;
 
 struct CheckpointManager::ResumeListing {
   std::vector<int64_t> committed;                                // oldest first
@@ -39,7 +39,7 @@ struct CheckpointManager::ResumeListing {
 
 namespace {
 
-std::string encode(const std::vector<detail::StepDir>& dirs) {
+std::string encode(const std::vector<internal::StepDir>& dirs) {
   std::string out;
   for (const auto& d : dirs)
     out += (d.problem.empty() ? "c " : "u ") + d.name + " " + d.problem + "\n";
@@ -56,7 +56,7 @@ CheckpointManager::ResumeListing decode(const std::string& text) {
       throw CorruptionError("resume: a bad line in the coordinator's listing: '" + line + "'");
     const std::string name = line.substr(2, space - 2);
     int64_t step = 0;
-    if (line[0] == 'c' && detail::parse_step_dir(name, step))
+    if (line[0] == 'c' && internal::parse_step_dir(name, step))
       listing.committed.push_back(step);
     else
       listing.uncommitted.emplace_back(name, line.substr(space + 1));
@@ -85,8 +85,9 @@ int64_t CheckpointManager::resume() {
   const ResumePolicy& r = options_.resume;
   // A directory that cannot be listed is every rank's error, never a fresh start.
   const ResumeListing listing =
-      decode(checked_broadcast(coll_, "resume from '" + options_.dir + "'", "list",
-                               [&] { return encode(detail::scan_step_dirs(env_, options_.dir)); }));
+      decode(checked_broadcast(coll_, "resume from '" + options_.dir + "'", "list", [&] {
+        return encode(internal::scan_step_dirs(env_, options_.dir));
+      }));
   if (r.from == "none") {
     move_aside_after_resume(listing, 0, {});
     logger().info("resume: from none: starting fresh");
@@ -170,7 +171,7 @@ void CheckpointManager::move_aside_after_resume(const ResumeListing& listing, in
   checked_broadcast(coll_, "resume from '" + options_.dir + "'", "move aside", [&] {
     for (const auto& m : moves) {
       const std::string to =
-          detail::move_aside(env_, options_.dir, m.name, m.kind, options_.storage.fsync);
+          internal::move_aside(env_, options_.dir, m.name, m.kind, options_.storage.fsync);
       logger().warn(
           "resume: moved '{}/{}' aside to '{}': {}; it is kept until a checkpoint of a later step "
           "commits",

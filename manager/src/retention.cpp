@@ -49,7 +49,7 @@ std::set<int64_t> steps_to_keep(const std::vector<CheckpointInfo>& committed, co
   return keep;
 }
 
-namespace detail {
+namespace internal {
 
 namespace {
 
@@ -96,6 +96,6 @@ void retain(Env* env, const std::string& dir, int64_t step, const KeepPolicy& po
   }
 }
 
-}  // namespace detail
+}  // namespace internal
 }  // namespace manager
 }  // namespace dcp

@@ -24,12 +24,12 @@ for name in _ZN3dcp8internal4wire6encodeB5cxx11ERKNS_8SavePlanE \
             _ZTIN3dcp8internal3EnvE _ZZN3dcp8internal10BufferPool8instanceEvE4pool \
             _ZGVZN3dcp8internal10BufferPool8instanceEvE4pool \
             _ZThn8_N3dcp8internal13PosixWritable6appendEPKvm; do
-  printf '%s\n' "$name" | grep -qE "${PREFIX}3dcp8internal" ||
+  printf '%s\n' "$name" | grep -qE "${PREFIX}3dcp(7manager)?8internal" ||
     { echo "self-check: $name ($(c++filt "$name")) not recognised as internal" >&2; exit 2; }
 done
 for name in _ZNSt6vectorIN3dcp8internal3EnvESaIS2_EE9push_backEOS2_ _ZN3dcp4saveERKSt3mapE \
             _ZN3c104guts5applyIN3dcp8internal3FooEEEvv _ZN3dcp7manager7validateERKNS0_1OE; do
-  printf '%s\n' "$name" | grep -qE "${PREFIX}3dcp8internal" &&
+  printf '%s\n' "$name" | grep -qE "${PREFIX}3dcp(7manager)?8internal" &&
     { echo "self-check: $name ($(c++filt "$name")) taken for internal" >&2; exit 2; }
 done
 
@@ -38,7 +38,7 @@ for lib in "$@"; do
   symbols=$(nm -D --defined-only "$lib" | awk 'NF >= 3 { print $3 }')
   total=$(printf '%s\n' "$symbols" | grep -c . || true)
   dcp=$(printf '%s\n' "$symbols" | grep -cE "${PREFIX}3dcp" || true)
-  internal=$(printf '%s\n' "$symbols" | grep -E "${PREFIX}3dcp8internal" || true)
+  internal=$(printf '%s\n' "$symbols" | grep -E "${PREFIX}3dcp(7manager)?8internal" || true)
   count=$(printf '%s\n' "$internal" | grep -c . || true)
   echo "$(basename "$lib"): $total exported symbols, $dcp in namespace dcp, $count in dcp::internal"
   if [ "$count" -gt 0 ]; then

@@ -219,6 +219,50 @@ TEST(EdgeErrorsTest, OneProcessThrowsCheckpointErrors) {
   EXPECT_THROW(load_all(std::string("nosuchscheme://x")), CheckpointError);
 }
 
+// ---- Collectives::barrier()'s default ------------------------------------------
+
+// A user's Collectives written before barrier() existed: only the three
+// byte-string operations. Its barrier() is the default (gather, broadcast).
+class OldCollectives : public Collectives {
+ public:
+  explicit OldCollectives(std::shared_ptr<Collectives> c) : c_(std::move(c)) {}
+  int rank() const override { return c_->rank(); }
+  int world_size() const override { return c_->world_size(); }
+  std::vector<std::string> gather(const std::string& mine, int root) override {
+    return c_->gather(mine, root);
+  }
+  std::string scatter(const std::vector<std::string>& parts, int root) override {
+    return c_->scatter(parts, root);
+  }
+  std::string broadcast(const std::string& data, int root) override {
+    return c_->broadcast(data, root);
+  }
+
+ private:
+  std::shared_ptr<Collectives> c_;
+};
+
+// The last rank arrives late; nobody may leave the barrier before it came.
+DCP_REGISTER_WORKER(default_barrier) {
+  OldCollectives coll(ctx.collectives(std::chrono::seconds(30)));
+  const bool late = ctx.rank() == ctx.world_size() - 1;
+  if (late) std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  const auto t0 = Clock::now();
+  coll.barrier();
+  if (!late) EXPECT_GT(seconds_since(t0), 1.0) << "rank " << ctx.rank() << " left early";
+  coll.barrier();
+  return 0;
+}
+
+TEST(BarrierTest, TheDefaultWaitsForEveryRank) {
+  for (int world : {2, 3}) {
+    RunOptions o;
+    o.timeout = std::chrono::seconds(60);
+    auto r = run_ranks(world, "default_barrier", o);
+    EXPECT_TRUE(r.ok()) << r.summary();
+  }
+}
+
 // ---- dead and hung peers --------------------------------------------------------
 
 // args: timeout ms, "dead" | "hung". Rank 1 exits (dead) or sleeps (hung)

@@ -159,10 +159,12 @@ std::shared_ptr<StorageWriter> writer_for(const SaveOptions& options) {
   return writer;
 }
 
-std::string display_id(const std::string& id, const std::shared_ptr<StorageWriter>& writer) {
-  if (!writer) return id;
+// The checkpoint id as the storage names it, or `id` when there is none.
+template <typename Storage>
+std::string display_id(const std::string& id, const std::shared_ptr<Storage>& storage) {
+  if (!storage) return id;
   try {
-    return writer->checkpoint_id();
+    return storage->checkpoint_id();
   } catch (...) {
     return id;
   }
@@ -296,15 +298,6 @@ std::shared_ptr<StorageReader> reader_for(const LoadOptions& options) {
     reader = make_storage_reader(options.checkpoint_id);
   }
   return reader;
-}
-
-std::string display_id(const std::string& id, const std::shared_ptr<StorageReader>& reader) {
-  if (!reader) return id;
-  try {
-    return reader->checkpoint_id();
-  } catch (...) {
-    return id;
-  }
 }
 
 std::shared_ptr<LoadPlanner> planner_for(const LoadOptions& options) {

@@ -61,6 +61,26 @@ int rank_main(const std::string& role, const std::string& dir, int64_t mib, int6
   auto coll = ctx->collectives();
   const int rank = ctx->rank(), world = ctx->world_size();
   auto barrier = [&] { coll->broadcast("", 0); };
+  // Saves `sd` twice (the first warms up threads and the page cache); the
+  // second's seconds, until every rank is through.
+  auto timed_save = [&](const dcp::StateDict& sd, const std::string& prefix,
+                        std::shared_ptr<dcp::SavePlanner> planner) {
+    double timed = 0;
+    for (int i = 0; i < 2; ++i) {
+      const std::string ck = prefix + std::to_string(i);
+      barrier();
+      auto t0 = Clock::now();
+      dcp::SaveOptions so;
+      so.checkpoint_id = ck;
+      so.collectives = coll;
+      so.planner = planner;
+      dcp::save(sd, so);
+      barrier();
+      timed = secs_since(t0);
+      if (rank == 0) run("rm -rf '" + ck + "'");
+    }
+    return timed;
+  };
 
   if (role == "replicas") {
     // Data parallel: every rank holds the same 64 tensors of mib/64 MiB and
@@ -73,20 +93,8 @@ int rank_main(const std::string& role, const std::string& dir, int64_t mib, int6
     for (int i = 0; i < 10000; ++i) sd["small" + std::to_string(i)] = at::rand({16});
     dcp::SavePlannerOptions po;
     po.check_replicas = dcp::replica_check_from_name(std::getenv("DCP_BENCH_CHECK"));
-    double timed = 0;
-    for (int i = 0; i < 2; ++i) {  // the first save warms up
-      const std::string ck = dir + "/rep" + std::to_string(i);
-      barrier();
-      auto t0 = Clock::now();
-      dcp::SaveOptions so;
-      so.checkpoint_id = ck;
-      so.collectives = coll;
-      so.planner = std::make_shared<dcp::DefaultSavePlanner>(po);
-      dcp::save(sd, so);
-      barrier();
-      timed = secs_since(t0);
-      if (rank == 0) run("rm -rf '" + ck + "'");
-    }
+    const double timed =
+        timed_save(sd, dir + "/rep", std::make_shared<dcp::DefaultSavePlanner>(po));
     if (rank == 0) std::printf("RESULT save_seconds=%.6f\n", timed);
   } else if (role == "throughput") {
     // 64 global tensors of mib/64 MiB; this rank holds rows [r*n/w, (r+1)*n/w).
@@ -97,19 +105,7 @@ int rank_main(const std::string& role, const std::string& dir, int64_t mib, int6
       sd["layer" + std::to_string(i)] =
           dcp::ShardedTensor{{rows, cols}, {dcp::Shard{at::rand({hi - lo, cols}), {lo, 0}}}};
     }
-    double timed = 0;
-    for (int i = 0; i < 2; ++i) {  // the first save warms up (threads, page cache)
-      const std::string ck = dir + "/tp" + std::to_string(i);
-      barrier();
-      auto t0 = Clock::now();
-      dcp::SaveOptions so;
-      so.checkpoint_id = ck;
-      so.collectives = coll;
-      dcp::save(sd, so);
-      barrier();
-      timed = secs_since(t0);
-      if (rank == 0) run("rm -rf '" + ck + "'");
-    }
+    const double timed = timed_save(sd, dir + "/tp", nullptr);
     if (rank == 0) std::printf("RESULT save_seconds=%.6f\n", timed);
   } else {
     // `tensors` global [4, 8] float tensors, each sharded by rows over the ranks.

@@ -8,6 +8,7 @@
 #include <map>
 #include <mutex>
 
+#include "common/counting_env.h"
 #include "common/test_util.h"
 #include "dcp/dcp.h"
 #include "dcp/env.h"
@@ -113,29 +114,7 @@ TEST_P(EnvTest, LockIsExclusiveUntilReleased) {
 INSTANTIATE_TEST_SUITE_P(Envs, EnvTest, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "memory" : "posix"; });
 
-// Counts the calls by name and forwards them.
-class CountingEnv : public EnvWrapper {
- public:
-  using EnvWrapper::EnvWrapper;
-  std::map<std::string, int> calls;  // GUARDED_BY(mu)
-  std::mutex mu;
-  void count(const char* name) {
-    std::lock_guard<std::mutex> lock(mu);
-    ++calls[name];
-  }
-  std::unique_ptr<WritableFile> new_writable_file(const std::string& p) override {
-    count("new_writable_file");
-    return EnvWrapper::new_writable_file(p);
-  }
-  std::unique_ptr<RandomAccessFile> new_random_access_file(const std::string& p) override {
-    count("new_random_access_file");
-    return EnvWrapper::new_random_access_file(p);
-  }
-  void rename_file(const std::string& a, const std::string& b) override {
-    count("rename_file");
-    EnvWrapper::rename_file(a, b);
-  }
-};
+using testing::CountingEnv;
 
 TEST(EnvWrapperTest, ForwardsAndSeesTheCallsOfTheStorageBackend) {
   CountingEnv env(memory_env());

@@ -8,6 +8,7 @@
 
 #include "common/test_util.h"
 #include "dcp/manager/manager.h"
+#include "step_state.h"
 
 namespace dcp {
 namespace manager {
@@ -15,18 +16,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class State : public Stateful {
- public:
-  at::Tensor w = at::zeros({64, 32});
-  int64_t step = 0;
-  void set(int64_t s) {
-    step = s;
-    w.fill_(static_cast<float>(s));
-  }
-  bool consistent() const { return at::equal(w, at::full({64, 32}, static_cast<float>(step))); }
-  StateDict state_dict() override { return {{"w", w}, {"step", step}}; }
-  void load_state_dict(const StateDict& sd) override { step = sd.at("step").to_int(); }
-};
+using State = StepState;
 
 std::vector<int64_t> steps_in(const std::string& dir) {
   std::vector<int64_t> out;

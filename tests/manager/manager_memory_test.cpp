@@ -9,27 +9,18 @@
 #include <map>
 #include <mutex>
 
+#include "common/counting_env.h"
 #include "dcp/env.h"
 #include "dcp/error.h"
 #include "dcp/manager/manager.h"
 #include "dcp/memory_storage.h"
+#include "step_state.h"
 
 namespace dcp {
 namespace manager {
 namespace {
 
-class State : public Stateful {
- public:
-  at::Tensor w = at::zeros({64, 32});
-  int64_t step = 0;
-  void set(int64_t s) {
-    step = s;
-    w.fill_(static_cast<float>(s));
-  }
-  bool consistent() const { return at::equal(w, at::full({64, 32}, static_cast<float>(step))); }
-  StateDict state_dict() override { return {{"w", w}, {"step", step}}; }
-  void load_state_dict(const StateDict& sd) override { step = sd.at("step").to_int(); }
-};
+using State = StepState;
 
 // Names in the memory env's directory `path` (no scheme) that start with
 // `prefix`, sorted.
@@ -167,37 +158,7 @@ TEST_P(ManagerMemoryTest, StartUpRemovesLeftovers) {
   EXPECT_EQ(names(path_), (std::vector<std::string>{".damaged." + step_name(7) + ".0", ".lock"}));
 }
 
-// Every call of the manager goes to the Env it is given.
-class CountingEnv : public EnvWrapper {
- public:
-  using EnvWrapper::EnvWrapper;
-  std::map<std::string, int> calls;  // GUARDED_BY(mu)
-  std::mutex mu;
-  void count(const char* name) {
-    std::lock_guard<std::mutex> lock(mu);
-    ++calls[name];
-  }
-  std::unique_ptr<WritableFile> new_writable_file(const std::string& p) override {
-    count("new_writable_file");
-    return EnvWrapper::new_writable_file(p);
-  }
-  void rename_file(const std::string& a, const std::string& b) override {
-    count("rename_file");
-    EnvWrapper::rename_file(a, b);
-  }
-  std::vector<std::string> list_dir(const std::string& p) override {
-    count("list_dir");
-    return EnvWrapper::list_dir(p);
-  }
-  std::unique_ptr<FileLock> lock_file(const std::string& p) override {
-    count("lock_file");
-    return EnvWrapper::lock_file(p);
-  }
-  void remove_dir_recursively(const std::string& p) override {
-    count("remove_dir_recursively");
-    EnvWrapper::remove_dir_recursively(p);
-  }
-};
+using testing::CountingEnv;
 
 TEST_P(ManagerMemoryTest, RunsOnTheEnvOfItsOptions) {
   CountingEnv env(memory_env());

@@ -28,7 +28,7 @@
 // directory, which the next manager removes at start-up.
 //
 // The manager's own collective rounds (opening the directory, the per-step
-// decision, the preparation of each save, the resume listing) go through
+// decision, the pre-save callbacks, the resume listing) go through
 // dcp's checked rounds (dcp/collectives.h): a failure on any rank is thrown
 // as the same CheckpointError on every rank, at once.
 #include "dcp/manager/manager.h"
@@ -251,38 +251,16 @@ StateDict CheckpointManager::build_state_dict(bool for_load) const {
   return sd;
 }
 
-namespace {
-// `v` with every Stateful object replaced by its state dict (as dcp::save does).
-Value resolve(const Value& v) {
-  switch (v.kind()) {
-    case Value::Kind::kStateful:
-      return resolve(Value(v.stateful()->state_dict()));
-    case Value::Kind::kDict: {
-      Dict out;
-      for (const auto& kv : v.dict()) out.emplace(kv.first, resolve(kv.second));
-      return out;
-    }
-    case Value::Kind::kList: {
-      List out;
-      for (const auto& e : v.list()) out.push_back(resolve(e));
-      return out;
-    }
-    default:
-      return v;
-  }
-}
-}  // namespace
-
 StateDict CheckpointManager::prepare_save(int64_t step) {
-  // The pre-save callbacks and every state_dict() run inside one checked
-  // round: one that throws on any rank fails this save on every rank, before
-  // any rank starts writing (or, async, staging).
-  StateDict sd;
-  checked_all_ranks(coll_, "checkpoint of step " + std::to_string(step), "prepare", [&] {
-    for (auto& fn : pre_save_) fn(step);
-    for (const auto& [name, obj] : objects_) sd.emplace(name, resolve(Value(obj)));
-  });
-  return sd;
+  // The pre-save callbacks run in a checked round: one that throws on any
+  // rank fails this save on every rank, before any rank writes or stages.
+  // The objects' state_dict() runs inside the save's own first round
+  // (dcp::save, AsyncSaver::save), under the same discipline.
+  if (!pre_save_.empty())
+    checked_all_ranks(coll_, "checkpoint of step " + std::to_string(step), "pre_save", [&] {
+      for (auto& fn : pre_save_) fn(step);
+    });
+  return build_state_dict(false);
 }
 
 std::shared_ptr<StorageWriter> CheckpointManager::make_writer(

@@ -172,7 +172,7 @@ class DCP_MANAGER_EXPORT CheckpointManager {
   void release_lock();
   void start_save(int64_t step, bool async, bool force,
                   const std::map<std::string, double>& metrics);
-  StateDict prepare_save(int64_t step);  // pre-save callbacks + state dicts, checked
+  StateDict prepare_save(int64_t step);  // pre-save callbacks (checked), the state dict
   std::shared_ptr<StorageWriter> make_writer(int64_t step, uint64_t number, bool force,
                                              const std::map<std::string, double>& metrics);
   void committed_save(const SaveStatistics& st);  // statistics, log line, post-save callbacks

@@ -12,6 +12,9 @@ PACKAGES=(
   libyaml-cpp-dev       # manager configuration
   libcli11-dev          # the ckpt command-line tool
   libxxhash-dev         # per-item checksums (XXH3)
+  libdeflate-dev        # CRC-32 of zip records in PyTorch files (fast: PCLMUL)
+  libzstd-dev           # PyTorch DCP items saved with the stream.zstd/1 transform
+  nlohmann-json3-dev    # safetensors headers, Hugging Face index files
   libssl-dev            # SHA-256 of the final parameters in the examples (libcrypto)
   libgtest-dev libgmock-dev
   python3               # scripts/launch.sh asks the kernel for a free port

@@ -18,6 +18,9 @@ PACKAGES=(
   libssl-dev            # SHA-256 of the final parameters in the examples (libcrypto)
   libgtest-dev libgmock-dev
   python3               # scripts/launch.sh asks the kernel for a free port
+  python3-torch         # PyTorch 1.13 (/usr/bin/python3): makes the interop tests' fixtures
+                        #   (with its dependencies: 20 packages, 27 MB download, 170 MB installed)
+  python3-zstandard     # zstd streams of the stream.zstd/1 DCP fixture (dcp2_flavour_zstd)
 )
 
 missing=()

@@ -300,11 +300,16 @@ std::shared_ptr<StorageReader> reader_for(const LoadOptions& options) {
   return reader;
 }
 
-std::shared_ptr<LoadPlanner> planner_for(const LoadOptions& options) {
+// The default planner when options.planner is null; `skip` (destination
+// names of unreadable values being skipped) are excluded too.
+std::shared_ptr<LoadPlanner> planner_for(const LoadOptions& options,
+                                         const std::vector<std::string>& skip) {
   if (options.planner) return options.planner;
   LoadPlannerOptions po;
   po.strict = options.strict;
   po.exclude = options.exclude;
+  po.exclude.insert(po.exclude.end(), skip.begin(), skip.end());
+  po.rename = options.rename;
   return std::make_shared<DefaultLoadPlanner>(po);
 }
 
@@ -334,7 +339,8 @@ LoadResult load_impl(StateDict& state_dict, const LoadOptions& options, bool mak
   } catch (...) {
     setup_error = std::current_exception();
   }
-  std::shared_ptr<LoadPlanner> planner = planner_for(options);
+  std::shared_ptr<LoadPlanner> planner;  // made once the reader is set up (unreadable keys)
+  std::vector<std::string> skipped;      // "key: why"
   DistWrapper dist("load of '" + display_id(options.checkpoint_id, reader) + "'",
                    options.collectives, options.coordinator_rank);
 
@@ -351,7 +357,15 @@ LoadResult load_impl(StateDict& state_dict, const LoadOptions& options, bool mak
   const auto t_md = Clock::now();
 
   std::function<LoadPlan()> local_step = [&] {
-    if (make_template) state_dict = state_dict_from_metadata(md);
+    reader->set_up_storage_reader(md, dist.is_coordinator());
+    std::vector<std::string> skip;
+    if (options.skip_unreadable_values && !options.planner)
+      for (const auto& [key, why] : reader->unreadable_keys()) {
+        skip.push_back(renamed_key(key, options.rename));
+        skipped.push_back(skip.back() + ": " + why);
+      }
+    planner = planner_for(options, skip);
+    if (make_template) state_dict = state_dict_from_metadata(md, options.rename, skip);
     ObjectPath path;
     for (const auto& kv : state_dict)
       with_context(dist.operation(), dist.rank(), "state_dict",
@@ -359,7 +373,6 @@ LoadResult load_impl(StateDict& state_dict, const LoadOptions& options, bool mak
                      path.assign(1, PathElement{false, kv.first, 0});
                      working.emplace(kv.first, resolve_for_load(kv.second, path, fixups));
                    });
-    reader->set_up_storage_reader(md, dist.is_coordinator());
     planner->set_up_planner(working, md, dist.is_coordinator());
     return reader->prepare_local_plan(planner->create_local_plan());
   };
@@ -391,6 +404,10 @@ LoadResult load_impl(StateDict& state_dict, const LoadOptions& options, bool mak
   });
 
   LoadResult result;
+  result.skipped_keys = std::move(skipped);
+  if (!result.skipped_keys.empty())
+    logger().warn("load of '{}' skipped {} value(s) dcp++ cannot represent, the first: {}",
+                  reader->checkpoint_id(), result.skipped_keys.size(), result.skipped_keys[0]);
   if (auto* dp = dynamic_cast<DefaultLoadPlanner*>(planner.get())) {
     result.missing_keys = dp->missing_keys();
     result.unexpected_keys = dp->unexpected_keys();

@@ -7,10 +7,13 @@
 #include <ATen/ATen.h>
 
 #include <exception>
+#include <future>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "chunk_validation.h"
+#include "dcp/error.h"
 #include "dcp/filesystem.h"
 #include "dcp/storage.h"
 #include "env.h"
@@ -49,6 +52,32 @@ void run_parallel(int threads, size_t n, const Fn& fn) {
     if (e) std::rethrow_exception(e);
 }
 
+// fn(), run now, and its outcome as a future (the readers' read_data).
+template <typename Fn>
+std::future<void> run_now(const Fn& fn) {
+  std::promise<void> promise;
+  try {
+    fn();
+    promise.set_value();
+  } catch (...) {
+    promise.set_exception(std::current_exception());
+  }
+  return promise.get_future();
+}
+
+// The box a read takes from its saved chunk (of `sizes`) lies inside the
+// chunk; an InvalidArgumentError otherwise.
+inline void check_read_box(const std::vector<int64_t>& sizes, const ReadItem& ri) {
+  bool inside = ri.lengths.size() == sizes.size() && ri.storage_offsets.size() == sizes.size();
+  for (size_t d = 0; inside && d < sizes.size(); ++d)
+    inside = ri.storage_offsets[d] >= 0 && ri.lengths[d] >= 0 &&
+             ri.storage_offsets[d] <= sizes[d] && ri.lengths[d] <= sizes[d] - ri.storage_offsets[d];
+  if (!inside)
+    throw InvalidArgumentError("the plan reads the box at " + shape_str(ri.storage_offsets) +
+                               " of size " + shape_str(ri.lengths) + " from a chunk of size " +
+                               shape_str(sizes));
+}
+
 // Where a checkpoint lives: an Env, the id's scheme ("" for POSIX paths,
 // "memory://" for the memory store) and the path inside the Env.
 struct Location {
@@ -70,9 +99,14 @@ struct Location {
   std::string id() const { return display(path); }
   std::string file(const std::string& name) const { return join_path(path, name); }
 };
-// The reader of the checkpoint at `path` of `env`.
+// The reader of the checkpoint at `path` of `env`, whatever its format: it
+// looks at what is there when first used (interop/detect.cpp) and reads a
+// dcp++ checkpoint with the native reader (new_native_reader), anything else
+// through its catalog (interop/catalog.h).
 std::shared_ptr<StorageReader> new_reader(Env* env, std::string scheme, std::string path,
                                           FileSystemReaderOptions options);
+std::shared_ptr<StorageReader> new_native_reader(Env* env, std::string scheme, std::string path,
+                                                 FileSystemReaderOptions options);
 
 }  // namespace fs
 }  // namespace internal

@@ -53,14 +53,7 @@ class FileSystemReader final : public StorageReader {
   std::vector<LoadPlan> prepare_global_plan(std::vector<LoadPlan> plans) override { return plans; }
 
   std::future<void> read_data(const LoadPlan& plan, LoadPlanner& planner) override {
-    std::promise<void> promise;
-    try {
-      read_all(plan, planner);
-      promise.set_value();
-    } catch (...) {
-      promise.set_exception(std::current_exception());
-    }
-    return promise.get_future();
+    return fs::run_now([&] { read_all(plan, planner); });
   }
 
   bool validate_checkpoint_id(const std::string& id) const override { return loc_.accepts(id); }
@@ -109,20 +102,6 @@ class FileSystemReader final : public StorageReader {
     }
   }
 
-  // The box a read takes from its saved chunk lies inside the chunk.
-  static void check_box(const Unit& u, const ReadItem& ri) {
-    const std::vector<int64_t>& sizes = u.chunk->sizes;
-    bool inside = ri.lengths.size() == sizes.size() && ri.storage_offsets.size() == sizes.size();
-    for (size_t d = 0; inside && d < sizes.size(); ++d)
-      inside = ri.storage_offsets[d] >= 0 && ri.lengths[d] >= 0 &&
-               ri.storage_offsets[d] <= sizes[d] &&
-               ri.lengths[d] <= sizes[d] - ri.storage_offsets[d];
-    if (!inside)
-      throw InvalidArgumentError("the plan reads the box at " + shape_str(ri.storage_offsets) +
-                                 " of size " + shape_str(ri.lengths) + " from a chunk of size " +
-                                 shape_str(sizes));
-  }
-
   // resolve_tensor's tensor for `ri`, which must have the read's shape
   // (copy_ would broadcast a smaller one silently).
   static at::Tensor destination(LoadPlanner& planner, const ReadItem& ri) {
@@ -151,7 +130,7 @@ class FileSystemReader final : public StorageReader {
     at::Tensor saved;  // a view of the bytes, made only when a read needs ATen
     for (const ReadItem* ri : u.reads) {
       in_context(u, *ri, [&] {
-        check_box(u, *ri);
+        fs::check_read_box(u.chunk->sizes, *ri);
         at::Tensor dst = destination(planner, *ri);
         if (covers_whole_chunk(u, *ri) && takes_bytes(u, dst)) {
           // The common case: a plain memcpy (copy_() costs microseconds of dispatch per item).
@@ -309,8 +288,8 @@ class FileSystemReader final : public StorageReader {
 
 }  // namespace
 
-std::shared_ptr<StorageReader> fs::new_reader(Env* env, std::string scheme, std::string path,
-                                              FileSystemReaderOptions options) {
+std::shared_ptr<StorageReader> fs::new_native_reader(Env* env, std::string scheme, std::string path,
+                                                     FileSystemReaderOptions options) {
   return std::make_shared<FileSystemReader>(env, std::move(scheme), std::move(path), options);
 }
 

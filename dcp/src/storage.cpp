@@ -61,6 +61,9 @@ bool StorageReaderWrapper::validate_checkpoint_id(const std::string& id) const {
   return target_->validate_checkpoint_id(id);
 }
 std::string StorageReaderWrapper::checkpoint_id() const { return target_->checkpoint_id(); }
+std::map<std::string, std::string> StorageReaderWrapper::unreadable_keys() const {
+  return target_->unreadable_keys();
+}
 
 // ---------------------------------------------------------------------------
 // Registry

@@ -64,8 +64,18 @@ struct DCP_CORE_EXPORT LoadOptions {
   // (true, default) or are reported in LoadResult (false).
   bool strict = true;
   // Used when `planner` is null: keys (or key prefixes) not to load; see
-  // LoadPlannerOptions::exclude.
+  // LoadPlannerOptions::exclude (destination names: applied after `rename`).
   std::vector<std::string> exclude;
+  // Used when `planner` is null: maps checkpoint names onto the state
+  // dict's (LoadPlannerOptions::rename), e.g. {{"", "model."}} to load a
+  // torch.save(model.state_dict()) file under "model".
+  std::vector<KeyRename> rename;
+  // Checkpoints of other formats (docs/INTEROP.md) may hold values dcp++
+  // cannot represent (a Python object of another class, an int beyond 64
+  // bits). Loading one is an error naming the key (false, default); when
+  // true they are skipped and listed in LoadResult::skipped_keys (with the
+  // default planner: a given `planner` sees them as usual).
+  bool skip_unreadable_values = false;
   std::shared_ptr<Collectives> collectives;  // null: a single process
   int coordinator_rank = 0;
   // When set, receives the timings of the load.
@@ -75,6 +85,9 @@ struct DCP_CORE_EXPORT LoadOptions {
 struct DCP_CORE_EXPORT LoadResult {
   std::vector<std::string> missing_keys;     // wanted but not in the checkpoint
   std::vector<std::string> unexpected_keys;  // in the checkpoint but not wanted
+  // Values skipped as unreadable (skip_unreadable_values), by destination
+  // name, each with the reason: "key: why".
+  std::vector<std::string> skipped_keys;
 };
 
 // Saves `state_dict`. Stateful objects in it are asked for state_dict()
@@ -89,7 +102,9 @@ DCP_CORE_EXPORT LoadResult load(StateDict& state_dict, const LoadOptions& option
 DCP_CORE_EXPORT LoadResult load(StateDict& state_dict, const std::string& checkpoint_id);
 
 // Loads a whole checkpoint without a template: tensors are allocated from
-// the metadata, nested dicts rebuilt as saved.
+// the metadata, nested dicts rebuilt as saved. Tensors of 1 MiB and more are
+// mapped pre-faulted (mmap MAP_POPULATE: page faults cost more than the
+// reads on fresh memory); their storage cannot be resized.
 DCP_CORE_EXPORT StateDict load_all(const LoadOptions& options);
 DCP_CORE_EXPORT StateDict load_all(const std::string& checkpoint_id);
 

@@ -104,6 +104,21 @@ class DCP_CORE_EXPORT DefaultSavePlanner : public SavePlanner {
   std::vector<ReplicaRequest> replica_requests_;
 };
 
+// A rule of the key mapping of a load: a checkpoint key that starts with
+// `from` is loaded into the destination key `to` + the rest of it. An empty
+// `from` adds a prefix ({"", "model."}: "fc1.weight" -> "model.fc1.weight"),
+// an empty `to` strips one ({"module.", ""}, as DDP names parameters), and
+// both replace one. Plain string prefixes: include the dot.
+struct DCP_CORE_EXPORT KeyRename {
+  std::string from;
+  std::string to;
+};
+
+// The destination name of checkpoint key `key`: the first rule whose `from`
+// starts it applies; without one, `key` itself.
+DCP_CORE_EXPORT std::string renamed_key(const std::string& key,
+                                        const std::vector<KeyRename>& rename);
+
 struct DCP_CORE_EXPORT LoadPlannerOptions {
   // Missing keys (wanted, not in the checkpoint) and unexpected keys (in the
   // checkpoint, not wanted) are an error listing them. When false they are
@@ -118,8 +133,14 @@ struct DCP_CORE_EXPORT LoadPlannerOptions {
   bool allow_dtype_conversion = false;
   // Keys neither loaded nor reported as missing or unexpected: a flat key
   // ("model.fc1.weight") or a prefix of flat keys ("rng" covers "rng.cpu").
-  // The destination keeps its values for them.
+  // The destination keeps its values for them. Names destination keys:
+  // applied after `rename`.
   std::vector<std::string> exclude;
+  // Maps checkpoint names onto the destination's (see KeyRename), for
+  // checkpoints whose names differ from the state dict's (a Python module's,
+  // a DDP "module." prefix, a torch.save file with no prefix). Two
+  // checkpoint keys that map to one name are an error.
+  std::vector<KeyRename> rename;
 };
 
 // True when `key` is one of `patterns` or lies below one ("a" covers "a.b").
@@ -156,6 +177,10 @@ class DCP_CORE_EXPORT DefaultLoadPlanner : public LoadPlanner {
   // destination, in the destination's dtype).
   at::Tensor destination_view(const ReadItem& item) const;
 
+  // The checkpoint key that loads into destination key `key` (itself
+  // without renames); nullptr when there is none.
+  const std::string* checkpoint_key(const std::string& key) const;
+
   const LoadPlannerOptions options_;
   // Flat key -> the leaf Value inside the caller's state dict (in place).
   std::map<std::string, Value*> flat_;
@@ -166,11 +191,21 @@ class DCP_CORE_EXPORT DefaultLoadPlanner : public LoadPlanner {
   // Keys whose saved dtype differs from the destination (with
   // allow_dtype_conversion): resolve_tensor hands out a temporary.
   std::map<std::string, at::ScalarType> converted_;
+  // With renames: destination key -> checkpoint key, and each checkpoint
+  // key's destination name (in the metadata's key order).
+  std::map<std::string, std::string> from_checkpoint_;
+  std::vector<std::string> renamed_;
 };
 
 // A state dict with freshly allocated tensors (full global size, saved dtype)
 // and placeholders for plain values, nested as saved: the template for
 // loading a checkpoint without one of your own.
 DCP_CORE_EXPORT StateDict state_dict_from_metadata(const Metadata& metadata);
+// The same under a key mapping (LoadPlannerOptions::rename): the keys are
+// the destination names, nested where a rule's prefixes fall on the path's
+// dots; `drop` names (destination) keys to leave out.
+DCP_CORE_EXPORT StateDict state_dict_from_metadata(const Metadata& metadata,
+                                                   const std::vector<KeyRename>& rename,
+                                                   const std::vector<std::string>& drop = {});
 
 }  // namespace dcp

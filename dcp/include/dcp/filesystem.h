@@ -68,8 +68,19 @@ struct DCP_CORE_EXPORT FileSystemReaderOptions {
 
 DCP_CORE_EXPORT std::shared_ptr<StorageWriter> make_filesystem_writer(
     const std::string& path, FileSystemWriterOptions options = {});
+// Reads dcp++'s checkpoints and, detected from what is at `path` when the
+// reader is first used, PyTorch's: DCP directories (1.13 and 2.x), torch.save
+// files and safetensors files or directories (docs/INTEROP.md).
 DCP_CORE_EXPORT std::shared_ptr<StorageReader> make_filesystem_reader(
     const std::string& path, FileSystemReaderOptions options = {});
+
+// What make_filesystem_reader() finds at `path` (in `env`; nullptr: the
+// Env the path's scheme names): "dcp++" (also for nothing readable: the
+// reader then says what is wrong), "PyTorch DCP" (a directory with a
+// pickled .metadata or __<rank>.metadata files), "torch.save" (a .pt/.pth
+// zip archive, or the legacy format, which is refused), or "safetensors"
+// (a file, or a directory of them: Hugging Face). docs/INTEROP.md.
+DCP_CORE_EXPORT std::string checkpoint_format(const std::string& path, Env* env = nullptr);
 
 // True when `path` holds a committed checkpoint (its metadata file exists),
 // in `env` (nullptr: the Env the path's scheme names).

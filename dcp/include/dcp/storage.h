@@ -9,6 +9,7 @@
 
 #include <functional>
 #include <future>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -88,6 +89,12 @@ class DCP_CORE_EXPORT StorageReader {
   virtual std::future<void> read_data(const LoadPlan& plan, LoadPlanner& planner) = 0;
   virtual bool validate_checkpoint_id(const std::string& checkpoint_id) const = 0;
   virtual std::string checkpoint_id() const = 0;
+  // Keys of the checkpoint whose values this reader cannot give, each with
+  // the reason: in checkpoints of other formats, a Python object of a class
+  // dcp++ does not read, or an int beyond 64 bits (docs/INTEROP.md). Known
+  // after set_up_storage_reader(); none for dcp++'s own checkpoints.
+  // load() skips them when LoadOptions::skip_unreadable_values is set.
+  virtual std::map<std::string, std::string> unreadable_keys() const { return {}; }
 };
 
 // Forwarding wrappers: every call goes to the wrapped object, so a subclass
@@ -125,6 +132,7 @@ class DCP_CORE_EXPORT StorageReaderWrapper : public StorageReader {
   std::future<void> read_data(const LoadPlan& plan, LoadPlanner& planner) override;
   bool validate_checkpoint_id(const std::string& checkpoint_id) const override;
   std::string checkpoint_id() const override;
+  std::map<std::string, std::string> unreadable_keys() const override;
 
  private:
   std::shared_ptr<StorageReader> target_;

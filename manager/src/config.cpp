@@ -365,11 +365,21 @@ void read_keep(Reader& r, const Field& f, KeepPolicy& k) {
 }
 
 void read_resume(Reader& r, const Field& f, ResumePolicy& p) {
-  const auto m = r.section(f, {"from", "strict", "exclude", "fallback_to_older"});
+  const auto m =
+      r.section(f, {"from", "strict", "exclude", "fallback_to_older", "rename", "skip_unreadable"});
   if (auto* x = get(m, "from")) p.from = r.string(*x);
   if (auto* x = get(m, "strict")) p.strict = r.boolean(*x);
   if (auto* x = get(m, "exclude")) p.exclude = r.strings(*x);
   if (auto* x = get(m, "fallback_to_older")) p.fallback_to_older = r.boolean(*x);
+  if (auto* x = get(m, "rename"))
+    for (const Field& e : r.list(*x)) {
+      const auto rule = r.section(e, {"from", "to"});
+      const Field* from = get(rule, "from");
+      const Field* to = get(rule, "to");
+      if (!from || !to) r.fail(e, "a rule needs both from and to (\"\" for none)");
+      p.rename.push_back(KeyRename{r.string(*from), r.string(*to)});
+    }
+  if (auto* x = get(m, "skip_unreadable")) p.skip_unreadable = r.boolean(*x);
 }
 
 void read_storage(Reader& r, const Field& f, StoragePolicy& s) {

@@ -66,7 +66,7 @@ CheckpointManager::ResumeListing decode(const std::string& text) {
 
 }  // namespace
 
-bool CheckpointManager::load_from(const std::string& path) {
+bool CheckpointManager::load_from(const std::string& path, bool warm_start) {
   StateDict sd = build_state_dict(true);
   LoadOptions lo;
   FileSystemReaderOptions ro;
@@ -77,6 +77,10 @@ bool CheckpointManager::load_from(const std::string& path) {
   lo.strict = options_.resume.strict;
   lo.exclude = options_.resume.exclude;
   lo.collectives = coll_;
+  if (warm_start) {
+    lo.rename = options_.resume.rename;
+    lo.skip_unreadable_values = options_.resume.skip_unreadable;
+  }
   dcp::load(sd, lo);
   return true;
 }
@@ -97,7 +101,7 @@ int64_t CheckpointManager::resume() {
   if (numeric) return resume_step(listing, std::stoll(r.from));
   if (!listing.committed.empty()) return resume_latest(listing);
   if (r.from != "latest") {
-    load_from(r.from);  // a warm start: another run's checkpoint
+    load_from(r.from, /*warm_start=*/true);  // another run's checkpoint, or PyTorch's
     move_aside_after_resume(listing, 0, {});
     logger().info("warm start from '{}' (this run has no checkpoint yet)", r.from);
     return 0;

@@ -158,6 +158,17 @@ void validate(const manager::CheckpointManagerOptions& o, const Report& report) 
   if (o.keep.best.count > 0 && o.keep.best.metric.empty())
     check("checkpoint.keep.best.count", "count > 0 needs a metric (checkpoint.keep.best.metric)");
   check("checkpoint.resume.from", resume_from_problem(o.resume.from));
+  for (size_t i = 0; i < o.resume.rename.size(); ++i) {
+    const KeyRename& rule = o.resume.rename[i];
+    const std::string key = "checkpoint.resume.rename[" + std::to_string(i) + "]";
+    if (rule.from == rule.to)
+      check(key, "from and to are the same ('" + rule.from + "'): the rule does nothing");
+    for (size_t j = 0; j < i; ++j)
+      if (rule.from.compare(0, o.resume.rename[j].from.size(), o.resume.rename[j].from) == 0)
+        check(key, "never applies: rule " + std::to_string(j) + " (from '" +
+                       o.resume.rename[j].from + "') takes every key that starts with '" +
+                       rule.from + "' first");
+  }
   integer("checkpoint.storage.threads", o.storage.threads);
   const ReplicaCheck rc = o.storage.check_replicas;
   if (rc != ReplicaCheck::kError && rc != ReplicaCheck::kWarn && rc != ReplicaCheck::kOff)

@@ -183,7 +183,8 @@ class DCP_MANAGER_EXPORT CheckpointManager {
   void reap(bool wait_all);  // finished async saves: statistics, callbacks, errors
   void reap_oldest();        // waits for the oldest save in flight, then reap(false)
   void handle_error(const std::exception_ptr& e, int64_t step);
-  bool load_from(const std::string& path);
+  // `warm_start`: another run's checkpoint (or PyTorch's): resume.rename applies.
+  bool load_from(const std::string& path, bool warm_start = false);
   StateDict build_state_dict(bool for_load) const;
   bool is_coordinator() const { return rank_ == 0; }
   int world_size() const;

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "dcp/default_planner.h"
 #include "dcp/export.h"
 #include "dcp/replicas.h"
 
@@ -88,6 +89,17 @@ struct DCP_MANAGER_EXPORT ResumePolicy {
   // With "latest": a checkpoint that does not load (corrupt, incomplete) is
   // skipped with a warning and the next older one is tried. Default true.
   bool fallback_to_older = true;
+  // For a warm start from a path only (its names may be another program's:
+  // a PyTorch DCP directory, a torch.save file, safetensors): checkpoint
+  // names onto the registered ones (dcp::KeyRename; e.g. {"", "model."}
+  // loads a torch.save(model.state_dict()) file into the object registered
+  // as "model"). The run's own checkpoints are loaded without it. Default:
+  // none. `exclude` names keys after the mapping.
+  std::vector<KeyRename> rename;
+  // A warm start skips values dcp++ cannot represent (a Python object of
+  // another class, an int beyond 64 bits) instead of failing on them,
+  // listing them in a warning. Default false.
+  bool skip_unreadable = false;
 };
 
 struct DCP_MANAGER_EXPORT StoragePolicy {

@@ -4,6 +4,7 @@
 #include <torch/nn/module.h>
 #include <torch/optim/optimizer.h>
 #include <torch/optim/schedulers/lr_scheduler.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <climits>
@@ -64,13 +65,9 @@ std::vector<std::vector<std::string>> group_names(const optim::Optimizer& opt,
   return out;
 }
 
-// The checkpoint's param groups, after checking its kind and that it has as
-// many groups as the optimizer.
-const List& saved_groups(const StateDict& sd, const OptimizerKind& kind, size_t n_groups) {
-  const std::string saved_kind = field(sd, "kind", "the state dict").to_string();
-  if (saved_kind != kind.name)
-    throw PlanMismatchError("OptimizerState: the checkpoint holds the state of " + saved_kind +
-                            ", the optimizer is " + kind.name);
+// The checkpoint's param groups, after checking that it has as many as the
+// optimizer.
+const List& saved_groups(const StateDict& sd, size_t n_groups) {
   const Value& groups_v = field(sd, "param_groups", "the state dict");
   if (!groups_v.is_list())
     throw PlanMismatchError("OptimizerState: 'param_groups' is a " +
@@ -80,6 +77,19 @@ const List& saved_groups(const StateDict& sd, const OptimizerKind& kind, size_t 
     throw PlanMismatchError("OptimizerState: the checkpoint has " + std::to_string(groups.size()) +
                             " param group(s), the optimizer " + std::to_string(n_groups));
   return groups;
+}
+
+// kDcp: the checkpoint holds the state of the optimizer's kind.
+void check_kind(const StateDict& sd, const OptimizerKind& kind) {
+  if (!sd.count("kind") && sd.count("state") && sd.count("param_groups"))
+    throw PlanMismatchError(
+        "OptimizerState: the state dict has no 'kind': it looks like PyTorch's "
+        "optimizer.state_dict(), which OptimizerStateOptions::layout = "
+        "OptimizerLayout::kPyTorch reads");
+  const std::string saved_kind = field(sd, "kind", "the state dict").to_string();
+  if (saved_kind != kind.name)
+    throw PlanMismatchError("OptimizerState: the checkpoint holds the state of " + saved_kind +
+                            ", the optimizer is " + kind.name);
 }
 
 // The saved group `gd` holds the parameters `names`, in any order (state is
@@ -94,6 +104,85 @@ void check_group_names(const Dict& gd, const std::vector<std::string>& names,
   if (saved_names != have)
     throw PlanMismatchError("OptimizerState: " + where + " holds " + names_string(saved_names) +
                             " in the checkpoint, " + names_string(names) + " in the optimizer");
+}
+
+// --- PyTorch's layout (kPyTorch) ---------------------------------------------------
+
+// Each parameter's index in PyTorch's layout, group by group, numbered as
+// torch.optim.Optimizer.state_dict() does: group g's parameters from the
+// sum of the sizes of the groups before it; a parameter of an earlier group
+// keeps its index there, and one listed twice in a group gets its last
+// position (Python builds each group's mapping before adding it).
+std::vector<std::vector<int64_t>> python_indices(const optim::Optimizer& opt) {
+  std::unordered_map<const c10::TensorImpl*, int64_t> index;
+  std::vector<std::vector<int64_t>> out;
+  int64_t start = 0;
+  for (const auto& group : opt.param_groups()) {
+    const auto& params = group.params();
+    std::unordered_map<const c10::TensorImpl*, int64_t> fresh;
+    for (size_t i = 0; i < params.size(); ++i)
+      if (!index.count(params[i].unsafeGetTensorImpl()))
+        fresh[params[i].unsafeGetTensorImpl()] = start + static_cast<int64_t>(i);
+    index.insert(fresh.begin(), fresh.end());
+    std::vector<int64_t> ids;
+    for (const auto& p : params) ids.push_back(index.at(p.unsafeGetTensorImpl()));
+    start += static_cast<int64_t>(params.size());
+    out.push_back(std::move(ids));
+  }
+  return out;
+}
+
+std::string indices_string(const std::vector<int64_t>& ids) {
+  std::string s = "[";
+  for (size_t i = 0; i < ids.size() && i < 16; ++i) s += (i ? ", " : "") + std::to_string(ids[i]);
+  if (ids.size() > 16) s += ", ... (" + std::to_string(ids.size()) + " in all)";
+  return s + "]";
+}
+
+// The saved group `gd` lists the indices `ids`, in this order.
+void check_group_indices(const Dict& gd, const std::vector<int64_t>& ids,
+                         const std::string& where) {
+  const Value& v = field(gd, "params", where);
+  std::vector<int64_t> saved;
+  bool ints = v.is_list();
+  if (ints)
+    for (const Value& e : v.list()) {
+      if (e.kind() != Value::Kind::kInt) {
+        ints = false;
+        break;
+      }
+      saved.push_back(e.to_int());
+    }
+  if (!ints)
+    throw PlanMismatchError("OptimizerState: " + where + " 'params' is " + describe(v) +
+                            ", not a list of parameter indices (PyTorch's layout)");
+  if (saved != ids)
+    throw PlanMismatchError("OptimizerState: " + where + " holds parameters " +
+                            indices_string(saved) + " in the checkpoint, " + indices_string(ids) +
+                            " in the optimizer");
+}
+
+// The keys of the saved group `gd` that LibTorch's options do not have
+// (Python's "maximize", "foreach", ...) are at False or None, as LibTorch
+// behaves; "initial_lr" (Python's LR schedulers) does not change the
+// optimizer and is taken at any value.
+void check_python_options(const Dict& gd, const OptimizerKind& kind,
+                          const optim::OptimizerOptions& options, const std::string& where) {
+  const Dict known = kind.save_options(options, OptimizerLayout::kDcp);
+  for (const auto& [key, v] : gd) {
+    if (key == "params" || key == "initial_lr" || known.count(key)) continue;
+    if (v.is_none() || (v.kind() == Value::Kind::kBool && !v.to_bool())) continue;
+    throw PlanMismatchError("OptimizerState: " + where + ": '" + key + "' is " + python_repr(v) +
+                            "; LibTorch " + std::to_string(TORCH_VERSION_MAJOR) + "." +
+                            std::to_string(TORCH_VERSION_MINOR) + "'s " + kind.name +
+                            " has no such option");
+  }
+}
+
+// kPyTorch's "state" keys are the decimal indices ("0", "12").
+bool is_index(const std::string& key) {
+  if (key.empty() || key.size() > 18 || (key[0] == '0' && key.size() > 1)) return false;
+  return std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
 }  // namespace
@@ -132,26 +221,134 @@ NamedTensors OptimizerState::parameter_names() const {
   return module_ ? named_tensors(*module_, /*buffers=*/false) : names_;
 }
 
+namespace {
+
+// What a load installs, built before anything is changed: a mismatch leaves
+// the optimizer as it was.
+struct NewState {
+  std::vector<std::unique_ptr<optim::OptimizerOptions>> options;  // each group's
+  std::vector<std::pair<std::string, std::unique_ptr<optim::OptimizerParamState>>> states;
+  std::vector<std::string> erase;  // state keys of parameters to have no state
+
+  void install(optim::Optimizer& opt) {
+    for (size_t g = 0; g < options.size(); ++g)
+      opt.param_groups()[g].set_options(std::move(options[g]));
+    for (const auto& key : erase) opt.state().erase(key);
+    for (auto& [key, s] : states) opt.state()[key] = std::move(s);
+  }
+};
+
+// The state of parameter `p` in `opt` (null: none).
+const optim::OptimizerParamState* state_of(const optim::Optimizer& opt, const at::Tensor& p) {
+  auto it = opt.state().find(state_key(p));
+  return it == opt.state().end() ? nullptr : it->second.get();
+}
+
+StateDict python_state_dict(const optim::Optimizer& opt, const OptimizerKind& kind,
+                            const std::vector<std::vector<std::string>>& names,
+                            const OptimizerStateOptions& options) {
+  const auto ids = python_indices(opt);
+  Dict state;
+  List groups;
+  for (size_t g = 0; g < ids.size(); ++g) {
+    const auto& group = opt.param_groups()[g];
+    Dict gd = kind.save_options(group.options(), OptimizerLayout::kPyTorch);
+    List params;
+    for (size_t i = 0; i < ids[g].size(); ++i) {
+      params.emplace_back(ids[g][i]);
+      const std::string key = std::to_string(ids[g][i]);
+      if (state.count(key)) continue;  // listed before
+      const at::Tensor& p = group.params()[i];
+      state.emplace(
+          key, kind.save_state(group.options(), state_of(opt, p), p, shard_of(options, names[g][i]),
+                               OptimizerLayout::kPyTorch));
+    }
+    gd.emplace("params", std::move(params));
+    groups.emplace_back(std::move(gd));
+  }
+  return {{"state", std::move(state)}, {"param_groups", std::move(groups)}};
+}
+
+void load_python_state_dict(optim::Optimizer& opt, const OptimizerKind& kind,
+                            const std::vector<std::vector<std::string>>& names,
+                            const OptimizerStateOptions& options, const StateDict& sd) {
+  if (sd.count("kind") || sd.count("params_with_state"))
+    throw PlanMismatchError(
+        "OptimizerState: the state dict is in dcp++'s layout ('kind', 'params_with_state'), the "
+        "adapter reads PyTorch's (OptimizerLayout::kPyTorch)");
+  const auto ids = python_indices(opt);
+  const List& groups = saved_groups(sd, ids.size());
+  const Value& state_v = field(sd, "state", "the state dict");
+  if (!state_v.is_dict())
+    throw PlanMismatchError("OptimizerState: 'state' is a " + std::string(state_v.kind_name()) +
+                            ", not a dict");
+  const Dict& state = state_v.dict();
+
+  NewState out;
+  std::vector<std::string> problems;
+  std::set<std::string> done;  // the indices handled
+  for (size_t g = 0; g < groups.size(); ++g) {
+    const std::string where = "param group " + std::to_string(g);
+    if (!groups[g].is_dict()) throw PlanMismatchError("OptimizerState: " + where + " is no dict");
+    const Dict& gd = groups[g].dict();
+    check_group_indices(gd, ids[g], where);
+    check_python_options(gd, kind, opt.param_groups()[g].options(), where);
+    out.options.push_back(kind.load_options(gd, where));
+
+    const auto& params = opt.param_groups()[g].params();
+    for (size_t i = 0; i < params.size(); ++i) {
+      const std::string key = std::to_string(ids[g][i]);
+      if (!done.insert(key).second) continue;
+      const Dict* entry = nullptr;
+      auto it = state.find(key);
+      if (it != state.end() && !it->second.is_dict()) {
+        problems.push_back("'" + key + "': a " + describe(it->second) + ", not a dict");
+        continue;
+      }
+      if (it != state.end()) entry = &it->second.dict();
+      LoadedState s =
+          kind.load_state(*out.options.back(), entry, key, params[i],
+                          shard_of(options, names[g][i]), OptimizerLayout::kPyTorch, problems);
+      if (!s.ok) continue;
+      if (s.state)
+        out.states.emplace_back(state_key(params[i]), std::move(s.state));
+      else
+        out.erase.push_back(state_key(params[i]));
+    }
+  }
+  for (const auto& kv : state)
+    if (!done.count(kv.first))
+      problems.push_back("'" + kv.first + "': " +
+                         (is_index(kv.first) ? "no parameter of the optimizer has this index"
+                                             : "not a parameter index"));
+  if (!problems.empty()) throw PlanMismatchError(mismatch_message("OptimizerState", problems));
+  out.install(opt);
+}
+
+}  // namespace
+
 StateDict OptimizerState::state_dict() {
   const optim::Optimizer& opt = *optimizer_;
   const OptimizerKind& kind = optimizer_kind(opt);
   const auto names = group_names(opt, parameter_names());
+  if (options_.layout == OptimizerLayout::kPyTorch)
+    return python_state_dict(opt, kind, names, options_);
 
   Dict state;
   List with_state;
   List groups;
   for (size_t g = 0; g < names.size(); ++g) {
     const auto& group = opt.param_groups()[g];
-    Dict gd = kind.save_options(group.options());
+    Dict gd = kind.save_options(group.options(), OptimizerLayout::kDcp);
     List param_names;
     for (size_t i = 0; i < names[g].size(); ++i) {
       const std::string& name = names[g][i];
       param_names.emplace_back(name);
       const at::Tensor& p = group.params()[i];
-      auto it = opt.state().find(state_key(p));
-      const optim::OptimizerParamState* s = it == opt.state().end() ? nullptr : it->second.get();
+      const optim::OptimizerParamState* s = state_of(opt, p);
       if (s) with_state.emplace_back(name);
-      Dict entry = kind.save_state(group.options(), s, p, shard_of(options_, name));
+      Dict entry =
+          kind.save_state(group.options(), s, p, shard_of(options_, name), OptimizerLayout::kDcp);
       if (!entry.empty()) state.emplace(name, std::move(entry));
     }
     gd.emplace("params", std::move(param_names));
@@ -167,7 +364,10 @@ void OptimizerState::load_state_dict(const StateDict& sd) {
   optim::Optimizer& opt = *optimizer_;
   const OptimizerKind& kind = optimizer_kind(opt);
   const auto names = group_names(opt, parameter_names());
-  const List& groups = saved_groups(sd, kind, names.size());
+  if (options_.layout == OptimizerLayout::kPyTorch)
+    return load_python_state_dict(opt, kind, names, options_, sd);
+  check_kind(sd, kind);
+  const List& groups = saved_groups(sd, names.size());
 
   std::set<std::string> with_state;
   for (const Value& v : field(sd, "params_with_state", "the state dict").list())
@@ -176,11 +376,7 @@ void OptimizerState::load_state_dict(const StateDict& sd) {
   static const Dict kNoState;
   const Dict& state = state_v.is_dict() ? state_v.dict() : kNoState;
 
-  // Check everything and build the new options and states first, so that a
-  // mismatch leaves the optimizer as it was.
-  std::vector<std::unique_ptr<optim::OptimizerOptions>> new_options;
-  std::vector<std::pair<std::string, std::unique_ptr<optim::OptimizerParamState>>> new_states;
-  std::vector<std::string> erase;
+  NewState out;
   std::vector<std::string> problems;
   std::set<std::string> done;
   for (size_t g = 0; g < groups.size(); ++g) {
@@ -188,7 +384,7 @@ void OptimizerState::load_state_dict(const StateDict& sd) {
     if (!groups[g].is_dict()) throw PlanMismatchError("OptimizerState: " + where + " is no dict");
     const Dict& gd = groups[g].dict();
     check_group_names(gd, names[g], where);
-    new_options.push_back(kind.load_options(gd, where));
+    out.options.push_back(kind.load_options(gd, where));
 
     const auto& params = opt.param_groups()[g].params();
     for (size_t i = 0; i < params.size(); ++i) {
@@ -196,20 +392,18 @@ void OptimizerState::load_state_dict(const StateDict& sd) {
       const at::Tensor& p = params[i];
       if (!done.insert(name).second) continue;
       if (!with_state.count(name)) {
-        erase.push_back(state_key(p));
+        out.erase.push_back(state_key(p));
         continue;
       }
-      auto s =
-          kind.load_state(*new_options.back(), state, name, p, shard_of(options_, name), problems);
-      if (s) new_states.emplace_back(state_key(p), std::move(s));
+      auto it = state.find(name);
+      const Dict* entry = it != state.end() && it->second.is_dict() ? &it->second.dict() : nullptr;
+      LoadedState s = kind.load_state(*out.options.back(), entry, name, p, shard_of(options_, name),
+                                      OptimizerLayout::kDcp, problems);
+      if (s.ok) out.states.emplace_back(state_key(p), std::move(s.state));
     }
   }
   if (!problems.empty()) throw PlanMismatchError(mismatch_message("OptimizerState", problems));
-
-  for (size_t g = 0; g < new_options.size(); ++g)
-    opt.param_groups()[g].set_options(std::move(new_options[g]));
-  for (const auto& key : erase) opt.state().erase(key);
-  for (auto& [key, s] : new_states) opt.state()[key] = std::move(s);
+  out.install(opt);
 }
 
 // --- LRSchedulerState ------------------------------------------------------------

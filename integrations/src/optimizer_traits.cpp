@@ -1,5 +1,6 @@
 #include "optimizer_traits.h"
 
+#include <ATen/ATen.h>
 #include <c10/util/Type.h>
 #include <torch/optim/adagrad.h>
 #include <torch/optim/adam.h>
@@ -7,6 +8,9 @@
 #include <torch/optim/rmsprop.h>
 #include <torch/optim/sgd.h>
 
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <tuple>
 #include <typeinfo>
 
@@ -35,14 +39,52 @@ namespace optim = torch::optim;
 //                                   parameter's state that `options` keep
 // Both take const or mutable objects: LibTorch's TORCH_ARG accessors return
 // a const or a mutable reference, so one list serves saving and loading.
-// Adding an optimizer is adding its traits and a line to kKinds (below).
+// For PyTorch's layout (kPyTorch), as Python 1.13's optimizer keeps it:
+//   kPyStep                         the kind of its "step"
+//   kNoState                        which entry means "never stepped"
+//   kPythonOptions                  the options of Python's param groups
+//                                   that LibTorch has not, each at the value
+//                                   LibTorch behaves as (false or none)
+//   none_tensors(options, f)        f(key) for each state "tensor" Python
+//                                   keeps as None under `options`
+//   initial(options, key, param)    what a fresh state's tensor starts from
+// (TraitsBase has the common ones.) Adding an optimizer is adding its traits
+// and a line to kKinds (below).
 
-struct SGDTraits {
+// Python's "step": none, a float32 0-d tensor, or a plain int.
+enum class PyStep { kNone, kTensor, kInt };
+
+// When an entry of kPyTorch's "state" means the parameter never stepped, so
+// gets no state: at step 0 (Python writes none such: its state begins at
+// the first step, which counts it), at a none or all-zero momentum buffer
+// (SGD), or never (Adagrad: every parameter has state from the start).
+enum class NoStateAt { kStepZero, kZeroBuffer, kNever };
+
+// A Python-only option of a param group and the value LibTorch behaves as.
+struct PythonOption {
+  const char* key;
+  bool none;  // true: None (foreach); false: False
+};
+
+struct TraitsBase {
+  template <typename O, typename F>
+  static void none_tensors(const O&, F&&) {}
+  template <typename O>
+  static at::Tensor initial(const O&, const char*, const at::Tensor& p) {
+    return at::zeros_like(p, at::MemoryFormat::Preserve);
+  }
+};
+
+struct SGDTraits : TraitsBase {
   using Optimizer = optim::SGD;
   using Options = optim::SGDOptions;
   using ParamState = optim::SGDParamState;
   static constexpr const char* kName = "SGD";
   static constexpr bool kStep = false;
+  static constexpr PyStep kPyStep = PyStep::kNone;
+  static constexpr NoStateAt kNoState = NoStateAt::kZeroBuffer;
+  static constexpr PythonOption kPythonOptions[] = {
+      {"maximize", false}, {"foreach", true}, {"differentiable", false}};
 
   template <typename O, typename F>
   static void hyper_parameters(O& o, F&& f) {
@@ -56,15 +98,21 @@ struct SGDTraits {
   static void tensors(const Options& o, S& s, F&& f) {
     if (o.momentum() != 0) f("momentum_buffer", s.momentum_buffer());
   }
+  template <typename F>
+  static void none_tensors(const Options& o, F&& f) {
+    if (o.momentum() == 0) f("momentum_buffer");
+  }
 };
 
 // Adam and AdamW have the same hyper-parameters and state, in types of their own.
 template <typename Opt, typename Opts, typename State>
-struct AdamFamilyTraits {
+struct AdamFamilyTraits : TraitsBase {
   using Optimizer = Opt;
   using Options = Opts;
   using ParamState = State;
   static constexpr bool kStep = true;
+  static constexpr PyStep kPyStep = PyStep::kTensor;
+  static constexpr NoStateAt kNoState = NoStateAt::kStepZero;
 
   template <typename O, typename F>
   static void hyper_parameters(O& o, F&& f) {
@@ -84,18 +132,30 @@ struct AdamFamilyTraits {
 
 struct AdamTraits : AdamFamilyTraits<optim::Adam, optim::AdamOptions, optim::AdamParamState> {
   static constexpr const char* kName = "Adam";
+  static constexpr PythonOption kPythonOptions[] = {{"maximize", false},
+                                                    {"foreach", true},
+                                                    {"capturable", false},
+                                                    {"differentiable", false},
+                                                    {"fused", false}};
 };
 
+// 1.13's AdamW has neither "differentiable" nor "fused".
 struct AdamWTraits : AdamFamilyTraits<optim::AdamW, optim::AdamWOptions, optim::AdamWParamState> {
   static constexpr const char* kName = "AdamW";
+  static constexpr PythonOption kPythonOptions[] = {
+      {"foreach", true}, {"maximize", false}, {"capturable", false}};
 };
 
-struct RMSpropTraits {
+struct RMSpropTraits : TraitsBase {
   using Optimizer = optim::RMSprop;
   using Options = optim::RMSpropOptions;
   using ParamState = optim::RMSpropParamState;
   static constexpr const char* kName = "RMSprop";
   static constexpr bool kStep = true;
+  static constexpr PyStep kPyStep = PyStep::kInt;  // 1.13's RMSprop: a Python int
+  static constexpr NoStateAt kNoState = NoStateAt::kStepZero;
+  static constexpr PythonOption kPythonOptions[] = {
+      {"foreach", true}, {"maximize", false}, {"differentiable", false}};
 
   template <typename O, typename F>
   static void hyper_parameters(O& o, F&& f) {
@@ -114,12 +174,15 @@ struct RMSpropTraits {
   }
 };
 
-struct AdagradTraits {
+struct AdagradTraits : TraitsBase {
   using Optimizer = optim::Adagrad;
   using Options = optim::AdagradOptions;
   using ParamState = optim::AdagradParamState;
   static constexpr const char* kName = "Adagrad";
   static constexpr bool kStep = true;
+  static constexpr PyStep kPyStep = PyStep::kTensor;
+  static constexpr NoStateAt kNoState = NoStateAt::kNever;
+  static constexpr PythonOption kPythonOptions[] = {{"foreach", true}, {"maximize", false}};
 
   template <typename O, typename F>
   static void hyper_parameters(O& o, F&& f) {
@@ -132,6 +195,10 @@ struct AdagradTraits {
   template <typename S, typename F>
   static void tensors(const Options&, S& s, F&& f) {
     f("sum", s.sum());
+  }
+  // As its constructor (LibTorch's and Python's) fills it.
+  static at::Tensor initial(const Options& o, const char*, const at::Tensor& p) {
+    return at::full_like(p, o.initial_accumulator_value(), at::MemoryFormat::Preserve);
   }
 };
 
@@ -179,9 +246,12 @@ bool matches(const optim::Optimizer& o) {
 }
 
 template <typename T>
-Dict save_options(const optim::OptimizerOptions& o) {
+Dict save_options(const optim::OptimizerOptions& o, OptimizerLayout layout) {
   Dict group;
   T::hyper_parameters(static_cast<const typename T::Options&>(o), SaveHyperParameter{group});
+  if (layout == OptimizerLayout::kPyTorch)
+    for (const PythonOption& po : T::kPythonOptions)
+      group.emplace(po.key, po.none ? Value() : Value(false));
   return group;
 }
 
@@ -196,43 +266,95 @@ std::unique_ptr<optim::OptimizerOptions> load_options(const Dict& group, const s
 
 template <typename T>
 Dict save_state(const optim::OptimizerOptions& o, const optim::OptimizerParamState* s,
-                const at::Tensor& p, const ShardSpec* shard) {
+                const at::Tensor& p, const ShardSpec* shard, OptimizerLayout layout) {
   using State = typename T::ParamState;
   const auto& options = static_cast<const typename T::Options&>(o);
   const State none{};
   const State& state = s ? static_cast<const State&>(*s) : none;
+  const bool python = layout == OptimizerLayout::kPyTorch;
   Dict entry;
-  if constexpr (T::kStep) entry.emplace("step", s ? state.step() : int64_t{0});
+  if constexpr (T::kStep) {
+    const int64_t step = s ? state.step() : 0;
+    if (python && T::kPyStep == PyStep::kTensor)
+      entry.emplace("step", at::scalar_tensor(static_cast<double>(step), at::kFloat));
+    else
+      entry.emplace("step", step);
+  }
   T::tensors(options, state, [&](const char* key, const at::Tensor& t) {
-    // No state yet (or amsgrad switched on later): zeros, a destination on
-    // load and the value a fresh state would start from.
-    at::Tensor value = t.defined() ? t : at::zeros_like(p, at::MemoryFormat::Preserve);
+    // No state yet (or amsgrad switched on later): what a fresh state starts
+    // from, a destination on load.
+    at::Tensor value = t.defined() ? t : T::initial(options, key, p);
     entry.emplace(key, as_piece(value, shard));
   });
+  if (python) T::none_tensors(options, [&](const char* key) { entry.emplace(key, Value()); });
   return entry;
 }
 
-// The entry of `name` in the state dict's "state", or null after noting the problem.
-const Dict* state_entry(const Dict& state, const std::string& name,
-                        std::vector<std::string>& problems) {
-  auto it = state.find(name);
-  if (it == state.end() || !it->second.is_dict()) {
-    problems.push_back("'" + name + "': no state in the state dict");
-    return nullptr;
+// The shortest "%.*g" of `d` that reads back as `d` (0.1, not 0.10000000000000001).
+std::string number_string(double d) {
+  char buf[32];
+  for (int precision = 1; precision <= 17; ++precision) {
+    std::snprintf(buf, sizeof buf, "%.*g", precision, d);
+    if (std::strtod(buf, nullptr) == d) break;
   }
-  return &it->second.dict();
+  return buf;
 }
 
-// entry["step"] into `step`; false after noting the problem.
-bool load_step(const Dict& entry, const std::string& name, int64_t& step,
+// A step count from `v` (an int, a double or a one-element tensor of a real
+// dtype) into `step`: "" when it is an integral value from 0 to 2^63 - 1,
+// else why not.
+std::string integral_step(const Value& v, int64_t& step) {
+  double d = 0;
+  switch (v.kind()) {
+    case Value::Kind::kInt:
+      step = v.to_int();
+      return step < 0 ? std::to_string(step) + " is negative" : "";
+    case Value::Kind::kDouble:
+      d = v.to_double();
+      break;
+    case Value::Kind::kTensor: {
+      const at::Tensor& t = v.tensor();
+      if (!t.defined()) return "the tensor is undefined";
+      if (t.numel() != 1) return "a tensor " + describe_tensor(t) + ", not one number";
+      const at::ScalarType dt = t.scalar_type();
+      if (at::isIntegralType(dt, /*includeBool=*/false)) {
+        step = t.item<int64_t>();
+        return step < 0 ? std::to_string(step) + " is negative" : "";
+      }
+      if (!at::isFloatingType(dt)) return "a tensor " + describe_tensor(t) + ", not a real number";
+      d = t.item<double>();
+      break;
+    }
+    default:
+      return "a " + describe(v) + ", not a number";
+  }
+  // 2^63 is the first double beyond int64_t.
+  if (!std::isfinite(d) || d != std::floor(d) || d < 0 || d >= 9223372036854775808.0)
+    return number_string(d) + " is not a step count (an integer from 0 to 2^63 - 1)";
+  step = static_cast<int64_t>(d);
+  return "";
+}
+
+// entry["step"] into `step`; false after noting the problem. kDcp: an int;
+// kPyTorch: an int, an integral double or a one-element tensor holding one.
+bool load_step(const Dict& entry, const std::string& key, OptimizerLayout layout, int64_t& step,
                std::vector<std::string>& problems) {
   auto st = entry.find("step");
-  if (st == entry.end() || st->second.kind() != Value::Kind::kInt) {
-    problems.push_back("'" + name + ".step': missing or not an int");
+  if (layout == OptimizerLayout::kDcp) {
+    if (st == entry.end() || st->second.kind() != Value::Kind::kInt) {
+      problems.push_back("'" + key + ".step': missing or not an int");
+      return false;
+    }
+    step = st->second.to_int();
+    return true;
+  }
+  if (st == entry.end()) {
+    problems.push_back("'" + key + ".step': missing");
     return false;
   }
-  step = st->second.to_int();
-  return true;
+  const std::string why = integral_step(st->second, step);
+  if (!why.empty()) problems.push_back("'" + key + ".step': " + why);
+  return why.empty();
 }
 
 // entry[field] as state of `p`; undefined after noting the problem.
@@ -265,31 +387,71 @@ at::Tensor load_tensor(const Dict& entry, const std::string& name, const char* f
   return own;
 }
 
+// kPyTorch: whether a loaded entry (its step, its tensors) says the
+// parameter never stepped. SGD's buffer is judged on this rank's piece.
 template <typename T>
-std::unique_ptr<optim::OptimizerParamState> load_state(const optim::OptimizerOptions& o,
-                                                       const Dict& state, const std::string& name,
-                                                       const at::Tensor& p, const ShardSpec* shard,
-                                                       std::vector<std::string>& problems) {
+bool never_stepped(const typename T::Options& options, const typename T::ParamState& s,
+                   int64_t step, bool none_tensor) {
+  switch (T::kNoState) {
+    case NoStateAt::kStepZero:
+      return step == 0;
+    case NoStateAt::kZeroBuffer: {
+      if (none_tensor) return true;
+      bool zero = true;
+      T::tensors(options, s, [&](const char*, const at::Tensor& t) {
+        zero = zero && t.count_nonzero().template item<int64_t>() == 0;
+      });
+      return zero;
+    }
+    case NoStateAt::kNever:
+      return false;
+  }
+  return false;
+}
+
+template <typename T>
+LoadedState load_state(const optim::OptimizerOptions& o, const Dict* entry, const std::string& key,
+                       const at::Tensor& p, const ShardSpec* shard, OptimizerLayout layout,
+                       std::vector<std::string>& problems) {
   const auto& options = static_cast<const typename T::Options&>(o);
+  const bool python = layout == OptimizerLayout::kPyTorch;
   auto s = std::make_unique<typename T::ParamState>();
   bool kept = T::kStep;
   T::tensors(options, *s, [&](const char*, at::Tensor&) { kept = true; });
-  if (!kept) return s;  // nothing saved for it (SGD without momentum)
+  // Nothing saved for it (SGD without momentum; kPyTorch: a none buffer,
+  // and LibTorch keeps no state).
+  if (!kept) return {true, python ? nullptr : std::move(s)};
 
-  const Dict* entry = state_entry(state, name, problems);
-  if (!entry) return nullptr;
+  if (!entry && python) {
+    if (T::kNoState != NoStateAt::kNever) return {true, nullptr};
+    T::tensors(options, *s,
+               [&](const char* field, at::Tensor& t) { t = T::initial(options, field, p); });
+    return {true, std::move(s)};  // step 0
+  }
+  if (!entry) {
+    problems.push_back("'" + key + "': no state in the state dict");
+    return {};
+  }
+  int64_t step = 0;
   if constexpr (T::kStep) {
-    int64_t step = 0;
-    if (!load_step(*entry, name, step, problems)) return nullptr;
+    if (!load_step(*entry, key, layout, step, problems)) return {};
     s->step(step);
   }
   bool ok = true;
-  T::tensors(options, *s, [&](const char* key, at::Tensor& t) {
-    t = load_tensor(*entry, name, key, p, shard, problems);
+  bool none_tensor = false;  // kPyTorch: Python's None buffer (SGD)
+  T::tensors(options, *s, [&](const char* field, at::Tensor& t) {
+    auto it = entry->find(field);
+    if (python && T::kNoState == NoStateAt::kZeroBuffer && it != entry->end() &&
+        it->second.is_none()) {
+      none_tensor = true;
+      return;
+    }
+    t = load_tensor(*entry, key, field, p, shard, problems);
     ok = ok && t.defined();
   });
-  if (!ok) return nullptr;
-  return s;
+  if (!ok) return {};
+  if (python && never_stepped<T>(options, *s, step, none_tensor)) return {true, nullptr};
+  return {true, std::move(s)};
 }
 
 template <typename T>
@@ -315,6 +477,23 @@ const OptimizerKind& optimizer_kind(const optim::Optimizer& optimizer) {
   throw InvalidArgumentError("OptimizerState: unsupported optimizer type " +
                              c10::demangle(typeid(optimizer).name()) + " (supported: " + supported +
                              ")");
+}
+
+std::string python_repr(const Value& v) {
+  switch (v.kind()) {
+    case Value::Kind::kNone:
+      return "None";
+    case Value::Kind::kBool:
+      return v.to_bool() ? "True" : "False";
+    case Value::Kind::kInt:
+      return std::to_string(v.to_int());
+    case Value::Kind::kDouble:
+      return number_string(v.to_double());
+    case Value::Kind::kString:
+      return "'" + v.to_string() + "'";
+    default:
+      return describe(v);
+  }
 }
 
 const Value& field(const Dict& d, const std::string& key, const std::string& where) {

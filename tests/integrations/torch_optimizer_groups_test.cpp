@@ -134,15 +134,16 @@ class TorchOptimizerStateGroups : public ::testing::TestWithParam<MixedGroupsCas
 // Saved after 3 steps, loaded into a fresh optimizer of other values: every
 // group gets its own hyper-parameters and every parameter its state back
 // (compared by LibTorch, not through the adapter), and training goes on as
-// if uninterrupted, bit for bit.
-TEST_P(TorchOptimizerStateGroups, EveryGroupsHyperParametersAndStateRoundTrip) {
-  const MixedGroupsCase& c = GetParam();
+// if uninterrupted, bit for bit. In either layout.
+void round_trip(const MixedGroupsCase& c, dcp::libtorch::OptimizerLayout layout) {
+  dcp::libtorch::OptimizerStateOptions options;
+  options.layout = layout;
   TempDir dir;
   auto a = make_net(1);
   auto opt_a = c.saved(*a);
   for (int i = 0; i < 3; ++i) train_step(*a, *opt_a, i, false);
   save_to({{"model", std::make_shared<ModuleState>(a)},
-           {"optim", std::make_shared<OptimizerState>(*opt_a, *a)}},
+           {"optim", std::make_shared<OptimizerState>(*opt_a, *a, options)}},
           dir.sub("ckpt"));
 
   auto b = make_net(2);
@@ -154,7 +155,7 @@ TEST_P(TorchOptimizerStateGroups, EveryGroupsHyperParametersAndStateRoundTrip) {
         c.same_options(opt_a->param_groups()[g].options(), opt_b->param_groups()[g].options()))
         << "group " << g;
   load_from({{"model", std::make_shared<ModuleState>(b)},
-             {"optim", std::make_shared<OptimizerState>(*opt_b, *b)}},
+             {"optim", std::make_shared<OptimizerState>(*opt_b, *b, options)}},
             dir.sub("ckpt"));
   for (size_t g = 0; g < 2; ++g)
     EXPECT_TRUE(
@@ -170,6 +171,14 @@ TEST_P(TorchOptimizerStateGroups, EveryGroupsHyperParametersAndStateRoundTrip) {
     ASSERT_TRUE(same_tensors(*a, *b)) << "after step " << i;
   }
   EXPECT_TRUE(same_libtorch_state(c, *opt_a, *opt_b));
+}
+
+TEST_P(TorchOptimizerStateGroups, EveryGroupsHyperParametersAndStateRoundTrip) {
+  round_trip(GetParam(), dcp::libtorch::OptimizerLayout::kDcp);
+}
+
+TEST_P(TorchOptimizerStateGroups, EveryGroupsHyperParametersAndStateRoundTripInPyTorchLayout) {
+  round_trip(GetParam(), dcp::libtorch::OptimizerLayout::kPyTorch);
 }
 
 // The keys and kinds of values documented in dcp/libtorch/optimizer.h: each

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The peers dcp++'s figures are compared with, measured on this machine:
+# PyTorch 1.13's own DCP and torch.save/torch.load on the same bytes
+# (tests/bench/py_peers.py, /usr/bin/python3), and dcp++ reading what they
+# wrote in the same run (dcp_bench_interop, built by scripts/build.sh).
+# Prints name=value lines; *_vs_python > 1: dcp++ is faster.
+#
+#   scripts/bench-peers.sh [work_dir]
+#
+# DCP_BENCH_GIB: the size of the state dict in GiB (default 2; 0.25 for a
+# quick run). DCP_BENCH_STEPS: the steps to run (default: all, in order).
+# work_dir (default: a fresh directory under $TMPDIR, removed at the end)
+# needs about twice DCP_BENCH_GIB free; each step removes what it wrote.
+#
+# Each step is a function step_<name>; to add one (the C++ side, say),
+# write the function and append <name> to STEPS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${DCP_PYTHON:-/usr/bin/python3}
+export DCP_BENCH_GIB=${DCP_BENCH_GIB:-2}
+STEPS=(python_dcp python_torch_save safetensors)
+BENCH=${DCP_BUILD_DIR:-build}/tests/bench/dcp_bench_interop
+if [ -n "${DCP_BENCH_STEPS:-}" ]; then read -r -a STEPS <<<"$DCP_BENCH_STEPS"; fi
+
+if [ $# -ge 1 ]; then
+  WORK=$1
+  mkdir -p "$WORK"
+else
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/dcp_bench_peers.XXXXXX")
+  trap 'rm -rf "$WORK"' EXIT
+fi
+
+py_peer() { "$PY" tests/bench/py_peers.py "$@"; }
+cpp_bench() {
+  [ -x "$BENCH" ] || { echo "bench-peers: $BENCH is missing: run scripts/build.sh" >&2; exit 2; }
+  "$BENCH" --dir "$WORK/cpp" "$@"
+}
+# The value of `name` in name=value lines.
+figure() { sed -n "s/^$1=//p" <<<"$2"; }
+
+# PyTorch 1.13 DCP: save_state_dict, then load_state_dict in place (warm);
+# dcp++ loads the same directory in place.
+step_python_dcp() {
+  local dir="$WORK/python_dcp" out
+  rm -rf "$dir"
+  py_peer dcp113_save_2g "$dir"
+  out=$(py_peer dcp113_load_inplace "$dir")
+  echo "$out"
+  cpp_bench --pydcp "$dir" --python-dcp-load "$(figure python_dcp_load_seconds "$out")" \
+    --safetensors-mib 0
+  rm -rf "$dir"
+}
+
+# torch.save of the same dict, then torch.load (warm); dcp++'s load_all of it.
+step_python_torch_save() {
+  local file="$WORK/python_torch.pt" out
+  rm -f "$file"
+  py_peer torchsave_2g "$file"
+  out=$(py_peer torchload "$file")
+  echo "$out"
+  cpp_bench --torchsave "$file" --python-torch-load "$(figure python_torch_load_seconds "$out")" \
+    --safetensors-mib 0
+  rm -f "$file"
+}
+
+# A safetensors file (written by the spec) against dcp++'s native format.
+step_safetensors() {
+  cpp_bench --safetensors-mib "$("$PY" -c "print(int($DCP_BENCH_GIB * 1024))")"
+}
+
+echo "bench_gib=$DCP_BENCH_GIB"
+echo "python_torch_version=$("$PY" -c 'import torch; print(torch.__version__)')"
+for step in "${STEPS[@]}"; do
+  if ! declare -F "step_$step" >/dev/null; then
+    echo "bench-peers: unknown step '$step' (steps: $(declare -F | sed -n 's/^declare -f step_//p' | paste -sd ' ' -))" >&2
+    exit 2
+  fi
+  "step_$step"
+done

@@ -1,0 +1,198 @@
+// dcp++ reading PyTorch's formats, against Python reading them, in one run
+// (scripts/bench-peers.sh runs Python's side first and passes its figures):
+//
+//   dcp_bench_interop --dir D [--pydcp DIR --python-dcp-load S]
+//                     [--torchsave FILE --python-torch-load S]
+//                     [--safetensors-mib N] [--repeats N] [--threads N]
+//
+//   load_pytorch_dcp      DIR (written by Python DCP 1.13, one file per rank)
+//                         loaded in place into preallocated tensors,
+//                         checksums on; against Python DCP's load_state_dict
+//                         into preallocated tensors of the same directory
+//   load_torchsave        FILE (torch.save) with load_all (allocating),
+//                         against Python's torch.load
+//   load_safetensors      a safetensors file this program writes by the spec,
+//                         loaded in place; against dcp++'s native in-place
+//                         load of the same tensors (both from the page cache)
+// Medians of --repeats (default 3) after one warm-up; the last lines are
+// `name=value`, ratios > 1 mean dcp++ is faster.
+#include <spdlog/spdlog.h>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "common/safetensors_writer.h"
+#include "dcp/dcp.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Args {
+  std::string dir = "/tmp/dcp_bench_interop";
+  std::string pydcp, torchsave;
+  double python_dcp_load = 0, python_torch_load = 0;
+  int64_t safetensors_mib = 2048;
+  int repeats = 3;
+  int threads = 2;
+};
+
+[[noreturn]] void usage(const char* msg) {
+  std::fprintf(stderr,
+               "error: %s\nusage: dcp_bench_interop --dir D [--pydcp DIR --python-dcp-load S] "
+               "[--torchsave FILE --python-torch-load S] [--safetensors-mib N] [--repeats N] "
+               "[--threads N]\n",
+               msg);
+  std::exit(2);
+}
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string k = argv[i];
+    if (i + 1 >= argc) usage(("missing value after " + k).c_str());
+    const std::string v = argv[++i];
+    if (k == "--dir")
+      a.dir = v;
+    else if (k == "--pydcp")
+      a.pydcp = v;
+    else if (k == "--torchsave")
+      a.torchsave = v;
+    else if (k == "--python-dcp-load")
+      a.python_dcp_load = std::stod(v);
+    else if (k == "--python-torch-load")
+      a.python_torch_load = std::stod(v);
+    else if (k == "--safetensors-mib")
+      a.safetensors_mib = std::stoll(v);
+    else if (k == "--repeats")
+      a.repeats = std::stoi(v);
+    else if (k == "--threads")
+      a.threads = std::stoi(v);
+    else
+      usage(("unknown option " + k).c_str());
+  }
+  if (a.repeats < 1) usage("--repeats must be >= 1");
+  return a;
+}
+
+double seconds(const std::function<void()>& fn) {
+  const auto t0 = Clock::now();
+  fn();
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// One warm-up, then the median of `repeats`.
+double median_of(int repeats, const std::function<void()>& fn) {
+  fn();
+  std::vector<double> t;
+  for (int i = 0; i < repeats; ++i) t.push_back(seconds(fn));
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+dcp::LoadOptions load_options(const std::string& id, int threads) {
+  dcp::FileSystemReaderOptions ro;
+  ro.threads = threads;
+  ro.verify_checksums = true;
+  dcp::LoadOptions lo;
+  lo.checkpoint_id = id;
+  lo.storage_reader = dcp::make_filesystem_reader(id, ro);
+  return lo;
+}
+
+uint64_t bytes_of(const dcp::StateDict& sd) {
+  uint64_t n = 0;
+  for (const auto& [k, v] : sd)
+    if (v.is_tensor()) n += v.tensor().nbytes();
+  return n;
+}
+
+// Fresh destinations like `sd`'s tensors, touched (so the load measures I/O,
+// not page faults).
+dcp::StateDict like(const dcp::StateDict& sd) {
+  dcp::StateDict out;
+  for (const auto& [k, v] : sd) out[k] = v.is_tensor() ? dcp::Value(at::zeros_like(v.tensor())) : v;
+  return out;
+}
+
+// A safetensors file of `sd`'s tensors (the spec's writer).
+void write_safetensors(const dcp::StateDict& sd, const std::string& path) {
+  std::vector<dcp::testing::T> ts;
+  for (const auto& [k, v] : sd) ts.push_back(dcp::testing::tensor(k, v.tensor()));
+  std::ofstream f(path, std::ios::binary);
+  const std::string bytes = dcp::testing::safetensors(std::move(ts));
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (!f) throw std::runtime_error("cannot write " + path);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Args a = parse(argc, argv);
+  spdlog::set_level(spdlog::level::warn);
+  dcp::logger().set_level(spdlog::level::warn);
+  at::set_num_threads(a.threads);
+  std::system(("mkdir -p '" + a.dir + "'").c_str());
+  std::vector<std::pair<std::string, double>> figures;
+
+  if (!a.pydcp.empty()) {
+    dcp::StateDict sd = dcp::load_all(load_options(a.pydcp, a.threads));
+    dcp::StateDict dst = like(sd);
+    const double t =
+        median_of(a.repeats, [&] { dcp::load(dst, load_options(a.pydcp, a.threads)); });
+    const double gb = bytes_of(sd) / 1e9;
+    std::printf("PyTorch DCP 1.13 directory, %.2f GB in place: %.3f s (%.2f GB/s)\n", gb, t,
+                gb / t);
+    figures.emplace_back("load_pytorch_dcp_seconds", t);
+    if (a.python_dcp_load > 0)
+      figures.emplace_back("load_pytorch_dcp_vs_python", a.python_dcp_load / t);
+  }
+  if (!a.torchsave.empty()) {
+    uint64_t bytes = 0;
+    const double t = median_of(a.repeats, [&] {
+      dcp::StateDict sd = dcp::load_all(load_options(a.torchsave, a.threads));
+      bytes = bytes_of(sd);
+    });
+    std::printf("torch.save file, %.2f GB with load_all (allocating): %.3f s (%.2f GB/s)\n",
+                bytes / 1e9, t, bytes / 1e9 / t);
+    figures.emplace_back("load_torchsave_seconds", t);
+    if (a.python_torch_load > 0)
+      figures.emplace_back("load_torchsave_vs_python", a.python_torch_load / t);
+  }
+  if (a.safetensors_mib > 0) {
+    // 16 float32 tensors of equal size.
+    const int64_t per = a.safetensors_mib * (int64_t{1} << 20) / 16 / 4;
+    dcp::StateDict sd;
+    for (int i = 0; i < 16; ++i) {
+      char name[32];
+      std::snprintf(name, sizeof name, "layers.%02d.weight", i);
+      sd[name] = at::rand({per / 1024, 1024});
+    }
+    const std::string st = a.dir + "/model.safetensors", native = a.dir + "/native";
+    write_safetensors(sd, st);
+    std::system(("rm -rf '" + native + "'").c_str());
+    dcp::save(sd, native);
+    dcp::StateDict dst = like(sd);
+    const double t_st = median_of(a.repeats, [&] { dcp::load(dst, load_options(st, a.threads)); });
+    const double t_native =
+        median_of(a.repeats, [&] { dcp::load(dst, load_options(native, a.threads)); });
+    const double gb = bytes_of(sd) / 1e9;
+    std::printf("safetensors %.2f GB in place: %.3f s; native: %.3f s\n", gb, t_st, t_native);
+    figures.emplace_back("load_safetensors_seconds", t_st);
+    figures.emplace_back("load_native_seconds", t_native);
+    figures.emplace_back("load_safetensors_vs_native", t_native / t_st);
+    std::system(("rm -rf '" + native + "' '" + st + "'").c_str());
+  }
+  for (const auto& [name, v] : figures) std::printf("%s=%.3f\n", name.c_str(), v);
+  return 0;
+}

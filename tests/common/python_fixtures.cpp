@@ -11,6 +11,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
+#include <iterator>
 #include <sstream>
 #include <stdexcept>
 #include <utility>
@@ -192,6 +194,33 @@ std::string make_python_fixture(const std::string& kind, const std::string& out_
     throw std::runtime_error("make_fixtures.py " + kind + " printed no checkpoint path; stdout:\n" +
                              o.out);
   return path;
+}
+
+std::string shared_python_fixture(const std::string& kind) {
+  // The cache key: the scripts' contents, so an edited script makes new fixtures.
+  std::string scripts;
+  for (const char* f : {"make_fixtures.py", "dcp2_standins.py", "dcp113_compat.py"}) {
+    std::ifstream in(std::string(DCP_SOURCE_DIR "/tests/interop/py/") + f, std::ios::binary);
+    scripts += std::string(std::istreambuf_iterator<char>(in), {});
+  }
+  char key[32];
+  std::snprintf(key, sizeof key, "%016zx", std::hash<std::string>{}(scripts));
+  const char* env = std::getenv("DCP_FIXTURE_CACHE");
+  const std::string root = env && *env ? env : DCP_FIXTURE_CACHE_DIR;
+  const std::string dir = root + "/" + kind + "-" + key;
+  if (std::ifstream(dir + "/expected/manifest.json").good()) return dir;
+  ::mkdir(root.c_str(), 0755);
+  const std::string tmp = dir + ".tmp." + std::to_string(::getpid());
+  std::system(("rm -rf '" + tmp + "'").c_str());
+  make_python_fixture(kind, tmp);
+  // The first process to finish wins; the others drop their copies.
+  if (::rename(tmp.c_str(), dir.c_str()) != 0) {
+    const int err = errno;
+    std::system(("rm -rf '" + tmp + "'").c_str());
+    if (err != ENOTEMPTY && err != EEXIST)
+      throw std::runtime_error("cannot rename " + tmp + " to " + dir + ": " + std::strerror(err));
+  }
+  return dir;
 }
 
 std::vector<std::string> python_fixture_kinds() {

@@ -26,6 +26,13 @@ namespace testing {
 // std::runtime_error with the script's stderr when it fails.
 std::string make_python_fixture(const std::string& kind, const std::string& out_dir);
 
+// The out_dir of a fixture of `kind` made once and shared by every test
+// process of the build (in $DCP_FIXTURE_CACHE, else <build>/tests/
+// python-fixtures), under a name that changes with the scripts' contents;
+// made by the first process that asks (concurrent makers: the first to
+// finish wins). Read it, do not change it: copy it first.
+std::string shared_python_fixture(const std::string& kind);
+
 // The kinds make_fixtures.py knows (`make_fixtures.py --list`).
 std::vector<std::string> python_fixture_kinds();
 

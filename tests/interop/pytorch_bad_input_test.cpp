@@ -18,13 +18,12 @@ namespace {
 
 namespace fsys = std::filesystem;
 
-// A fresh copy of fixture `kind`'s checkpoint (made once per process).
+// A fresh copy of fixture `kind`'s checkpoint (shared_python_fixture's).
 std::string copy_of(const std::string& kind, const testing::TempDir& into) {
-  static testing::TempDir made;
-  static std::map<std::string, std::string> paths;
-  if (!paths.count(kind)) paths[kind] = testing::make_python_fixture(kind, made.sub(kind));
-  const std::string to = into.sub(fsys::path(paths[kind]).filename().string());
-  fsys::copy(paths[kind], to, fsys::copy_options::recursive);
+  const std::string from =
+      testing::load_fixture_manifest(testing::shared_python_fixture(kind)).main().path;
+  const std::string to = into.sub(fsys::path(from).filename().string());
+  fsys::copy(from, to, fsys::copy_options::recursive);
   return to;
 }
 
@@ -135,9 +134,7 @@ TEST(PyTorchBadInput, ACrcMismatchNamesTheRecordAndTheFile) {
                            {"torchsave_model", "fc1.weight"}}) {
     testing::TempDir d;
     const std::string ck = copy_of(kind, d);
-    testing::TempDir m;
-    testing::make_python_fixture(kind, m.sub("fx"));
-    const auto manifest = testing::load_fixture_manifest(m.sub("fx"));
+    const auto manifest = testing::load_fixture_manifest(testing::shared_python_fixture(kind));
     const testing::ExpectedLeaf* big = &manifest.main().leaf(key);
     const std::string file = fsys::is_directory(ck) ? ck + "/__0_0.distcp" : ck;
     corrupt_tensor_bytes(file, big->tensor);

@@ -31,11 +31,8 @@ struct NetImpl : torch::nn::Module {
 TORCH_MODULE(Net);
 
 const testing::FixtureManifest& model_fixture() {
-  static testing::TempDir dir;
-  static const testing::FixtureManifest m = [] {
-    testing::make_python_fixture("torchsave_model", dir.sub("fx"));
-    return testing::load_fixture_manifest(dir.sub("fx"));
-  }();
+  static const testing::FixtureManifest m =
+      testing::load_fixture_manifest(testing::shared_python_fixture("torchsave_model"));
   return m;
 }
 

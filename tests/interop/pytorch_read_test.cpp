@@ -31,18 +31,16 @@ void fsys_mkdir(const std::string& path) {
   ASSERT_EQ(std::system(("mkdir -p '" + path + "'").c_str()), 0);
 }
 
-// Each fixture kind made once per process, in one directory for them all.
+// Each fixture kind made once for the build (shared_python_fixture), its
+// manifest read once per process.
 const FixtureManifest& fixture(const std::string& kind) {
-  static testing::TempDir tmp;
-  static testing::TempDir* dir = &tmp;
   static std::map<std::string, FixtureManifest> made;
   static std::mutex mu;
   std::lock_guard<std::mutex> lock(mu);
   auto it = made.find(kind);
-  if (it == made.end()) {
-    testing::make_python_fixture(kind, dir->sub(kind));
-    it = made.emplace(kind, testing::load_fixture_manifest(dir->sub(kind))).first;
-  }
+  if (it == made.end())
+    it = made.emplace(kind, testing::load_fixture_manifest(testing::shared_python_fixture(kind)))
+             .first;
   return it->second;
 }
 

@@ -4,14 +4,23 @@ find_package(TBB REQUIRED)
 find_package(spdlog REQUIRED)
 find_package(fmt REQUIRED)
 
-if(NOT TARGET dcp_xxhash)
-  find_path(XXHASH_INCLUDE_DIR xxhash.h REQUIRED)
-  find_library(XXHASH_LIBRARY xxhash REQUIRED)
-  add_library(dcp_xxhash INTERFACE IMPORTED)
-  set_target_properties(dcp_xxhash PROPERTIES
-    INTERFACE_INCLUDE_DIRECTORIES ${XXHASH_INCLUDE_DIR}
-    INTERFACE_LINK_LIBRARIES ${XXHASH_LIBRARY})
-endif()
+# dcp_import_library(<target> <header> <library>): an imported target for a
+# library Debian ships without a CMake package, from its header and its
+# library file (cache variables <TARGET>_INCLUDE_DIR and <TARGET>_LIBRARY).
+function(dcp_import_library target header library)
+  if(TARGET ${target})
+    return()
+  endif()
+  string(TOUPPER ${target} var)
+  find_path(${var}_INCLUDE_DIR ${header} REQUIRED)
+  find_library(${var}_LIBRARY ${library} REQUIRED)
+  add_library(${target} INTERFACE IMPORTED)
+  set_target_properties(${target} PROPERTIES
+    INTERFACE_INCLUDE_DIRECTORIES ${${var}_INCLUDE_DIR}
+    INTERFACE_LINK_LIBRARIES ${${var}_LIBRARY})
+endfunction()
+
+dcp_import_library(dcp_xxhash xxhash.h xxhash)
 
 # LibTorch's config exposes a list of libraries; wrap it in one target.
 if(NOT TARGET dcp_torch)
@@ -26,20 +35,6 @@ endif()
 # records (PCLMUL, ~13 GB/s here against zlib's ~4), libzstd for DCP's
 # stream.zstd/1 items, nlohmann-json for safetensors headers and Hugging
 # Face index files. All private to dcp::core.
-if(NOT TARGET dcp_libdeflate)
-  find_path(LIBDEFLATE_INCLUDE_DIR libdeflate.h REQUIRED)
-  find_library(LIBDEFLATE_LIBRARY deflate REQUIRED)
-  add_library(dcp_libdeflate INTERFACE IMPORTED)
-  set_target_properties(dcp_libdeflate PROPERTIES
-    INTERFACE_INCLUDE_DIRECTORIES ${LIBDEFLATE_INCLUDE_DIR}
-    INTERFACE_LINK_LIBRARIES ${LIBDEFLATE_LIBRARY})
-endif()
-if(NOT TARGET dcp_zstd)
-  find_path(ZSTD_INCLUDE_DIR zstd.h REQUIRED)
-  find_library(ZSTD_LIBRARY zstd REQUIRED)
-  add_library(dcp_zstd INTERFACE IMPORTED)
-  set_target_properties(dcp_zstd PROPERTIES
-    INTERFACE_INCLUDE_DIRECTORIES ${ZSTD_INCLUDE_DIR}
-    INTERFACE_LINK_LIBRARIES ${ZSTD_LIBRARY})
-endif()
+dcp_import_library(dcp_libdeflate libdeflate.h deflate)
+dcp_import_library(dcp_zstd zstd.h zstd)
 find_package(nlohmann_json 3 REQUIRED)

@@ -490,17 +490,9 @@ Catalog pytorch_dcp_catalog(Env& env, const std::string& dir, const std::string&
             RawTensor raw = raw_tensor(archive, *st, join_path(dir, rel), what);
             raw.held = held;
             const std::string key = path_string(leaf.path);
-            const std::vector<int64_t> zeros(st->sizes.size(), 0);
-            TensorStorageMetadata tm;
-            tm.properties.dtype = st->dtype;
-            tm.properties.requires_grad = st->requires_grad;
-            tm.size = st->sizes;
-            tm.chunks.push_back({zeros, st->sizes});
             add_key(key, leaf.path);
-            md.state_dict_metadata.emplace(key, std::move(tm));
-            MetadataIndex ti(key, zeros);
-            md.storage_data[ti] = StorageInfo{rel, raw.offset, raw.storage_bytes};
-            cat.sources.emplace(ti, std::move(raw));
+            const StorageInfo info{rel, raw.offset, raw.storage_bytes};
+            add_tensor_leaf(cat, key, *st, std::move(raw), info);
           }
       }
     } catch (const py::DisallowedGlobalError& e) {
@@ -512,13 +504,7 @@ Catalog pytorch_dcp_catalog(Env& env, const std::string& dir, const std::string&
       if (std::holds_alternative<StoredTensor>(leaf.value)) continue;
       const std::string key = path_string(leaf.path);
       add_key(key, leaf.path);
-      md.state_dict_metadata.emplace(key, BytesStorageMetadata{});
-      MetadataIndex vi(key);
-      md.storage_data[vi] = StorageInfo{rel, loc.info.offset, 0};
-      if (auto* v = std::get_if<Value>(&leaf.value))
-        cat.sources.emplace(vi, InlineValue{std::move(*v)});
-      else
-        cat.sources.emplace(vi, std::get<UnreadableValue>(leaf.value));
+      add_value_leaf(cat, key, leaf, StorageInfo{rel, loc.info.offset, 0});
     }
   }
   // Tensors: every chunk has its item.

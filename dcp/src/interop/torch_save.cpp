@@ -7,6 +7,7 @@
 #include <cstring>
 #include <map>
 
+#include "chunk_validation.h"
 #include "dcp/error.h"
 #include "env.h"
 #include "walk.h"
@@ -407,6 +408,31 @@ RawTensor raw_tensor(const TorchArchive& archive, const StoredTensor& t,
   return r;
 }
 
+void add_tensor_leaf(Catalog& cat, const std::string& key, const StoredTensor& t, RawTensor raw,
+                     const StorageInfo& info) {
+  const std::vector<int64_t> zeros(t.sizes.size(), 0);
+  TensorStorageMetadata tm;
+  tm.properties.dtype = t.dtype;
+  tm.properties.requires_grad = t.requires_grad;
+  tm.size = t.sizes;
+  tm.chunks.push_back({zeros, t.sizes});
+  cat.metadata.state_dict_metadata.emplace(key, std::move(tm));
+  MetadataIndex index(key, zeros);
+  cat.metadata.storage_data[index] = info;
+  cat.sources.emplace(index, std::move(raw));
+}
+
+void add_value_leaf(Catalog& cat, const std::string& key, TorchLeaf& leaf,
+                    const StorageInfo& info) {
+  cat.metadata.state_dict_metadata.emplace(key, BytesStorageMetadata{});
+  MetadataIndex index(key);
+  cat.metadata.storage_data[index] = info;
+  if (auto* v = std::get_if<Value>(&leaf.value))
+    cat.sources.emplace(index, InlineValue{std::move(*v)});
+  else
+    cat.sources.emplace(index, std::get<UnreadableValue>(leaf.value));
+}
+
 namespace {
 
 std::string base_name(const std::string& path) {
@@ -445,29 +471,12 @@ Catalog torch_save_catalog(Env& env, const std::string& path, const std::string&
       throw InvalidArgumentError("'" + display + "': two entries give the flat key '" + key + "'");
     if (auto* t = std::get_if<StoredTensor>(&leaf.value)) {
       RawTensor raw = raw_tensor(archive, *t, path, "key '" + key + "'");
-      const std::vector<int64_t> zeros(t->sizes.size(), 0);
-      TensorStorageMetadata tm;
-      tm.properties.dtype = t->dtype;
-      tm.properties.requires_grad = t->requires_grad;
-      tm.size = t->sizes;
-      tm.chunks.push_back({zeros, t->sizes});
-      md.state_dict_metadata.emplace(key, std::move(tm));
-      int64_t numel = 1;
-      for (int64_t s : t->sizes) numel *= s;
       const uint64_t es = c10::elementSize(t->dtype);
-      MetadataIndex index(key, zeros);
-      md.storage_data[index] =
-          StorageInfo{rel, raw.offset + static_cast<uint64_t>(t->storage_offset) * es,
-                      static_cast<uint64_t>(numel) * es};
-      cat.sources.emplace(index, std::move(raw));
+      const StorageInfo info{rel, raw.offset + static_cast<uint64_t>(t->storage_offset) * es,
+                             static_cast<uint64_t>(checked_volume(t->sizes)) * es};
+      add_tensor_leaf(cat, key, *t, std::move(raw), info);
     } else {
-      md.state_dict_metadata.emplace(key, BytesStorageMetadata{});
-      MetadataIndex index(key);
-      md.storage_data[index] = StorageInfo{rel, 0, 0};
-      if (auto* v = std::get_if<Value>(&leaf.value))
-        cat.sources.emplace(index, InlineValue{std::move(*v)});
-      else
-        cat.sources.emplace(index, std::get<UnreadableValue>(leaf.value));
+      add_value_leaf(cat, key, leaf, StorageInfo{rel, 0, 0});
     }
   }
   md.planner_data = encode_flatten_mapping(mapping);

@@ -63,5 +63,12 @@ TorchArchive open_torch_archive(const RandomAccessFile& file, uint64_t base, uin
 RawTensor raw_tensor(const TorchArchive& archive, const StoredTensor& t,
                      const std::string& file_path, const std::string& what);
 
+// Adds a leaf to `cat` under `key`, with `info` as its storage_data entry
+// (the bytes it covers): a tensor as one chunk read from `raw`, or a plain
+// or unreadable value (TorchLeaf::value of another kind).
+void add_tensor_leaf(Catalog& cat, const std::string& key, const StoredTensor& t, RawTensor raw,
+                     const StorageInfo& info);
+void add_value_leaf(Catalog& cat, const std::string& key, TorchLeaf& leaf, const StorageInfo& info);
+
 }  // namespace internal
 }  // namespace dcp

@@ -294,41 +294,6 @@ std::string quote(std::string_view s, size_t max = 60) {
   return out;
 }
 
-// UTF-8 as CPython's decoder with "surrogatepass" accepts it: no overlong
-// forms, nothing above U+10FFFF; encoded surrogates (ED A0..BF xx) pass.
-bool valid_utf8(std::string_view s) {
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  const auto* end = p + s.size();
-  while (p < end) {
-    const unsigned c = *p;
-    if (c < 0x80) {
-      ++p;
-      continue;
-    }
-    size_t n;
-    unsigned lo = 0x80, hi = 0xbf;  // bounds of the second byte
-    if (c >= 0xc2 && c <= 0xdf) {
-      n = 2;
-    } else if (c >= 0xe0 && c <= 0xef) {
-      n = 3;
-      if (c == 0xe0) lo = 0xa0;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-      n = 4;
-      if (c == 0xf0) lo = 0x90;
-      if (c == 0xf4) hi = 0x8f;
-    } else {
-      return false;
-    }
-    if (static_cast<size_t>(end - p) < n) return false;
-    if (p[1] < lo || p[1] > hi) return false;
-    for (size_t i = 2; i < n; ++i) {
-      if ((p[i] & 0xc0) != 0x80) return false;
-    }
-    p += n;
-  }
-  return true;
-}
-
 bool is_container(Kind k) {
   switch (k) {
     case Kind::kTuple:
@@ -400,6 +365,41 @@ std::string python3_name(const std::string& module, const std::string& name) {
 }
 
 }  // namespace
+
+// UTF-8 as CPython's decoder with "surrogatepass" accepts it: no overlong
+// forms, nothing above U+10FFFF; encoded surrogates (ED A0..BF xx) pass.
+bool valid_utf8(std::string_view s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const auto* end = p + s.size();
+  while (p < end) {
+    const unsigned c = *p;
+    if (c < 0x80) {
+      ++p;
+      continue;
+    }
+    size_t n;
+    unsigned lo = 0x80, hi = 0xbf;  // bounds of the second byte
+    if (c >= 0xc2 && c <= 0xdf) {
+      n = 2;
+    } else if (c >= 0xe0 && c <= 0xef) {
+      n = 3;
+      if (c == 0xe0) lo = 0xa0;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+      n = 4;
+      if (c == 0xf0) lo = 0x90;
+      if (c == 0xf4) hi = 0x8f;
+    } else {
+      return false;
+    }
+    if (static_cast<size_t>(end - p) < n) return false;
+    if (p[1] < lo || p[1] > hi) return false;
+    for (size_t i = 2; i < n; ++i) {
+      if ((p[i] & 0xc0) != 0x80) return false;
+    }
+    p += n;
+  }
+  return true;
+}
 
 std::string describe(const Object& o) {
   switch (o.kind) {

@@ -72,6 +72,10 @@ struct Object {
 // A short rendering for errors: "int 7", "str 'abc'", "call of torch.Size", "dict (3 entries)".
 std::string describe(const Object& o);
 
+// True when `s` is text CPython's UTF-8 decoder takes as a pickle's str (with
+// "surrogatepass": no overlong forms, nothing above U+10FFFF).
+bool valid_utf8(std::string_view s);
+
 // The error for a GLOBAL outside the allowlist: the stream is well formed
 // but names an object dcp++ does not read (callers may treat the value as
 // unreadable rather than the file as damaged).

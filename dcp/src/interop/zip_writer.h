@@ -20,6 +20,7 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 #include <vector>
 
 namespace dcp {
@@ -72,6 +73,8 @@ class ZipWriter {
   bool has_version_ = false;
   uint64_t appended_ = 0;
   uint32_t crc_ = 0;
+  // The names of entries_, to refuse duplicates.
+  std::unordered_set<std::string> names_;
 };
 
 }  // namespace internal

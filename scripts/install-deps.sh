@@ -20,6 +20,7 @@ PACKAGES=(
   python3               # scripts/launch.sh asks the kernel for a free port
   python3-torch         # PyTorch 1.13 (/usr/bin/python3): makes the interop tests' fixtures
                         #   (with its dependencies: 20 packages, 27 MB download, 170 MB installed)
+  python3-xxhash        # dcpp (integrations/python) verifies dcp++'s XXH3-64 checksums with it
   python3-zstandard     # zstd streams of the stream.zstd/1 DCP fixture (dcp2_flavour_zstd)
 )
 

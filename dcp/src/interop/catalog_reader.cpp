@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -22,6 +23,7 @@
 #include "interop/catalog.h"
 #include "interop/torch_save.h"
 #include "interop/zip.h"
+#include "sequential_reads.h"
 
 namespace dcp {
 namespace internal {
@@ -43,7 +45,7 @@ bool is_contiguous(const std::vector<int64_t>& sizes, const std::vector<int64_t>
   return true;
 }
 
-class CatalogReader final : public StorageReader {
+class CatalogReader final : public StorageReader, public SequentialReads {
  public:
   CatalogReader(Env* env, std::string scheme, std::string path, CatalogBuilder build,
                 FileSystemReaderOptions opt)
@@ -55,6 +57,18 @@ class CatalogReader final : public StorageReader {
   void reset(const std::string& checkpoint_id) override {
     loc_.reset(checkpoint_id);
     catalog_.reset();
+    finish_sequential_reads();
+  }
+
+  // Sequential mode (sequential_reads.h): files stay open and each record's
+  // CRC-32 is checked once, across read_data() calls.
+  void begin_sequential_reads() override { sequential_ = true; }
+  void finish_sequential_reads() override {
+    sequential_ = false;
+    std::lock_guard<std::mutex> lock(files_mu_);
+    files_.clear();
+    std::lock_guard<std::mutex> lock2(verified_mu_);
+    verified_.clear();
   }
 
   Metadata read_metadata() override { return catalog().metadata; }
@@ -223,8 +237,22 @@ class CatalogReader final : public StorageReader {
                            std::all_of(ri->storage_offsets.begin(), ri->storage_offsets.end(),
                                        [](int64_t o) { return o == 0; });
         const uint64_t nbytes = static_cast<uint64_t>(dst.numel()) * es;
-        if (whole && contiguous && dst.is_contiguous() && dst.device().is_cpu() &&
+        // Whole rows (dimension 0) of a contiguous stored tensor: one range of bytes.
+        bool rows = contiguous && !raw.sizes.empty() && !whole;
+        for (size_t d = 1; rows && d < raw.sizes.size(); ++d)
+          rows = ri->storage_offsets[d] == 0 && ri->lengths[d] == raw.sizes[d];
+        if (rows && dst.is_contiguous() && dst.device().is_cpu() &&
             dst.scalar_type() == raw.dtype) {
+          const uint64_t row = static_cast<uint64_t>(checked_volume(raw.sizes)) /
+                               static_cast<uint64_t>(std::max<int64_t>(raw.sizes[0], 1)) * es;
+          const uint64_t at = base + static_cast<uint64_t>(ri->storage_offsets[0]) * row;
+          if (nbytes) {
+            if (at + nbytes > raw.offset + raw.storage_bytes)
+              throw CorruptionError(raw.what + ": the tensor reaches past its storage");
+            read_exact(f, at, static_cast<size_t>(nbytes), dst.data_ptr(), raw.what);
+          }
+        } else if (whole && contiguous && dst.is_contiguous() && dst.device().is_cpu() &&
+                   dst.scalar_type() == raw.dtype) {
           if (nbytes) {
             if (base + nbytes > raw.offset + raw.storage_bytes)
               throw CorruptionError(raw.what + ": the tensor reaches past its storage");
@@ -330,8 +358,10 @@ class CatalogReader final : public StorageReader {
       units.push_back(&u);
     }
     fs::run_parallel(opt_.threads, units.size(), [&](size_t i) { read_unit(*units[i], planner); });
+    if (sequential_) return;
     std::lock_guard<std::mutex> lock(files_mu_);
     files_.clear();
+    std::lock_guard<std::mutex> lock2(verified_mu_);
     verified_.clear();
   }
 
@@ -345,6 +375,7 @@ class CatalogReader final : public StorageReader {
   std::mutex verified_mu_;
   std::set<RecordKey> verified_;  // records whose CRC-32 was checked in this read_data
   std::mutex bytes_mu_;
+  std::atomic<bool> sequential_{false};
 };
 
 }  // namespace

@@ -576,12 +576,9 @@ FileSystemWriterOptions writer_options(const ConvertOptions& o, Env* env) {
   w.threads = std::max(1, o.threads);
   w.sync_files = o.sync;
   if (o.to == ConvertFormat::kPyTorchDcp) {
-    // TODO(convert): FileSystemWriterOptions::format / pytorch_version come
-    // from branch wt-dcpw (issue 14, item 1); until it is merged the
-    // pytorch-dcp target is refused here.
-    throw InvalidArgumentError(
-        "--to pytorch-dcp needs the PyTorch DCP writer (FileSystemWriterOptions::format), which "
-        "this build does not have yet");
+    check_pytorch_version(o.pytorch_version);
+    w.format = StorageFormat::kPyTorchDcp;
+    w.pytorch_version = o.pytorch_version;
   }
   return w;
 }
@@ -661,7 +658,7 @@ ConvertResult convert(const std::string& src, const std::string& dst,
   if (exists(env, dpath) && !options.overwrite)
     throw AlreadyExistsError("'" + dst +
                              "' exists; refusing to replace it (--overwrite replaces it)");
-  if (options.to == ConvertFormat::kPyTorchDcp) writer_options(options, &env);  // refuse early
+  if (options.to == ConvertFormat::kPyTorchDcp) check_pytorch_version(options.pytorch_version);
 
   ConvertResult result;
   Source source(src, options);

@@ -321,21 +321,14 @@ void write_safetensors(Source& src, Tree& tree, Env& env, const std::string& tmp
     uint64_t begin = 0, end = 0;
   };
   std::vector<Entry> entries;
-  std::vector<std::string> values;
   for (const auto& [name, v] : flat_leaves(tree)) {
     if (const OutTensor* t = tree.tensor(v)) {
       entries.push_back(Entry{name, tree.index(v), safetensors_dtype(t->out_dtype, name).rank});
     } else {
-      values.push_back(name);
-      result.skipped.push_back(name + ": a " + std::string(v.kind_name()) +
+      const std::string kind = v.kind_name();
+      result.skipped.push_back(name + (kind.find_first_of("aeiou") == 0 ? ": an " : ": a ") + kind +
                                ", not a tensor (safetensors holds tensors only)");
     }
-  }
-  if (!values.empty()) {
-    std::string list;
-    for (size_t i = 0; i < values.size() && i < 10; ++i) list += (i ? ", " : "") + values[i];
-    logger().warn("convert to safetensors: {} value(s) that are not tensors left out: {}{}",
-                  values.size(), list, values.size() > 10 ? ", ..." : "");
   }
   // Shards: greedily in key order, a new one when the next tensor would
   // take the current one past the limit (Hugging Face's split).
@@ -716,7 +709,13 @@ ConvertResult convert(const std::string& src, const std::string& dst,
   }
   if (options.to == ConvertFormat::kTorchSave) result.files = {base_of(dpath)};
   result.values = options.to == ConvertFormat::kSafetensors ? 0 : count_values(tree);
-  for (const std::string& s : result.skipped) logger().warn("convert: left out {}", s);
+  if (!result.skipped.empty()) {
+    std::string list;
+    for (size_t i = 0; i < result.skipped.size() && i < 10; ++i)
+      list += (i ? "; " : "") + result.skipped[i];
+    logger().warn("convert: {} key(s) left out: {}{}", result.skipped.size(), list,
+                  result.skipped.size() > 10 ? "; ..." : "");
+  }
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return result;
 }

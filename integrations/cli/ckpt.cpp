@@ -191,7 +191,13 @@ int verify(const std::string& dir, int threads) {
   } else if (format == "safetensors") {
     note = " (" + format + ": no checksums in the format; its structure was checked)";
   } else {
-    note = " (" + format + ": the CRC-32 of every zip record was checked)";
+    std::size_t with_xxh3 = 0;  // a PyTorch DCP checkpoint dcp++ wrote: its sidecar's checksums
+    for (const auto& [index, info] : md.storage_data)
+      with_xxh3 += info.checksum_type == dcp::ChecksumType::kXXH3_64;
+    note = with_xxh3 ? " (" + format +
+                           " written by dcp++: every item's XXH3-64 checksum from .metadata.dcp "
+                           "was checked)"
+                     : " (" + format + ": the CRC-32 of every zip record was checked)";
   }
   std::printf("%s: intact: %zu items, %s read in %.2f s%s%s\n", dir.c_str(),
               md.storage_data.size() - planner->unreadable().size(),

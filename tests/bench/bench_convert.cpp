@@ -5,10 +5,13 @@
 //
 //   convert_safetensors   `ckpt convert NATIVE OUT --to safetensors` (fsync
 //                         on, as by default), the source in the page cache
-//                         (read once before), OUT removed before each run
+//                         (read once before), OUT removed and sync(2) run
+//                         before each run (no write-back of the previous
+//                         run's bytes left to compete with it)
 //   raw_write             the output's size written to a new file from one
 //                         reused, already touched 64 MiB buffer, then
-//                         fdatasync (what `dd bs=64M conv=fdatasync` does)
+//                         fdatasync (what `dd bs=64M conv=fdatasync` does),
+//                         after the same unlink and sync(2)
 // The native checkpoint: 16 float32 tensors, N MiB in all (default 2048).
 // Medians of --repeats (default 3) after one warm-up; the last lines are
 // `name=value`; convert_safetensors_vs_raw = raw / convert (1 = as fast as
@@ -119,7 +122,11 @@ int main(int argc, char** argv) {
   std::unique_ptr<char[]> buf(new char[kBuf]);
   std::memset(buf.get(), 1, kBuf);
   const double t_raw = median_of(
-      repeats, [&] { ::unlink(raw.c_str()); },
+      repeats,
+      [&] {
+        ::unlink(raw.c_str());
+        ::sync();
+      },
       [&] {
         const int fd = ::open(raw.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
         for (uint64_t done = 0; done < bytes;) {

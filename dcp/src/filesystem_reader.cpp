@@ -1,6 +1,8 @@
 // The file-system storage backend's reader (and, over another Env, the
 // memory one's): items grouped by saved chunk and sorted by file offset,
-// small ones read in runs, large ones straight into their destination.
+// small ones read in runs, large ones straight into their destination (or,
+// read in part, only the rows asked for: sequential_reads.h).
+#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t
 #include <xxhash.h>
 
 #include <ATen/ATen.h>
@@ -17,6 +19,7 @@
 #include "env.h"
 #include "error_text.h"
 #include "filesystem_common.h"
+#include "sequential_reads.h"
 
 namespace dcp {
 
@@ -27,7 +30,7 @@ namespace {
 using fs::Location;
 using fs::run_parallel;
 
-class FileSystemReader final : public StorageReader {
+class FileSystemReader final : public StorageReader, public SequentialReads {
  public:
   FileSystemReader(Env* env, std::string scheme, std::string path, FileSystemReaderOptions opt)
       : loc_{env, std::move(scheme), std::move(path)}, opt_(opt) {
@@ -35,7 +38,12 @@ class FileSystemReader final : public StorageReader {
       throw InvalidArgumentError("FileSystemReaderOptions.threads must be >= 1");
   }
 
-  void reset(const std::string& checkpoint_id) override { loc_.reset(checkpoint_id); }
+  void reset(const std::string& checkpoint_id) override {
+    loc_.reset(checkpoint_id);
+    std::lock_guard<std::mutex> lock(progress_mu_);
+    progress_.clear();
+    sequential_ = false;
+  }
 
   Metadata read_metadata() override {
     if (loc_.path.empty()) throw InvalidArgumentError("no checkpoint path was given to the reader");
@@ -58,6 +66,28 @@ class FileSystemReader final : public StorageReader {
 
   bool validate_checkpoint_id(const std::string& id) const override { return loc_.accepts(id); }
   std::string checkpoint_id() const override { return loc_.id(); }
+
+  void begin_sequential_reads() override {
+    std::lock_guard<std::mutex> lock(progress_mu_);
+    progress_.clear();
+    sequential_ = true;
+  }
+
+  void finish_sequential_reads() override {
+    std::map<MetadataIndex, Progress> left;
+    {
+      std::lock_guard<std::mutex> lock(progress_mu_);
+      left.swap(progress_);
+      sequential_ = false;
+    }
+    std::map<std::string, std::unique_ptr<RandomAccessFile>> files;
+    for (auto& [index, p] : left) {
+      if (p.done) continue;
+      auto& f = files[p.info.relative_path];
+      if (!f) f = loc_.env->new_random_access_file(loc_.file(p.info.relative_path));
+      verify_whole(index, p.info, *f);
+    }
+  }
 
  private:
   // One saved item and the reads that need it.
@@ -87,6 +117,67 @@ class FileSystemReader final : public StorageReader {
                             u.file->path() + "' (bytes [" + std::to_string(u.info->offset) + ", " +
                             std::to_string(u.info->offset + u.info->length) +
                             ")): the data is corrupt");
+  }
+
+  [[noreturn]] static void mismatch(const MetadataIndex& index, const StorageInfo& info,
+                                    const std::string& file) {
+    throw CorruptionError("checksum mismatch for item " + to_string(index) + " in '" + file +
+                          "' (bytes [" + std::to_string(info.offset) + ", " +
+                          std::to_string(info.offset + info.length) + ")): the data is corrupt");
+  }
+
+  bool hashed(const StorageInfo& info) const {
+    return opt_.verify_checksums && info.checksum_type == ChecksumType::kXXH3_64;
+  }
+
+  // Reads the item whole, in pieces, and checks its checksum.
+  void verify_whole(const MetadataIndex& index, const StorageInfo& info,
+                    const RandomAccessFile& file) const {
+    if (!opt_.verify_checksums || info.checksum_type == ChecksumType::kNone) return;
+    if (info.checksum_type != ChecksumType::kXXH3_64)
+      throw CorruptionError("item " + to_string(index) + " in '" + file.path() +
+                            "' has an unknown checksum type");
+    BufferPool::Buffer buf = BufferPool::instance().acquire(opt_.coalesce_bytes);
+    XXH3_state_t state;
+    XXH3_64bits_reset(&state);
+    for (uint64_t done = 0; done < info.length;) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), info.length - done));
+      if (file.read(info.offset + done, n, buf.data()) != n)
+        throw CorruptionError("data file '" + file.path() + "' is truncated: item " +
+                              to_string(index) + " needs bytes [" + std::to_string(info.offset) +
+                              ", " + std::to_string(info.offset + info.length) +
+                              "), the file has " + std::to_string(file.size()) + " bytes");
+      XXH3_64bits_update(&state, buf.data(), n);
+      done += n;
+    }
+    if (XXH3_64bits_digest(&state) != info.checksum) mismatch(index, info, file.path());
+  }
+
+  // An item's bytes hashed in order as reads deliver them, possibly over
+  // several read_data() calls (sequential_reads.h).
+  struct Progress {
+    StorageInfo info;
+    uint64_t next = 0;  // bytes [0, next) are hashed
+    bool gap = false;   // a read skipped bytes: only a whole read can check it
+    bool done = false;  // checked
+    XXH3_state_t state;
+  };
+
+  // Bytes [begin, end) of the item, at `data`, into its hash; checks the
+  // checksum when they complete it.
+  static void feed(Progress& p, const MetadataIndex& index, const std::string& file, uint64_t begin,
+                   uint64_t end, const char* data) {
+    if (p.done || p.gap || end <= p.next) return;
+    if (begin > p.next) {
+      p.gap = true;
+      return;
+    }
+    XXH3_64bits_update(&p.state, data + (p.next - begin), end - p.next);
+    p.next = end;
+    if (p.next == p.info.length) {
+      p.done = true;
+      if (XXH3_64bits_digest(&p.state) != p.info.checksum) mismatch(index, p.info, file);
+    }
   }
 
   // Runs fn; an error from it (the planner's, ATen's) is passed on with the
@@ -158,8 +249,95 @@ class FileSystemReader final : public StorageReader {
     return true;
   }
 
+  // A read of whole rows (dimension 0) of the saved chunk: a contiguous
+  // byte range of the item.
+  static bool whole_rows(const Unit& u, const ReadItem& ri) {
+    const auto& sizes = u.chunk->sizes;
+    if (sizes.empty() || sizes[0] == 0 || ri.lengths.size() != sizes.size() ||
+        ri.storage_offsets.size() != sizes.size())
+      return false;
+    for (size_t d = 1; d < sizes.size(); ++d)
+      if (ri.storage_offsets[d] != 0 || ri.lengths[d] != sizes[d]) return false;
+    return true;
+  }
+
+  // A large item read in rows: each read takes only its rows, straight into
+  // its destination when that takes the bytes as they are, otherwise
+  // through a piece buffer. The checksum is computed as the rows go by when
+  // they come in order; otherwise (or when they do not reach the end) the
+  // item is read whole once to check it (in sequential mode: by
+  // finish_sequential_reads(), unless later calls complete it).
+  void read_rows(const Unit& u, LoadPlanner& planner) {
+    for (const ReadItem* ri : u.reads)
+      in_context(u, *ri, [&] { fs::check_read_box(u.chunk->sizes, *ri); });
+    std::vector<const ReadItem*> reads = u.reads;
+    std::stable_sort(reads.begin(), reads.end(), [](const ReadItem* a, const ReadItem* b) {
+      return a->storage_offsets[0] < b->storage_offsets[0];
+    });
+    const uint64_t row = u.info->length / static_cast<uint64_t>(u.chunk->sizes[0]);
+    Progress local;
+    Progress* p = nullptr;
+    bool keep = false;  // the progress outlives this call
+    if (hashed(*u.info)) {
+      std::lock_guard<std::mutex> lock(progress_mu_);
+      keep = sequential_;
+      if (keep) {
+        auto [it, fresh] = progress_.try_emplace(*u.index);
+        p = &it->second;
+        if (fresh) {
+          p->info = *u.info;
+          XXH3_64bits_reset(&p->state);
+        }
+      } else {
+        p = &local;
+        p->info = *u.info;
+        XXH3_64bits_reset(&p->state);
+      }
+    }
+    const std::string& file = u.file->path();
+    BufferPool::Buffer buf;
+    for (const ReadItem* ri : reads) {
+      const uint64_t first = static_cast<uint64_t>(ri->storage_offsets[0]);
+      const uint64_t rows = static_cast<uint64_t>(ri->lengths[0]);
+      at::Tensor dst;
+      in_context(u, *ri, [&] { dst = destination(planner, *ri); });
+      const bool direct = dst.is_contiguous() && dst.device().is_cpu() &&
+                          dst.scalar_type() == u.tensor->properties.dtype &&
+                          dst.nbytes() == rows * row;
+      if (direct) {
+        char* out = static_cast<char*>(dst.data_ptr());
+        if (rows && u.file->read(u.info->offset + first * row, rows * row, out) != rows * row)
+          truncated(u);
+        if (p)
+          in_context(u, *ri,
+                     [&] { feed(*p, *u.index, file, first * row, (first + rows) * row, out); });
+      } else {
+        const uint64_t per =
+            std::max<uint64_t>(1, opt_.coalesce_bytes / std::max<uint64_t>(row, 1));
+        if (!buf)
+          buf = BufferPool::instance().acquire(std::max<uint64_t>(opt_.coalesce_bytes, row));
+        std::vector<int64_t> shape = u.chunk->sizes;
+        for (uint64_t r = 0; r < rows; r += per) {
+          const uint64_t k = std::min(per, rows - r);
+          const uint64_t at = (first + r) * row;
+          if (u.file->read(u.info->offset + at, k * row, buf.data()) != k * row) truncated(u);
+          in_context(u, *ri, [&] {
+            if (p) feed(*p, *u.index, file, at, at + k * row, buf.data());
+            shape[0] = static_cast<int64_t>(k);
+            at::Tensor src = at::from_blob(buf.data(), shape,
+                                           at::TensorOptions().dtype(u.tensor->properties.dtype));
+            dst.narrow(0, static_cast<int64_t>(r), static_cast<int64_t>(k)).copy_(src);
+          });
+        }
+      }
+      in_context(u, *ri, [&] { planner.commit_tensor(*ri, dst); });
+    }
+    if (p && !p->done && !keep) verify_whole(*u.index, *u.info, *u.file);
+  }
+
   // A large item: straight into the destination when it is exactly the saved
-  // chunk in contiguous CPU memory; otherwise through a temporary buffer.
+  // chunk in contiguous CPU memory; rows of it by read_rows(); otherwise
+  // through a temporary buffer.
   void read_large(const Unit& u, LoadPlanner& planner) {
     if (u.tensor && u.reads.size() == 1 && covers_whole_chunk(u, *u.reads[0])) {
       const ReadItem& ri = *u.reads[0];
@@ -173,6 +351,9 @@ class FileSystemReader final : public StorageReader {
         return;
       }
     }
+    if (u.tensor && std::all_of(u.reads.begin(), u.reads.end(),
+                                [&](const ReadItem* ri) { return whole_rows(u, *ri); }))
+      return read_rows(u, planner);
     std::unique_ptr<char[]> tmp(new char[std::max<uint64_t>(u.info->length, 1)]);
     if (u.file->read(u.info->offset, u.info->length, tmp.get()) != u.info->length) truncated(u);
     deliver(u, tmp.get(), planner);
@@ -284,6 +465,9 @@ class FileSystemReader final : public StorageReader {
   const FileSystemReaderOptions opt_;
   const Metadata* md_ = nullptr;  // set_up_storage_reader's; outlives read_data
   std::mutex bytes_mu_;           // serializes planner.load_bytes
+  std::mutex progress_mu_;
+  bool sequential_ = false;                     // GUARDED_BY(progress_mu_)
+  std::map<MetadataIndex, Progress> progress_;  // GUARDED_BY(progress_mu_): sequential mode
 };
 
 }  // namespace

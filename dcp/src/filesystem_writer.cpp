@@ -12,6 +12,12 @@
 //      fdatasync it, rename it to .metadata, fsync the directory.
 // The rename in step 3 is the commit point: before it the directory is not a
 // checkpoint (no reader accepts it); after it every byte it names is durable.
+//
+// In the pytorch-dcp format (interop/pytorch_dcp_writer.h) step 2 writes
+// every item as a torch.save archive (the tensor's bytes still streamed from
+// its memory, XXH3 and the zip's CRC-32 taken piece by piece as they go), and
+// step 3 first writes the sidecar .metadata.dcp (tmp, fdatasync, rename,
+// fsync of the directory), then .metadata, the pickle, as above.
 #define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
 #include <xxhash.h>
 
@@ -20,8 +26,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <random>
+#include <tuple>
 
 #include "buffer_pool.h"
 #include "chunk_validation.h"
@@ -30,6 +38,7 @@
 #include "dcp/memory_storage.h"
 #include "env.h"
 #include "filesystem_common.h"
+#include "interop/pytorch_dcp_writer.h"
 
 namespace dcp {
 
@@ -73,12 +82,21 @@ class FileAppender {
     if (need_buffer) buf_ = BufferPool::instance().acquire(opt.buffer_bytes);
   }
 
-  // Appends one item; returns its offset and checksum.
-  std::pair<uint64_t, uint64_t> add(const void* data, size_t n) {
+  // Pads to the next multiple of kAlign, where the next item starts; returns that offset.
+  uint64_t begin_item() {
     static const char zeros[kAlign] = {};
     const size_t pad = static_cast<size_t>(-offset_ & (kAlign - 1));
     if (pad) emit(zeros, pad, true);
-    const uint64_t start = offset_;
+    return offset_;
+  }
+
+  // Appends bytes of an item: small ones through the buffer, large ones
+  // straight from `data`.
+  void write(const void* data, size_t n) { emit(data, n, n < opt_.coalesce_below_bytes); }
+
+  // Appends one item; returns its offset and checksum.
+  std::pair<uint64_t, uint64_t> add(const void* data, size_t n) {
+    const uint64_t start = begin_item();
     uint64_t checksum = 0;
     if (n < opt_.coalesce_below_bytes && buf_) {
       if (opt_.checksums) checksum = XXH3_64bits(data, n);
@@ -180,6 +198,11 @@ class FileSystemWriter final : public StorageWriter {
       throw InvalidArgumentError("FileSystemWriterOptions.threads must be >= 1");
     if (opt_.buffer_bytes < kAlign)
       throw InvalidArgumentError("FileSystemWriterOptions.buffer_bytes is too small");
+    if (opt_.format != StorageFormat::kDcp && opt_.format != StorageFormat::kPyTorchDcp)
+      throw InvalidArgumentError("FileSystemWriterOptions.format is not a StorageFormat (" +
+                                 std::to_string(static_cast<int>(opt_.format)) + ")");
+    pytorch_ = opt_.format == StorageFormat::kPyTorchDcp;
+    if (pytorch_) flavour_ = pytorch_flavour(opt_.pytorch_version);
     save_id_ = random_id();
   }
 
@@ -202,13 +225,18 @@ class FileSystemWriter final : public StorageWriter {
       loc_.env->remove_file(md);
       if (opt_.sync_files) loc_.env->sync_dir(loc_.path);
     }
-    // Data files of an earlier (failed or replaced) save would only waste space.
+    // Data files of an earlier (failed or replaced) save would only waste
+    // space; its sidecar would describe another save.
     for (const auto& name : loc_.env->list_dir(loc_.path))
-      if (ends_with(name, kDataSuffix) || name == kTmpMetadataName)
+      if (ends_with(name, kDataSuffix) || name == kTmpMetadataName || name == kSidecarName ||
+          name == kSidecarTmpName)
         loc_.env->remove_file(loc_.file(name));
   }
 
-  SavePlan prepare_local_plan(SavePlan plan) override { return plan; }
+  SavePlan prepare_local_plan(SavePlan plan) override {
+    if (pytorch_) check_pytorch_plan(plan);
+    return plan;
+  }
 
   std::vector<SavePlan> prepare_global_plan(std::vector<SavePlan> plans) override {
     for (size_t r = 0; r < plans.size(); ++r)
@@ -232,14 +260,14 @@ class FileSystemWriter final : public StorageWriter {
       for (const auto& r : rank_results) md.storage_data[r.index] = r.storage_data;
     check_all_written(md);
     md.storage_meta = storage_meta();
-    const std::string bytes = serialize_metadata(md);
-    const std::string tmp = loc_.file(kTmpMetadataName);
-    auto f = loc_.env->new_writable_file(tmp);
-    f->append(bytes.data(), bytes.size());
-    if (opt_.sync_files) f->sync();
-    f->close();
-    loc_.env->rename_file(tmp, loc_.file(kMetadataFileName));
-    if (opt_.sync_files) loc_.env->sync_dir(loc_.path);
+    if (!pytorch_) {
+      write_by_rename(kTmpMetadataName, kMetadataFileName, serialize_metadata(md));
+      return;
+    }
+    const std::string pickle = pytorch_metadata_pickle(md, flavour_, loc_.id(), save_id_);
+    // The sidecar is durable before the commit, so a committed checkpoint has it.
+    write_by_rename(kSidecarTmpName, kSidecarName, pytorch_sidecar(md, pickle));
+    write_by_rename(kTmpMetadataName, kMetadataFileName, pickle);
   }
 
   bool validate_checkpoint_id(const std::string& id) const override { return loc_.accepts(id); }
@@ -249,6 +277,17 @@ class FileSystemWriter final : public StorageWriter {
   std::string checkpoint_id() const override { return loc_.id(); }
 
  private:
+  // `bytes` into `tmp`, made durable, renamed to `name`, the rename made durable.
+  void write_by_rename(const char* tmp_name, const char* name, const std::string& bytes) {
+    const std::string tmp = loc_.file(tmp_name);
+    auto f = loc_.env->new_writable_file(tmp);
+    f->append(bytes.data(), bytes.size());
+    if (opt_.sync_files) f->sync();
+    f->close();
+    loc_.env->rename_file(tmp, loc_.file(name));
+    if (opt_.sync_files) loc_.env->sync_dir(loc_.path);
+  }
+
   // Items to files: largest first onto the lightest file, then each file
   // keeps plan order (key order: what a loader reads together).
   std::vector<std::vector<size_t>> assign_files(const SavePlan& plan) const {
@@ -274,15 +313,68 @@ class FileSystemWriter final : public StorageWriter {
     return files;
   }
 
+  // The bytes of a BYTE_IO item, which resolve_data must give.
+  static const Bytes& item_bytes(const WriteItem& item, const WriteData& data) {
+    if (item.type != WriteItemType::kByteIO)
+      throw InvalidArgumentError("resolve_data gave bytes for tensor item " +
+                                 to_string(item.index));
+    return std::get<Bytes>(data);
+  }
+
+  // The tensor of a tensor item, CPU and contiguous, checked against the plan.
+  static at::Tensor item_tensor(const WriteItem& item, at::Tensor t) {
+    if (!t.device().is_cpu()) t = t.cpu();
+    if (!t.is_contiguous()) t = t.contiguous();
+    const int64_t expected = item.tensor_storage_size().value_or(-1);
+    // The shape too: the reader reads the bytes back in the chunk's shape.
+    if (item.type == WriteItemType::kByteIO || static_cast<int64_t>(t.nbytes()) != expected ||
+        t.scalar_type() != item.tensor_data->properties.dtype ||
+        t.sizes() != at::IntArrayRef(item.tensor_data->chunk.sizes))
+      throw InvalidArgumentError(
+          "resolve_data gave " + describe(Value(t)) + " for " + to_string(item.index) +
+          ", but the plan expects " +
+          (item.tensor_data ? std::string(dtype_name(item.tensor_data->properties.dtype)) +
+                                  shape_str(item.tensor_data->chunk.sizes) + " (" +
+                                  std::to_string(expected) + " bytes)"
+                            : std::string("bytes")));
+    return t;
+  }
+
+  // pytorch-dcp: the archives of the plan's BYTE_IO items (small), made
+  // before any file is opened, so that a value Python cannot hold (text that
+  // is not UTF-8) fails the save before this rank writes anything; with the
+  // XXH3-64 of the planner's bytes (what the replica check compares).
+  struct BytesArchive {
+    std::string archive;
+    uint64_t checksum = 0;
+  };
+  std::map<size_t, BytesArchive> bytes_archives(const SavePlan& plan, SavePlanner& planner) const {
+    std::map<size_t, BytesArchive> out;
+    for (size_t i = 0; i < plan.items.size(); ++i) {
+      const WriteItem& item = plan.items[i];
+      if (item.type != WriteItemType::kByteIO) continue;
+      const WriteData data = planner.resolve_data(item);
+      if (std::holds_alternative<at::Tensor>(data)) item_tensor(item, std::get<at::Tensor>(data));
+      const Bytes& b = item_bytes(item, data);
+      BytesArchive& a = out[i];
+      a.archive = bytes_item_archive(b, "key '" + item.index.fqn + "' (pytorch-dcp format)");
+      if (opt_.checksums) a.checksum = XXH3_64bits(b.data.data(), b.data.size());
+    }
+    return out;
+  }
+
   std::vector<WriteResult> write_all(const SavePlan& plan, SavePlanner& planner) {
     const std::string prefix =
         plan.storage_data.empty() ? "__" + std::to_string(rank_) + "_" : plan.storage_data;
     const std::vector<std::vector<size_t>> files = assign_files(plan);
+    const std::map<size_t, BytesArchive> archives =
+        pytorch_ ? bytes_archives(plan, planner) : std::map<size_t, BytesArchive>{};
 
     std::vector<std::vector<WriteResult>> per_file(files.size());
     run_parallel(opt_.threads, files.size(), [&](size_t fi) {
       const std::string name = prefix + std::to_string(fi) + kDataSuffix;
-      bool has_small = false;
+      // (zip headers and the BYTE_IO archives of the pytorch-dcp format are small)
+      bool has_small = pytorch_;
       for (size_t i : files[fi])
         if (plan.items[i].tensor_storage_size().value_or(0) <
             static_cast<int64_t>(opt_.coalesce_below_bytes))
@@ -292,42 +384,46 @@ class FileSystemWriter final : public StorageWriter {
       results.reserve(files[fi].size());
       for (size_t i : files[fi]) {
         const WriteItem& item = plan.items[i];
-        WriteData data = planner.resolve_data(item);
-        const void* ptr;
-        size_t n;
-        at::Tensor t;
-        if (auto* tp = std::get_if<at::Tensor>(&data)) {
-          t = *tp;
-          if (!t.device().is_cpu()) t = t.cpu();
-          if (!t.is_contiguous()) t = t.contiguous();
-          const int64_t expected = item.tensor_storage_size().value_or(-1);
-          // The shape too: the reader reads the bytes back in the chunk's shape.
-          if (item.type == WriteItemType::kByteIO || static_cast<int64_t>(t.nbytes()) != expected ||
-              t.scalar_type() != item.tensor_data->properties.dtype ||
-              t.sizes() != at::IntArrayRef(item.tensor_data->chunk.sizes))
-            throw InvalidArgumentError(
-                "resolve_data gave " + describe(Value(t)) + " for " + to_string(item.index) +
-                ", but the plan expects " +
-                (item.tensor_data ? std::string(dtype_name(item.tensor_data->properties.dtype)) +
-                                        shape_str(item.tensor_data->chunk.sizes) + " (" +
-                                        std::to_string(expected) + " bytes)"
-                                  : std::string("bytes")));
-          ptr = t.data_ptr();
-          n = t.nbytes();
+        uint64_t offset = 0, length = 0, checksum = 0;
+        size_t n = 0;
+        if (auto a = archives.find(i); a != archives.end()) {
+          offset = out.begin_item();
+          out.write(a->second.archive.data(), a->second.archive.size());
+          length = a->second.archive.size();
+          checksum = a->second.checksum;
+          n = length;
         } else {
-          if (item.type != WriteItemType::kByteIO)
-            throw InvalidArgumentError("resolve_data gave bytes for tensor item " +
-                                       to_string(item.index));
-          const Bytes& b = std::get<Bytes>(data);
-          ptr = b.data.data();
-          n = b.data.size();
+          WriteData data = planner.resolve_data(item);
+          const void* ptr;
+          at::Tensor t;
+          if (auto* tp = std::get_if<at::Tensor>(&data)) {
+            t = item_tensor(item, *tp);
+            ptr = t.data_ptr();
+            n = t.nbytes();
+          } else {
+            const Bytes& b = item_bytes(item, data);
+            ptr = b.data.data();
+            n = b.data.size();
+          }
+          if (pytorch_) {
+            // A tensor: its torch.save archive, the bytes streamed from its memory.
+            offset = out.begin_item();
+            length = write_tensor_archive([&out](const void* p, size_t k) { out.write(p, k); }, ptr,
+                                          n, t.scalar_type(), item.tensor_data->chunk.sizes,
+                                          kPieceBytes, opt_.checksums ? &checksum : nullptr,
+                                          "item " + to_string(item.index));
+          } else {
+            std::tie(offset, checksum) = out.add(ptr, n);
+            length = n;
+          }
         }
-        auto [offset, checksum] = out.add(ptr, n);
         WriteResult r;
         r.index = item.index;
         r.size_in_bytes = static_cast<int64_t>(n);
+        // pytorch-dcp: the item is the archive; its checksum, dcp++'s XXH3-64
+        // of what the planner gave (the tensor's bytes, the planner's bytes).
         r.storage_data =
-            StorageInfo{name, offset, n,
+            StorageInfo{name, offset, length,
                         opt_.checksums ? ChecksumType::kXXH3_64 : ChecksumType::kNone, checksum};
         results.push_back(std::move(r));
       }
@@ -342,6 +438,8 @@ class FileSystemWriter final : public StorageWriter {
 
   Location loc_;
   const FileSystemWriterOptions opt_;
+  bool pytorch_ = false;  // the pytorch-dcp format
+  PyTorchFlavour flavour_ = PyTorchFlavour::k2;
   std::string save_id_;
   int rank_ = 0;
 };
@@ -359,6 +457,22 @@ Location locate(const std::string& id, Env* env) {
   return Location{env ? env : env_for(id), scheme, path};
 }
 }  // namespace
+
+const char* storage_format_name(StorageFormat format) {
+  switch (format) {
+    case StorageFormat::kDcp:
+      return "dcp++";
+    case StorageFormat::kPyTorchDcp:
+      return "pytorch-dcp";
+  }
+  return "unknown";
+}
+
+StorageFormat storage_format_from_name(const std::string& name) {
+  for (StorageFormat f : {StorageFormat::kDcp, StorageFormat::kPyTorchDcp})
+    if (name == storage_format_name(f)) return f;
+  throw InvalidArgumentError("unknown storage format '" + name + "' (known: dcp++, pytorch-dcp)");
+}
 
 std::shared_ptr<StorageWriter> make_filesystem_writer(const std::string& path,
                                                       FileSystemWriterOptions options) {

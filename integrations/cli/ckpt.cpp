@@ -8,6 +8,12 @@
 //                               (exit 0: intact; 1: damaged, naming file and key);
 //                               a CheckpointManager's checkpoint must also have a
 //                               valid dcp_manager.record of its step
+//   ckpt convert SRC DST --to dcp++|pytorch-dcp|torch|safetensors
+//                [--only PREFIX]... [--dtype bf16|float16|float32|float64]
+//                [--max-shard-size 5GB] [--pytorch-version 2|1.13]
+//                [--optimizer-layout as-saved|pytorch] [--overwrite] [--no-sync]
+//                               write the checkpoint in another format (dcp/convert.h,
+//                               docs/INTEROP.md "ckpt convert")
 //
 // DIR is a checkpoint directory or file (or memory://, fs:// ids for tests). It is a
 // CheckpointManager's when it holds a dcp_manager.record or is named like the
@@ -16,6 +22,8 @@
 #include <CLI/CLI.hpp>
 
 #include <ATen/ATen.h>
+
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -183,7 +191,13 @@ int verify(const std::string& dir, int threads) {
   } else if (format == "safetensors") {
     note = " (" + format + ": no checksums in the format; its structure was checked)";
   } else {
-    note = " (" + format + ": the CRC-32 of every zip record was checked)";
+    std::size_t with_xxh3 = 0;  // a PyTorch DCP checkpoint dcp++ wrote: its sidecar's checksums
+    for (const auto& [index, info] : md.storage_data)
+      with_xxh3 += info.checksum_type == dcp::ChecksumType::kXXH3_64;
+    note = with_xxh3 ? " (" + format +
+                           " written by dcp++: every item's XXH3-64 checksum from .metadata.dcp "
+                           "was checked)"
+                     : " (" + format + ": the CRC-32 of every zip record was checked)";
   }
   std::printf("%s: intact: %zu items, %s read in %.2f s%s%s\n", dir.c_str(),
               md.storage_data.size() - planner->unreadable().size(),
@@ -193,10 +207,65 @@ int verify(const std::string& dir, int threads) {
   return 0;
 }
 
+struct ConvertArgs {
+  std::string src, dst, to, dtype, max_shard, pytorch_version = "2", optimizer_layout = "as-saved";
+  std::vector<std::string> only;
+  bool overwrite = false, no_sync = false;
+  int threads = 2;
+};
+
+int convert(const ConvertArgs& a) {
+  dcp::ConvertOptions o;
+  o.to = dcp::convert_format_from_name(a.to);
+  o.only = a.only;
+  if (!a.dtype.empty()) o.dtype = dcp::parse_float_dtype(a.dtype);
+  if (!a.max_shard.empty()) o.max_shard_bytes = dcp::parse_byte_size(a.max_shard);
+  o.pytorch_version = a.pytorch_version;
+  if (a.optimizer_layout == "pytorch")
+    o.optimizer_layout = dcp::ConvertOptimizerLayout::kPyTorch;
+  else if (a.optimizer_layout != "as-saved")
+    throw dcp::InvalidArgumentError("--optimizer-layout is 'as-saved' or 'pytorch', not '" +
+                                    a.optimizer_layout + "'");
+  o.overwrite = a.overwrite;
+  o.sync = !a.no_sync;
+  o.threads = a.threads;
+  // A progress line on a terminal: bytes written of all, and the rate.
+  const bool tty = isatty(STDERR_FILENO) == 1;
+  bool shown = false;
+  if (tty)
+    o.progress = [&](const dcp::ConvertProgress& p) {
+      if (p.seconds < 1 && !shown) return;  // short conversions show nothing
+      const double pct = p.bytes_total ? 100.0 * p.bytes_done / p.bytes_total : 100.0;
+      std::fprintf(stderr, "\rckpt convert: %s of %s (%.0f%%), %s/s\x1b[K",
+                   human(p.bytes_done).c_str(), human(p.bytes_total).c_str(), pct,
+                   human(static_cast<uint64_t>(p.bytes_done / std::max(p.seconds, 1e-9))).c_str());
+      shown = true;
+    };
+  const std::string from = dcp::checkpoint_format(a.src);
+  dcp::ConvertResult r;
+  try {
+    r = dcp::convert(a.src, a.dst, o);
+  } catch (...) {
+    if (shown) std::fprintf(stderr, "\n");
+    throw;
+  }
+  if (shown) std::fprintf(stderr, "\n");
+  std::printf("%s (%s) -> %s (%s): %zu tensors, %zu values, %s in %.2f s (%s/s)\n", a.src.c_str(),
+              from.c_str(), a.dst.c_str(), a.to.c_str(), r.tensors, r.values,
+              human(r.bytes).c_str(), r.seconds,
+              human(static_cast<uint64_t>(r.bytes / std::max(r.seconds, 1e-9))).c_str());
+  if (r.converted) std::printf("  %zu tensors converted to %s\n", r.converted, a.dtype.c_str());
+  for (const auto& f : r.files) std::printf("  wrote %s\n", f.c_str());
+  for (const auto& s : r.skipped) std::printf("  left out %s\n", s.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"ckpt: look inside a checkpoint (dcp++, PyTorch DCP, torch.save, safetensors)"};
+  CLI::App app{
+      "ckpt: look inside a checkpoint (dcp++, PyTorch DCP, torch.save, safetensors), "
+      "or convert it"};
   app.require_subcommand(1);
   std::string dir;
   bool items = false;
@@ -215,11 +284,44 @@ int main(int argc, char** argv) {
                    ".pt/.pth/.safetensors file")
       ->required();
   verify_cmd->add_option("--threads", threads, "reader threads")->check(CLI::Range(1, 256));
+  ConvertArgs ca;
+  auto* convert_cmd = app.add_subcommand(
+      "convert", "write a checkpoint in another format (dcp++, pytorch-dcp, torch, safetensors)");
+  convert_cmd
+      ->add_option("src", ca.src,
+                   "checkpoint: a directory (dcp++, PyTorch DCP, Hugging Face) or a "
+                   ".pt/.pth/.safetensors file")
+      ->required();
+  convert_cmd
+      ->add_option(
+          "dst", ca.dst,
+          "where to write: a directory (dcp++, pytorch-dcp, safetensors) or a file (torch)")
+      ->required();
+  convert_cmd->add_option("--to", ca.to, "target format: dcp++, pytorch-dcp, torch, safetensors")
+      ->required();
+  convert_cmd->add_option("--only", ca.only,
+                          "convert only these keys or key prefixes (\"model\" or \"model.\"); "
+                          "repeatable");
+  convert_cmd->add_option("--dtype", ca.dtype,
+                          "convert floating tensors to this dtype (bf16, float16, float32, "
+                          "float64); other tensors are kept as they are");
+  convert_cmd->add_option("--max-shard-size", ca.max_shard,
+                          "safetensors: split into files of at most this size (5GB, 500MB, 2GiB)");
+  convert_cmd->add_option("--pytorch-version", ca.pytorch_version,
+                          "pytorch-dcp: the PyTorch DCP flavour, 2 (default) or 1.13");
+  convert_cmd->add_option("--optimizer-layout", ca.optimizer_layout,
+                          "as-saved (default), or pytorch: optimizer state in dcp++'s layout comes "
+                          "out as Python's optimizer.state_dict()");
+  convert_cmd->add_flag("--overwrite", ca.overwrite, "replace DST when it exists");
+  convert_cmd->add_flag("--no-sync", ca.no_sync, "do not fsync what is written");
+  convert_cmd->add_option("--threads", ca.threads, "reader (and dcp++ writer) threads")
+      ->check(CLI::Range(1, 256));
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::warn);
   dcp::logger().set_level(spdlog::level::warn);
   try {
     if (*show_cmd) return show(dir, items);
+    if (*convert_cmd) return convert(ca);
     return verify(dir, threads);
   } catch (const dcp::Error& e) {
     std::fprintf(stderr, "ckpt: %s\n", e.what());

@@ -383,7 +383,8 @@ void read_resume(Reader& r, const Field& f, ResumePolicy& p) {
 }
 
 void read_storage(Reader& r, const Field& f, StoragePolicy& s) {
-  const auto m = r.section(f, {"threads", "fsync", "verify_checksums", "check_replicas"});
+  const auto m = r.section(
+      f, {"threads", "fsync", "verify_checksums", "check_replicas", "format", "pytorch_version"});
   if (auto* x = get(m, "threads")) s.threads = static_cast<int>(r.integer(*x));
   if (auto* x = get(m, "fsync")) s.fsync = r.boolean(*x);
   if (auto* x = get(m, "verify_checksums")) s.verify_checksums = r.boolean(*x);
@@ -395,6 +396,16 @@ void read_storage(Reader& r, const Field& f, StoragePolicy& s) {
       r.fail(*x, "must be error, warn or off, not '" + v + "'");
     }
   }
+  if (auto* x = get(m, "format")) {
+    const std::string v = r.string(*x);
+    try {
+      s.format = storage_format_from_name(v);
+    } catch (const InvalidArgumentError&) {
+      r.fail(*x, "must be dcp++ or pytorch-dcp, not '" + v + "'");
+    }
+  }
+  // "2" or "1.13", quoted or not (YAML would read the plain 1.13 as a number).
+  if (auto* x = get(m, "pytorch_version")) s.pytorch_version = r.string(*x);
 }
 
 CheckpointManagerOptions read_options(const YAML::Node& root, Reader& r) {

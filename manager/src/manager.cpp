@@ -290,6 +290,8 @@ std::shared_ptr<StorageWriter> CheckpointManager::make_writer(
   FileSystemWriterOptions wo;
   wo.threads = options_.storage.threads;
   wo.sync_files = options_.storage.fsync;
+  wo.format = options_.storage.format;
+  wo.pytorch_version = options_.storage.pytorch_version;
   wo.env = env_;
   const std::string tmp = ctx.tmp;
   std::shared_ptr<StorageWriter> writer =

@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "dcp/error.h"
+#include "dcp/filesystem.h"
 
 namespace dcp {
 namespace internal {
@@ -55,6 +56,15 @@ bool all_digits(const std::string& s, size_t from) {
 }  // namespace
 
 const char* const kSecondsType = "a finite number of seconds >= 0";
+
+std::string pytorch_version_problem(const std::string& version) {
+  try {
+    check_pytorch_version(version);
+  } catch (const InvalidArgumentError&) {
+    return "must be \"2\" or \"1.13\", not '" + version + "'";
+  }
+  return "";
+}
 
 IntRange integer_range(const std::string& key) {
   const std::string base = key.substr(0, key.find('['));
@@ -174,6 +184,11 @@ void validate(const manager::CheckpointManagerOptions& o, const Report& report) 
   if (rc != ReplicaCheck::kError && rc != ReplicaCheck::kWarn && rc != ReplicaCheck::kOff)
     check("checkpoint.storage.check_replicas",
           "must be error, warn or off, not " + std::to_string(static_cast<int>(rc)));
+  const StorageFormat sf = o.storage.format;
+  if (sf != StorageFormat::kDcp && sf != StorageFormat::kPyTorchDcp)
+    check("checkpoint.storage.format",
+          "must be dcp++ or pytorch-dcp, not " + std::to_string(static_cast<int>(sf)));
+  check("checkpoint.storage.pytorch_version", pytorch_version_problem(o.storage.pytorch_version));
   if (o.on_error != manager::OnError::kRaise && o.on_error != manager::OnError::kWarn)
     check("checkpoint.on_error",
           "must be raise or warn, not " + std::to_string(static_cast<int>(o.on_error)));

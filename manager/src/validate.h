@@ -37,6 +37,8 @@ bool parse_decimal(const std::string& text, double& out);
 extern const char* const kSecondsType;  // "a finite number of seconds >= 0"
 std::string seconds_problem(double seconds);
 std::string dir_problem(const std::string& dir);
+// Of storage.pytorch_version ("2" or "1.13").
+std::string pytorch_version_problem(const std::string& version);
 std::string resume_from_problem(const std::string& from);
 
 // Called with the key ("checkpoint.keep.last") and the problem; must throw.

@@ -2,7 +2,8 @@
 # ckpt show / verify on a real checkpoint (written by the training example),
 # then on the same checkpoint with one flipped byte: verify must fail and name
 # the file and the key. Then a CheckpointManager's checkpoint (train_mlp):
-# verify also checks its dcp_manager.record.
+# in the pytorch-dcp format (Python 1.13 loads it; verify uses dcp++'s
+# sidecar checksums), and verify also checks its dcp_manager.record.
 #
 #   ckpt_test.sh <ckpt> <train_resume> <train_mlp>
 set -euo pipefail
@@ -34,6 +35,29 @@ grep -q "$(basename "$FILE")" "$WORK/out.txt"
 mkdir "$WORK/empty"
 if "$CKPT" show "$WORK/empty" > "$WORK/out2.txt" 2>&1; then exit 1; fi
 grep -q "not a committed checkpoint" "$WORK/out2.txt"
+
+# A manager's checkpoint in the pytorch-dcp format: Python 1.13's DCP loads
+# it; ckpt shows it and verifies it with dcp++'s checksums (the sidecar).
+PY=${DCP_PYTHON:-/usr/bin/python3}
+CHECK="$(dirname "$0")/../interop/py/check_written_dcp.py"
+unset DCP_CHECKPOINT_DIR DCP_RESUME_FROM
+printf 'checkpoint:\n  save: {every_steps: 10}\n  async: {enabled: false}\n  storage: {format: pytorch-dcp, pytorch_version: "1.13"}\n' \
+  > "$WORK/pt.yaml"
+"$MLP" --config "$WORK/pt.yaml" --dir "$WORK/pt" --steps 10 > /dev/null 2>&1
+P="$WORK/pt/step_0000000010"
+"$PY" "$CHECK" loadall113 "$P" > "$WORK/py.txt" || { cat "$WORK/py.txt"; exit 1; }
+grep -q "^OK " "$WORK/py.txt" || { cat "$WORK/py.txt"; exit 1; }
+"$CKPT" show "$P" > "$WORK/cmd.out"
+grep -q "format: PyTorch DCP (1.13), written by dcp++" "$WORK/cmd.out" || { cat "$WORK/cmd.out"; exit 1; }
+grep -q "manager record: step 10" "$WORK/cmd.out"
+"$CKPT" verify "$P" > "$WORK/cmd.out"
+grep -q "intact: .*XXH3-64 checksum from .metadata.dcp" "$WORK/cmd.out" || { cat "$WORK/cmd.out"; exit 1; }
+FILE=$(ls -S "$P"/*.distcp | head -1)
+printf '\xff' | dd of="$FILE" bs=1 seek=$(( $(stat -c %s "$FILE") / 2 )) conv=notrunc status=none
+if "$CKPT" verify "$P" > "$WORK/out.txt" 2>&1; then
+  echo "verify passed a damaged pytorch-dcp checkpoint"; cat "$WORK/out.txt"; exit 1
+fi
+grep -q "$(basename "$FILE")" "$WORK/out.txt" || { cat "$WORK/out.txt"; exit 1; }
 
 # A manager's checkpoint: verify checks the record too.
 unset DCP_CHECKPOINT_DIR DCP_RESUME_FROM

@@ -77,9 +77,9 @@ struct Output {
   std::string out, err;
 };
 
-// Runs python make_fixtures.py args... with stdout and stderr captured.
-Output run_script(const std::vector<std::string>& args) {
-  std::vector<std::string> argv_s{python(), kScript};
+// Runs python `script` args... with stdout and stderr captured.
+Output run_any(const std::string& script, const std::vector<std::string>& args) {
+  std::vector<std::string> argv_s{python(), script};
   argv_s.insert(argv_s.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (auto& a : argv_s) argv.push_back(const_cast<char*>(a.c_str()));
@@ -121,6 +121,9 @@ std::string describe_failure(const std::string& what, const Output& o) {
 }
 
 bool succeeded(const Output& o) { return WIFEXITED(o.status) && WEXITSTATUS(o.status) == 0; }
+
+// Runs python make_fixtures.py args...
+Output run_script(const std::vector<std::string>& args) { return run_any(kScript, args); }
 
 std::string last_line(const std::string& text) {
   size_t end = text.find_last_not_of("\r\n");
@@ -303,6 +306,17 @@ FixtureManifest load_fixture_manifest(const std::string& out_dir) {
   if (m.checkpoints.empty())
     throw std::runtime_error("python fixtures: " + file + " lists no checkpoint");
   return m;
+}
+
+PythonRun run_python_script(const std::string& script, const std::vector<std::string>& args) {
+  const std::string path = DCP_SOURCE_DIR "/tests/interop/py/" + script;
+  const Output o = run_any(path, args);
+  PythonRun r;
+  r.exit_code = WIFEXITED(o.status) ? WEXITSTATUS(o.status) : -1;
+  r.out = o.out;
+  r.err = o.err;
+  if (r.exit_code < 0) r.err += "\n" + describe_failure(script, o);
+  return r;
 }
 
 }  // namespace testing

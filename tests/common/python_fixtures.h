@@ -84,5 +84,14 @@ FixtureManifest load_fixture_manifest(const std::string& out_dir);
 // The dtype of a manifest dtype name ("float32", "bfloat16", "bool", ...).
 at::ScalarType fixture_dtype(const std::string& name);
 
+// Runs tests/interop/py/<script> args... under the same interpreter
+// (/usr/bin/python3 or $DCP_PYTHON), stdout and stderr captured.
+struct PythonRun {
+  int exit_code = -1;  // -1: killed by a signal
+  std::string out, err;
+  bool ok() const { return exit_code == 0; }
+};
+PythonRun run_python_script(const std::string& script, const std::vector<std::string>& args);
+
 }  // namespace testing
 }  // namespace dcp

@@ -155,6 +155,12 @@ TEST(ManagerConfigTest, BadConfigsNameKeyAndLine) {
         "maybe"}},
       {"quoted_integer.yaml",
        {"quoted_integer.yaml:3: ", "checkpoint.save.every_steps", "an integer", "quoted"}},
+      {"bad_storage_format.yaml",
+       {"bad_storage_format.yaml:3: ", "checkpoint.storage.format", "dcp++ or pytorch-dcp",
+        "pytorch"}},
+      {"bad_pytorch_version.yaml",
+       {"bad_pytorch_version.yaml:4: ", "checkpoint.storage.pytorch_version", "\"2\" or \"1.13\"",
+        "2.4"}},
   };
   for (const auto& c : cases) {
     try {
@@ -309,6 +315,29 @@ TEST(ManagerConfigTest, CheckReplicas) {
               c);
 }
 
+TEST(ManagerConfigTest, StorageFormat) {
+  const CheckpointManagerOptions d = parse_manager_options("", "i");
+  EXPECT_EQ(d.storage.format, StorageFormat::kDcp);
+  EXPECT_EQ(d.storage.pytorch_version, "2");
+  // 1.13 unquoted is a YAML number: taken as its text.
+  for (const char* v : {"1.13", "\"1.13\"", "'2'", "2"}) {
+    const CheckpointManagerOptions o = parse_manager_options(
+        std::string("checkpoint: {storage: {format: pytorch-dcp, pytorch_version: ") + v + "}}",
+        "i");
+    EXPECT_EQ(o.storage.format, StorageFormat::kPyTorchDcp) << v;
+    EXPECT_EQ(o.storage.pytorch_version,
+              std::string(v).find('1') != std::string::npos ? "1.13" : "2")
+        << v;
+  }
+  EXPECT_EQ(parse_manager_options("checkpoint: {storage: {format: dcp++}}", "i").storage.format,
+            StorageFormat::kDcp);
+  for (StorageFormat f : {StorageFormat::kDcp, StorageFormat::kPyTorchDcp})
+    EXPECT_EQ(storage_format_from_name(storage_format_name(f)), f);
+  EXPECT_THROW(storage_format_from_name("torch"), InvalidArgumentError);
+  const std::string e = parse_error("checkpoint:\n  storage:\n    format: [dcp++]\n");
+  EXPECT_EQ(e.rfind("inline:3: checkpoint.storage.format: must be a string", 0), 0u) << e;
+}
+
 // A programmatically built struct is held to the same ranges, naming the field.
 TEST(ManagerConfigTest, ValidateNamesTheField) {
   EXPECT_NO_THROW(validate(CheckpointManagerOptions{}));
@@ -335,6 +364,10 @@ TEST(ManagerConfigTest, ValidateNamesTheField) {
       {[](auto& o) { o.storage.check_replicas = static_cast<ReplicaCheck>(9); },
        "checkpoint.storage.check_replicas: "},
       {[](auto& o) { o.on_error = static_cast<OnError>(9); }, "checkpoint.on_error: "},
+      {[](auto& o) { o.storage.format = static_cast<StorageFormat>(7); },
+       "checkpoint.storage.format: must be dcp++ or pytorch-dcp, not 7"},
+      {[](auto& o) { o.storage.pytorch_version = "3"; },
+       "checkpoint.storage.pytorch_version: must be \"2\" or \"1.13\", not '3'"},
   };
   for (const auto& c : cases) {
     CheckpointManagerOptions o;

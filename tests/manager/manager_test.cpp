@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "common/test_util.h"
+#include "dcp/dcp.h"
 #include "dcp/manager/manager.h"
 
 namespace dcp {
@@ -377,6 +378,102 @@ TEST_P(ManagerTest, CallbacksAndForce) {
 
 INSTANTIATE_TEST_SUITE_P(SyncAndAsync, ManagerTest, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "async" : "sync"; });
+
+// The run's checkpoints in the pytorch-dcp format (storage.format): commit,
+// retention, resume, the fallback past a damaged checkpoint, and a run that
+// changes format between its checkpoints. Param: async, and the PyTorch
+// version the format is written for.
+class ManagerPyTorchFormatTest : public ::testing::TestWithParam<std::tuple<bool, const char*>> {
+ protected:
+  CheckpointManagerOptions opts() {
+    auto o = base(dir_.sub("run"));
+    o.async.enabled = std::get<0>(GetParam());
+    o.storage.format = StorageFormat::kPyTorchDcp;
+    o.storage.pytorch_version = std::get<1>(GetParam());
+    return o;
+  }
+  testing::TempDir dir_;
+};
+
+TEST_P(ManagerPyTorchFormatTest, SavesRetentionResumeAndFallback) {
+  auto o = opts();
+  o.keep.last = 2;
+  {
+    CheckpointManager m(o);
+    auto s = std::make_shared<State>();
+    m.register_stateful("state", s);
+    EXPECT_EQ(m.resume(), 0);
+    train(m, *s, 1, 30);
+    m.wait();
+  }
+  EXPECT_EQ(steps_in(o.dir), (std::vector<int64_t>{20, 30}));
+  const std::string step30 = o.dir + "/" + CheckpointManager::step_dir_name(30);
+  EXPECT_EQ(checkpoint_format(step30), "PyTorch DCP");
+  EXPECT_TRUE(fs::exists(step30 + "/.metadata.dcp"));
+  EXPECT_EQ(read_metadata(step30).state_dict_metadata.count("state.w"), 1u);
+  {
+    CheckpointManager m(o);
+    auto s = std::make_shared<State>();
+    m.register_stateful("state", s);
+    EXPECT_EQ(m.resume(), 30);
+    EXPECT_EQ(s->step, 30);
+    EXPECT_TRUE(s->consistent());
+  }
+  // A flipped byte in step 30's largest data file: the resume falls back to 20.
+  std::string largest;
+  for (const auto& f : testing::data_files(step30))
+    if (largest.empty() || fs::file_size(f) > fs::file_size(largest)) largest = f;
+  std::string data = testing::read_file(largest);
+  data[data.size() / 2] ^= 1;
+  testing::write_file(largest, data);
+  CheckpointManager m(o);
+  auto s = std::make_shared<State>();
+  m.register_stateful("state", s);
+  EXPECT_EQ(m.resume(), 20);
+  EXPECT_TRUE(s->consistent());
+  EXPECT_EQ(steps_in(o.dir), (std::vector<int64_t>{20}));  // 30 moved aside
+  train(m, *s, 21, 30);
+  m.wait();
+  EXPECT_EQ(steps_in(o.dir), (std::vector<int64_t>{20, 30}));
+}
+
+TEST_P(ManagerPyTorchFormatTest, ARunMayChangeFormat) {
+  auto o = opts();
+  o.keep.last = 0;
+  auto native = o;
+  native.storage.format = StorageFormat::kDcp;
+  {
+    CheckpointManager m(native);
+    auto s = std::make_shared<State>();
+    m.register_stateful("state", s);
+    train(m, *s, 1, 10);
+    m.wait();
+  }
+  {
+    CheckpointManager m(o);  // resumes from dcp++'s format, saves PyTorch's
+    auto s = std::make_shared<State>();
+    m.register_stateful("state", s);
+    EXPECT_EQ(m.resume(), 10);
+    train(m, *s, 11, 20);
+    m.wait();
+  }
+  EXPECT_EQ(checkpoint_format(o.dir + "/" + CheckpointManager::step_dir_name(10)), "dcp++");
+  EXPECT_EQ(checkpoint_format(o.dir + "/" + CheckpointManager::step_dir_name(20)), "PyTorch DCP");
+  CheckpointManager m(native);  // and back
+  auto s = std::make_shared<State>();
+  m.register_stateful("state", s);
+  EXPECT_EQ(m.resume(), 20);
+  EXPECT_TRUE(s->consistent());
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, ManagerPyTorchFormatTest,
+                         ::testing::Values(std::make_tuple(false, "1.13"),
+                                           std::make_tuple(true, "2")),
+                         [](const auto& info) {
+                           return std::string(std::get<0>(info.param) ? "async_" : "sync_") +
+                                  (std::string(std::get<1>(info.param)) == "2" ? "torch2"
+                                                                               : "torch113");
+                         });
 
 }  // namespace
 }  // namespace manager

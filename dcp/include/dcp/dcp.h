@@ -4,6 +4,7 @@
 #include "dcp/async_save.h"
 #include "dcp/checkpoint.h"
 #include "dcp/collectives.h"
+#include "dcp/convert.h"
 #include "dcp/default_planner.h"
 #include "dcp/error.h"
 #include "dcp/filesystem.h"

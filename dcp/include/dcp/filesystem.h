@@ -3,6 +3,12 @@
 //   <dir>/__<rank>_<n>.distcp   data files: raw tensor bytes, items aligned
 //   <dir>/.metadata             written last, by atomic rename: the commit point
 //
+// FileSystemWriterOptions::format picks what the files hold: dcp++'s own
+// format (docs/FORMAT.md), or PyTorch DCP's FileSystemWriter layout, which
+// Python's torch.distributed.checkpoint loads (docs/INTEROP.md, "Writing
+// PyTorch's DCP format"): .metadata a pickle, every item a torch.save
+// archive, plus dcp++'s checksums in .metadata.dcp.
+//
 // The directory lives in an Env (dcp/env.h): by default the one the path's
 // scheme names, posix_env() for a plain path and memory_env() for
 // "memory://name" (the path inside it is then "name"); the options' `env`
@@ -14,6 +20,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -23,6 +30,22 @@
 namespace dcp {
 
 class Env;
+
+// What a FileSystemWriter writes.
+enum class StorageFormat : uint8_t {
+  kDcp = 0,         // "dcp++": dcp++'s own format (docs/FORMAT.md)
+  kPyTorchDcp = 1,  // "pytorch-dcp": PyTorch DCP's FileSystemWriter layout
+};
+
+// "dcp++" or "pytorch-dcp": the names the manager's YAML (storage.format)
+// and the tools use.
+DCP_CORE_EXPORT const char* storage_format_name(StorageFormat format);
+// The inverse; an InvalidArgumentError naming the known names for any other.
+DCP_CORE_EXPORT StorageFormat storage_format_from_name(const std::string& name);
+// The PyTorch versions whose DCP the pytorch-dcp format can be written for:
+// "2" (torch >= 2.4) and "1.13". An InvalidArgumentError naming them for
+// any other value.
+DCP_CORE_EXPORT void check_pytorch_version(const std::string& version);
 
 struct DCP_CORE_EXPORT FileSystemWriterOptions {
   // Where the files go; nullptr (default): the Env the path's scheme names
@@ -51,6 +74,17 @@ struct DCP_CORE_EXPORT FileSystemWriterOptions {
   size_t coalesce_below_bytes = size_t{1} << 20;
   // Size of the coalescing buffer per thread. Default 8 MiB.
   size_t buffer_bytes = size_t{8} << 20;
+  // The format of the files. Default kDcp. kPyTorchDcp refuses, when the
+  // save is planned (before any data is written), a key that is not UTF-8
+  // and a tensor of a dtype Python 1.13 cannot store (complex32).
+  StorageFormat format = StorageFormat::kDcp;
+  // With kPyTorchDcp: the PyTorch the .metadata is pickled for. "2"
+  // (default): torch.distributed.checkpoint's classes, with planner_data
+  // (the nesting of the flattened keys), storage_meta and version, as torch
+  // >= 2.4 writes it. "1.13": torch.distributed._shard.checkpoint's, three
+  // fields, planner_data None; 1.13 loads such a checkpoint into a flat
+  // dict of the dotted keys. dcp++ reads both back exactly.
+  std::string pytorch_version = "2";
 };
 
 struct DCP_CORE_EXPORT FileSystemReaderOptions {

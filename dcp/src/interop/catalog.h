@@ -45,6 +45,10 @@ struct RawTensor {
   // verify_checksums (reading the record whole when the read covers less).
   std::optional<uint32_t> crc;
   uint64_t crc_begin = 0, crc_length = 0;
+  // The XXH3-64 of the same bytes, when dcp++ wrote the checkpoint and kept
+  // its checksums beside it (a PyTorch DCP sidecar): checked instead of the
+  // CRC-32, with verify_checksums.
+  std::optional<uint64_t> xxh3;
   std::string what;  // names the item in errors ("record 'archive/data/0' of '/m.pt'")
   // When set, the bytes are here (a decompressed item), not in `file`.
   std::shared_ptr<const RandomAccessFile> held;
@@ -57,12 +61,16 @@ struct ArchiveTensor {
   std::string file;
   uint64_t offset = 0, length = 0;
   std::vector<std::string> transforms;
+  std::optional<uint64_t> xxh3;  // of the tensor's bytes (RawTensor::xxh3)
 };
 
 // A plain value known when the catalog was built (torch.save leaves, DCP
 // BYTE_IO items).
 struct InlineValue {
   Value value;
+  // The value is Bytes a save planner gave as they are (not a plain value's
+  // encoding): the load planner gets them as they are.
+  bool raw = false;
 };
 
 // A value dcp++ cannot represent (a Python object of another class, an int

@@ -4,9 +4,13 @@
 // straight into the destination; any other (a strided stored tensor, a
 // resharded box, a dtype conversion) goes through a fixed-size buffer, piece
 // by piece, so memory stays bounded by the destination plus that buffer.
+#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
+#include <xxhash.h>
+
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -20,8 +24,10 @@
 #include "error_text.h"
 #include "filesystem_common.h"
 #include "interop/catalog.h"
+#include "interop/pytorch_dcp_writer.h"
 #include "interop/torch_save.h"
 #include "interop/zip.h"
+#include "sequential_reads.h"
 
 namespace dcp {
 namespace internal {
@@ -43,7 +49,7 @@ bool is_contiguous(const std::vector<int64_t>& sizes, const std::vector<int64_t>
   return true;
 }
 
-class CatalogReader final : public StorageReader {
+class CatalogReader final : public StorageReader, public SequentialReads {
  public:
   CatalogReader(Env* env, std::string scheme, std::string path, CatalogBuilder build,
                 FileSystemReaderOptions opt)
@@ -55,6 +61,18 @@ class CatalogReader final : public StorageReader {
   void reset(const std::string& checkpoint_id) override {
     loc_.reset(checkpoint_id);
     catalog_.reset();
+    finish_sequential_reads();
+  }
+
+  // Sequential mode (sequential_reads.h): files stay open and each record's
+  // CRC-32 is checked once, across read_data() calls.
+  void begin_sequential_reads() override { sequential_ = true; }
+  void finish_sequential_reads() override {
+    sequential_ = false;
+    std::lock_guard<std::mutex> lock(files_mu_);
+    files_.clear();
+    std::lock_guard<std::mutex> lock2(verified_mu_);
+    verified_.clear();
   }
 
   Metadata read_metadata() override { return catalog().metadata; }
@@ -130,22 +148,45 @@ class CatalogReader final : public StorageReader {
                             "' (" + std::to_string(f.size()) + " bytes)");
   }
 
-  // The CRC-32 of the record behind `raw`, checked once per record and load.
+  // The checksum of the record behind `raw` (its XXH3-64 when dcp++ kept
+  // one, else its CRC-32), checked once per record and load.
   void verify_record(const RawTensor& raw, const RandomAccessFile& f) {
-    if (!opt_.verify_checksums || !raw.crc) return;
+    if (!opt_.verify_checksums || (!raw.crc && !raw.xxh3)) return;
     {
       std::lock_guard<std::mutex> lock(verified_mu_);
       if (verified_.count(record_key(raw))) return;
     }
     BufferPool::Buffer buf = BufferPool::instance().acquire(kPieceBytes);
     uint32_t crc = 0;
+    XXH3_state_t state;
+    XXH3_64bits_reset(&state);
     for (uint64_t done = 0; done < raw.crc_length;) {
       const size_t n = static_cast<size_t>(std::min<uint64_t>(kPieceBytes, raw.crc_length - done));
       read_exact(f, raw.crc_begin + done, n, buf.data(), raw.what);
-      crc = crc32(crc, buf.data(), n);
+      if (raw.xxh3)
+        XXH3_64bits_update(&state, buf.data(), n);
+      else
+        crc = crc32(crc, buf.data(), n);
       done += n;
     }
-    check_crc(raw, crc);
+    if (raw.xxh3)
+      check_xxh3(raw, XXH3_64bits_digest(&state));
+    else
+      check_crc(raw, crc);
+  }
+
+  void check_xxh3(const RawTensor& raw, uint64_t h) {
+    if (h != *raw.xxh3) {
+      char msg[96];
+      std::snprintf(msg, sizeof msg, "stored 0x%016llx, computed 0x%016llx",
+                    static_cast<unsigned long long>(*raw.xxh3), static_cast<unsigned long long>(h));
+      throw CorruptionError(raw.what + ": XXH3-64 checksum mismatch of bytes [" +
+                            std::to_string(raw.crc_begin) + ", " +
+                            std::to_string(raw.crc_begin + raw.crc_length) + ") (" + msg +
+                            "; the checksum from " + kSidecarName + "): the data is corrupt");
+    }
+    std::lock_guard<std::mutex> lock(verified_mu_);
+    verified_.insert(record_key(raw));
   }
 
   void check_crc(const RawTensor& raw, uint32_t crc) {
@@ -223,15 +264,32 @@ class CatalogReader final : public StorageReader {
                            std::all_of(ri->storage_offsets.begin(), ri->storage_offsets.end(),
                                        [](int64_t o) { return o == 0; });
         const uint64_t nbytes = static_cast<uint64_t>(dst.numel()) * es;
-        if (whole && contiguous && dst.is_contiguous() && dst.device().is_cpu() &&
+        // Whole rows (dimension 0) of a contiguous stored tensor: one range of bytes.
+        bool rows = contiguous && !raw.sizes.empty() && !whole;
+        for (size_t d = 1; rows && d < raw.sizes.size(); ++d)
+          rows = ri->storage_offsets[d] == 0 && ri->lengths[d] == raw.sizes[d];
+        if (rows && dst.is_contiguous() && dst.device().is_cpu() &&
             dst.scalar_type() == raw.dtype) {
+          const uint64_t row = static_cast<uint64_t>(checked_volume(raw.sizes)) /
+                               static_cast<uint64_t>(std::max<int64_t>(raw.sizes[0], 1)) * es;
+          const uint64_t at = base + static_cast<uint64_t>(ri->storage_offsets[0]) * row;
+          if (nbytes) {
+            if (at + nbytes > raw.offset + raw.storage_bytes)
+              throw CorruptionError(raw.what + ": the tensor reaches past its storage");
+            read_exact(f, at, static_cast<size_t>(nbytes), dst.data_ptr(), raw.what);
+          }
+        } else if (whole && contiguous && dst.is_contiguous() && dst.device().is_cpu() &&
+                   dst.scalar_type() == raw.dtype) {
           if (nbytes) {
             if (base + nbytes > raw.offset + raw.storage_bytes)
               throw CorruptionError(raw.what + ": the tensor reaches past its storage");
             read_exact(f, base, static_cast<size_t>(nbytes), dst.data_ptr(), raw.what);
-            if (opt_.verify_checksums && raw.crc && base == raw.crc_begin &&
+            if (opt_.verify_checksums && (raw.crc || raw.xxh3) && base == raw.crc_begin &&
                 nbytes == raw.crc_length && !record_checked) {
-              check_crc(raw, crc32(0, dst.data_ptr(), static_cast<size_t>(nbytes)));
+              if (raw.xxh3)
+                check_xxh3(raw, XXH3_64bits(dst.data_ptr(), static_cast<size_t>(nbytes)));
+              else
+                check_crc(raw, crc32(0, dst.data_ptr(), static_cast<size_t>(nbytes)));
               record_checked = true;
             }
           }
@@ -274,12 +332,13 @@ class CatalogReader final : public StorageReader {
       throw CorruptionError(what + ": holds " + py::describe(root) + ", not a tensor");
     RawTensor raw = raw_tensor(archive, std::get<StoredTensor>(leaves[0].value), a.file, what);
     raw.held = held;
+    raw.xxh3 = a.xxh3;
     return raw;
   }
 
   void read_unit(const Unit& u, LoadPlanner& planner) {
     if (auto* v = std::get_if<InlineValue>(u.source)) {
-      const Bytes b = encode_plain_value(v->value);
+      const Bytes b = v->raw ? v->value.to_bytes() : encode_plain_value(v->value);
       std::lock_guard<std::mutex> lock(bytes_mu_);
       for (const ReadItem* ri : u.reads) in_context(u, ri, [&] { planner.load_bytes(*ri, b); });
       return;
@@ -330,8 +389,10 @@ class CatalogReader final : public StorageReader {
       units.push_back(&u);
     }
     fs::run_parallel(opt_.threads, units.size(), [&](size_t i) { read_unit(*units[i], planner); });
+    if (sequential_) return;
     std::lock_guard<std::mutex> lock(files_mu_);
     files_.clear();
+    std::lock_guard<std::mutex> lock2(verified_mu_);
     verified_.clear();
   }
 
@@ -345,6 +406,7 @@ class CatalogReader final : public StorageReader {
   std::mutex verified_mu_;
   std::set<RecordKey> verified_;  // records whose CRC-32 was checked in this read_data
   std::mutex bytes_mu_;
+  std::atomic<bool> sequential_{false};
 };
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include "filesystem_common.h"
 #include "interop/catalog.h"
 #include "interop/torch_save.h"
+#include "sequential_reads.h"
 
 namespace dcp {
 namespace internal {
@@ -110,6 +111,7 @@ class AutoReader final : public StorageReader {
   std::map<std::string, std::string> unreadable_keys() const override {
     return impl_ ? impl_->unreadable_keys() : std::map<std::string, std::string>{};
   }
+  SequentialReads* sequential() const { return dynamic_cast<SequentialReads*>(impl_.get()); }
 
  private:
   StorageReader& impl() {
@@ -127,6 +129,11 @@ class AutoReader final : public StorageReader {
 };
 
 }  // namespace
+
+SequentialReads* sequential_reads(StorageReader& reader) {
+  if (auto* a = dynamic_cast<AutoReader*>(&reader)) return a->sequential();
+  return dynamic_cast<SequentialReads*>(&reader);
+}
 
 }  // namespace internal
 

@@ -4,6 +4,15 @@
 // archives opened when read; BYTE_IO items are decoded here (they are small),
 // and a dict among them (1.13 saves nested dicts whole) is flattened as
 // dcp++ flattens, its tensors read from the archive's records in place.
+//
+// A directory dcp++ wrote in the pytorch-dcp format has its sidecar
+// (.metadata.dcp, interop/pytorch_dcp_writer.h) beside .metadata: when it
+// is bound to this .metadata (its XXH3-64 matches), the catalog takes the
+// flattening map, world size and every item's XXH3-64 from it, and each
+// BYTE_IO item is exactly one key (what dcp++ saved), checked against its
+// checksum. A sidecar of another save (.metadata rewritten since) is ignored.
+#include <spdlog/spdlog.h>
+#include <xxhash.h>
 #include <zstd.h>
 
 #include <algorithm>
@@ -12,9 +21,11 @@
 
 #include "chunk_validation.h"
 #include "dcp/error.h"
+#include "dcp/logging.h"
 #include "env.h"
 #include "interop/catalog.h"
 #include "interop/pickle.h"
+#include "interop/pytorch_dcp_writer.h"
 #include "interop/torch_save.h"
 #include "interop/zip.h"
 #include "walk.h"
@@ -382,6 +393,63 @@ std::string undo_transforms(std::string bytes, const std::vector<std::string>& t
   return bytes;
 }
 
+namespace {
+
+// The sidecar of `dir` when it belongs to the .metadata whose bytes are
+// `pickle` (without its binding item); nullopt when there is none or it is
+// another save's. A damaged sidecar is a CorruptionError.
+std::optional<Metadata> read_sidecar(Env& env, const std::string& dir, const std::string& display,
+                                     const std::string& pickle) {
+  const std::string path = join_path(dir, kSidecarName);
+  if (!env.file_exists(path)) return std::nullopt;
+  const std::string source = "'" + display + "/" + kSidecarName + "'";
+  Metadata side = deserialize_metadata(env.read_file(path), source);
+  auto b = side.storage_data.find(sidecar_binding_index());
+  if (b == side.storage_data.end() || b->second.length != pickle.size() ||
+      b->second.checksum_type != ChecksumType::kXXH3_64 ||
+      b->second.checksum != XXH3_64bits(pickle.data(), pickle.size())) {
+    logger().warn(
+        "{}: ignored: it belongs to another save than '{}/.metadata' (written since by another "
+        "program?); the checkpoint is read as PyTorch wrote it, without dcp++'s checksums",
+        source, display);
+    return std::nullopt;
+  }
+  side.storage_data.erase(b);
+  return side;
+}
+
+// A BYTE_IO item dcp++ wrote: one plain value, checked against the sidecar's
+// XXH3-64 of the bytes the save planner gave (its plain-value encoding, or
+// raw bytes).
+ItemSource sidecar_value(const RandomAccessFile& f, const StorageInfo& info,
+                         const std::string& what) {
+  try {
+    TorchArchive archive = open_torch_archive(f, info.offset, info.length, what, true);
+    Value v;
+    std::string why;
+    if (!torch_plain_value(archive.pickle.root(), v, why))
+      return UnreadableValue{what + ": " + why, /*corrupt=*/true};
+    if (info.checksum_type != ChecksumType::kXXH3_64) return InlineValue{std::move(v)};
+    const Bytes encoded = encode_plain_value(v);
+    if (XXH3_64bits(encoded.data.data(), encoded.data.size()) == info.checksum)
+      return InlineValue{std::move(v)};
+    if (v.kind() == Value::Kind::kBytes) {
+      const std::string& b = v.to_bytes().data;
+      if (XXH3_64bits(b.data(), b.size()) == info.checksum) return InlineValue{std::move(v), true};
+    }
+    char msg[64];
+    std::snprintf(msg, sizeof msg, "stored 0x%016llx",
+                  static_cast<unsigned long long>(info.checksum));
+    return UnreadableValue{what + ": XXH3-64 checksum mismatch (" + msg + ", from " + kSidecarName +
+                               "): the value is corrupt",
+                           /*corrupt=*/true};
+  } catch (const Error& e) {
+    return UnreadableValue{e.what(), /*corrupt=*/true};
+  }
+}
+
+}  // namespace
+
 Catalog pytorch_dcp_catalog(Env& env, const std::string& dir, const std::string& display) {
   std::vector<std::string> md_files;
   if (env.file_exists(join_path(dir, ".metadata"))) {
@@ -396,14 +464,36 @@ Catalog pytorch_dcp_catalog(Env& env, const std::string& dir, const std::string&
       throw NotFoundError("'" + display + "' is not a committed checkpoint: it has no .metadata");
   }
   Parsed parsed;
-  for (const std::string& name : md_files)
-    parse_metadata_file(env.read_file(join_path(dir, name)), "'" + display + "/" + name + "'",
-                        parsed);
+  std::optional<Metadata> side;
+  for (const std::string& name : md_files) {
+    const std::string bytes = env.read_file(join_path(dir, name));
+    parse_metadata_file(bytes, "'" + display + "/" + name + "'", parsed);
+    if (md_files.size() == 1 && name == kMetadataFileName)
+      side = read_sidecar(env, dir, display, bytes);
+  }
+  if (side) {
+    // The sidecar describes every item the pickle locates, at the same place.
+    const std::string source = "'" + display + "/" + kSidecarName + "'";
+    for (const auto& [idx, loc] : parsed.locations) {
+      auto it = side->storage_data.find(idx);
+      if (it == side->storage_data.end() || it->second.relative_path != loc.info.relative_path ||
+          it->second.offset != loc.info.offset || it->second.length != loc.info.length)
+        throw CorruptionError(source + " and .metadata disagree about item " + to_string(idx));
+    }
+    if (side->storage_data.size() != parsed.locations.size())
+      throw CorruptionError(source + " and .metadata disagree about the items (" +
+                            std::to_string(side->storage_data.size()) + " and " +
+                            std::to_string(parsed.locations.size()) + ")");
+  }
 
   Catalog cat;
   cat.format = "PyTorch DCP (" + parsed.flavour + ")";
+  if (side)
+    cat.format +=
+        ", written by dcp++ " + side->library_version + " (checksums in " + kSidecarName + ")";
   Metadata& md = cat.metadata;
   md.storage_meta = parsed.storage_meta ? parsed.storage_meta : StorageMeta{display, ""};
+  if (side && side->storage_meta) md.storage_meta = side->storage_meta;
   md.storage_meta->checkpoint_id = display;
 
   // The data files the items name, opened once (and their sizes).
@@ -456,9 +546,22 @@ Catalog pytorch_dcp_catalog(Env& env, const std::string& dir, const std::string&
             return c.offsets == idx.offset;
           }) == t.chunks.end())
         throw CorruptionError("'" + display + "': " + what + " is no chunk of its tensor");
+      ArchiveTensor a{join_path(dir, rel), loc.info.offset, loc.info.length, loc.transforms, {}};
       md.storage_data[idx] = loc.info;
-      cat.sources.emplace(idx, ArchiveTensor{join_path(dir, rel), loc.info.offset, loc.info.length,
-                                             loc.transforms});
+      if (side) {
+        const StorageInfo& si = side->storage_data.at(idx);
+        md.storage_data[idx] = si;
+        if (si.checksum_type == ChecksumType::kXXH3_64) a.xxh3 = si.checksum;
+      }
+      cat.sources.emplace(idx, std::move(a));
+      continue;
+    }
+    if (side) {
+      // One key, as dcp++ saved it.
+      const StorageInfo& si = side->storage_data.at(idx);
+      md.state_dict_metadata.emplace(idx.fqn, BytesStorageMetadata{});
+      md.storage_data[idx] = si;
+      cat.sources.emplace(idx, sidecar_value(f, si, what));
       continue;
     }
     // A BYTE_IO item: decoded now; a dict among them flattened.
@@ -523,8 +626,8 @@ Catalog pytorch_dcp_catalog(Env& env, const std::string& dir, const std::string&
         !parsed.locations.count(MetadataIndex(key)))
       throw CorruptionError("'" + display + "': plain value '" + key +
                             "' has no storage location in storage_data");
-  md.world_size = world;
-  md.planner_data = encode_flatten_mapping(mapping);
+  md.world_size = side ? side->world_size : world;
+  md.planner_data = side ? side->planner_data : encode_flatten_mapping(mapping);
   return cat;
 }
 

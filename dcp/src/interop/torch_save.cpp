@@ -347,6 +347,12 @@ std::vector<TorchLeaf> torch_leaves(const py::Object& root, const ObjectPath& ba
   return out;
 }
 
+bool torch_plain_value(const py::Object& o, Value& v, std::string& why) {
+  static const std::string what;
+  std::vector<TorchLeaf> unused;
+  return Converter{what, unused}.plain(o, v, why);
+}
+
 bool is_legacy_torch_save(std::string_view head) {
   // pickle of the magic number 0x1950a86a20f9469cfc6c: PROTO 2, LONG1 10 bytes.
   static const unsigned char kLegacy[] = {0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c,

@@ -47,6 +47,10 @@ const std::set<std::string>& torch_save_globals();
 std::vector<TorchLeaf> torch_leaves(const py::Object& root, const ObjectPath& base,
                                     const std::string& what);
 
+// `o` as one plain value, not flattened (a dict stays a dict); false, with
+// the reason in `why`, when it is not one (a tensor inside, an object).
+bool torch_plain_value(const py::Object& o, Value& v, std::string& why);
+
 // True when the first bytes are the legacy (pre-1.6) torch.save format.
 bool is_legacy_torch_save(std::string_view head);
 

@@ -10,6 +10,7 @@
 
 #include "dcp/default_planner.h"
 #include "dcp/export.h"
+#include "dcp/filesystem.h"
 #include "dcp/replicas.h"
 
 namespace dcp {
@@ -109,6 +110,13 @@ struct DCP_MANAGER_EXPORT StoragePolicy {
   // Copies of a replicated item that differ between ranks (dcp/replicas.h):
   // error (default), warn or off. Given to the save planner.
   ReplicaCheck check_replicas = ReplicaCheck::kError;
+  // What the checkpoints are written in (FileSystemWriterOptions::format):
+  // dcp++ (default) or pytorch-dcp, which Python's torch.distributed.
+  // checkpoint loads. Resume reads either.
+  StorageFormat format = StorageFormat::kDcp;
+  // With pytorch-dcp: "2" (default) or "1.13" (FileSystemWriterOptions::
+  // pytorch_version).
+  std::string pytorch_version = "2";
 };
 
 enum class OnError {

@@ -19,7 +19,9 @@ cd "$(dirname "$0")/.."
 
 PY=${DCP_PYTHON:-/usr/bin/python3}
 export DCP_BENCH_GIB=${DCP_BENCH_GIB:-2}
-STEPS=(python_dcp python_torch_save safetensors)
+STEPS=(python_dcp python_torch_save safetensors pytorch_format convert)
+CKPT=${DCP_BUILD_DIR:-build}/integrations/cli/ckpt
+PYTHON_DCP_SAVE=""  # python_dcp_save_seconds, once step_python_dcp has run
 BENCH=${DCP_BUILD_DIR:-build}/tests/bench/dcp_bench_interop
 if [ -n "${DCP_BENCH_STEPS:-}" ]; then read -r -a STEPS <<<"$DCP_BENCH_STEPS"; fi
 
@@ -36,6 +38,8 @@ cpp_bench() {
   [ -x "$BENCH" ] || { echo "bench-peers: $BENCH is missing: run scripts/build.sh" >&2; exit 2; }
   "$BENCH" --dir "$WORK/cpp" "$@"
 }
+# DCP_BENCH_GIB in MiB.
+mib() { "$PY" -c "print(int($DCP_BENCH_GIB * 1024))"; }
 # The value of `name` in name=value lines.
 figure() { sed -n "s/^$1=//p" <<<"$2"; }
 
@@ -44,7 +48,9 @@ figure() { sed -n "s/^$1=//p" <<<"$2"; }
 step_python_dcp() {
   local dir="$WORK/python_dcp" out
   rm -rf "$dir"
-  py_peer dcp113_save_2g "$dir"
+  out=$(py_peer dcp113_save_2g "$dir")
+  echo "$out"
+  PYTHON_DCP_SAVE=$(figure python_dcp_save_seconds "$out")
   out=$(py_peer dcp113_load_inplace "$dir")
   echo "$out"
   cpp_bench --pydcp "$dir" --python-dcp-load "$(figure python_dcp_load_seconds "$out")" \
@@ -66,7 +72,28 @@ step_python_torch_save() {
 
 # A safetensors file (written by the spec) against dcp++'s native format.
 step_safetensors() {
-  cpp_bench --safetensors-mib "$("$PY" -c "print(int($DCP_BENCH_GIB * 1024))")"
+  cpp_bench --safetensors-mib "$(mib)"
+}
+
+# Saving in PyTorch's DCP format against the native format, and against
+# Python DCP 1.13 saving the same bytes (from step python_dcp, or measured here).
+step_pytorch_format() {
+  if [ -z "$PYTHON_DCP_SAVE" ]; then
+    local dir="$WORK/python_dcp" out
+    rm -rf "$dir"
+    out=$(py_peer dcp113_save_2g "$dir")
+    echo "$out"
+    PYTHON_DCP_SAVE=$(figure python_dcp_save_seconds "$out")
+    rm -rf "$dir"
+  fi
+  cpp_bench --save-mib "$(mib)" --python-dcp-save "$PYTHON_DCP_SAVE" --safetensors-mib 0
+}
+
+# ckpt convert of a native checkpoint to safetensors against a raw write.
+step_convert() {
+  [ -x "$CKPT" ] || { echo "bench-peers: $CKPT is missing: run scripts/build.sh" >&2; exit 2; }
+  "${DCP_BUILD_DIR:-build}/tests/bench/dcp_bench_convert" --ckpt "$CKPT" --dir "$WORK/convert" \
+    --mib "$(mib)"
 }
 
 echo "bench_gib=$DCP_BENCH_GIB"

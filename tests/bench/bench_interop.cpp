@@ -3,7 +3,8 @@
 //
 //   dcp_bench_interop --dir D [--pydcp DIR --python-dcp-load S]
 //                     [--torchsave FILE --python-torch-load S]
-//                     [--safetensors-mib N] [--repeats N] [--threads N]
+//                     [--safetensors-mib N] [--save-mib N [--python-dcp-save S]]
+//                     [--repeats N] [--threads N]
 //
 //   load_pytorch_dcp      DIR (written by Python DCP 1.13, one file per rank)
 //                         loaded in place into preallocated tensors,
@@ -14,6 +15,11 @@
 //   load_safetensors      a safetensors file this program writes by the spec,
 //                         loaded in place; against dcp++'s native in-place
 //                         load of the same tensors (both from the page cache)
+//   save_pytorch_format   N MiB saved in PyTorch's DCP format (fsync), against
+//                         the native format in the same run (the same tensors,
+//                         alternating order); with --python-dcp-save, against
+//                         Python DCP 1.13 saving the same bytes
+// (ckpt convert against a raw write: dcp_bench_convert.)
 // Medians of --repeats (default 3) after one warm-up; the last lines are
 // `name=value`, ratios > 1 mean dcp++ is faster.
 #include <spdlog/spdlog.h>
@@ -43,6 +49,8 @@ struct Args {
   std::string pydcp, torchsave;
   double python_dcp_load = 0, python_torch_load = 0;
   int64_t safetensors_mib = 2048;
+  int64_t save_mib = 0;
+  double python_dcp_save = 0;
   int repeats = 3;
   int threads = 2;
 };
@@ -50,7 +58,8 @@ struct Args {
 [[noreturn]] void usage(const char* msg) {
   std::fprintf(stderr,
                "error: %s\nusage: dcp_bench_interop --dir D [--pydcp DIR --python-dcp-load S] "
-               "[--torchsave FILE --python-torch-load S] [--safetensors-mib N] [--repeats N] "
+               "[--torchsave FILE --python-torch-load S] [--safetensors-mib N] "
+               "[--save-mib N [--python-dcp-save S]] [--repeats N] "
                "[--threads N]\n",
                msg);
   std::exit(2);
@@ -74,6 +83,10 @@ Args parse(int argc, char** argv) {
       a.python_torch_load = std::stod(v);
     else if (k == "--safetensors-mib")
       a.safetensors_mib = std::stoll(v);
+    else if (k == "--save-mib")
+      a.save_mib = std::stoll(v);
+    else if (k == "--python-dcp-save")
+      a.python_dcp_save = std::stod(v);
     else if (k == "--repeats")
       a.repeats = std::stoi(v);
     else if (k == "--threads")
@@ -135,6 +148,45 @@ void write_safetensors(const dcp::StateDict& sd, const std::string& path) {
   if (!f) throw std::runtime_error("cannot write " + path);
 }
 
+// 16 float32 tensors "layers.NN.weight" of `mib` MiB in all.
+dcp::StateDict sixteen_tensors(int64_t mib) {
+  const int64_t per = mib * (int64_t{1} << 20) / 16 / 4;
+  dcp::StateDict sd;
+  for (int i = 0; i < 16; ++i) {
+    char name[32];
+    std::snprintf(name, sizeof name, "layers.%02d.weight", i);
+    sd[name] = at::rand({per / 1024, 1024});
+  }
+  return sd;
+}
+
+void run(const std::string& cmd) {
+  if (std::system(cmd.c_str()) != 0) {
+    std::fprintf(stderr, "dcp_bench_interop: '%s' failed\n", cmd.c_str());
+    std::exit(1);
+  }
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+}
+
+// Runs a then b, or b then a on odd rounds: on virtual disks whichever write
+// runs first after a pause can be faster, so neither may always go first.
+void alternate(int round, const std::function<void()>& a, const std::function<void()>& b) {
+  ::sync();
+  if (round % 2 == 0) {
+    a();
+    ::sync();
+    b();
+  } else {
+    b();
+    ::sync();
+    a();
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -171,13 +223,7 @@ int main(int argc, char** argv) {
   }
   if (a.safetensors_mib > 0) {
     // 16 float32 tensors of equal size.
-    const int64_t per = a.safetensors_mib * (int64_t{1} << 20) / 16 / 4;
-    dcp::StateDict sd;
-    for (int i = 0; i < 16; ++i) {
-      char name[32];
-      std::snprintf(name, sizeof name, "layers.%02d.weight", i);
-      sd[name] = at::rand({per / 1024, 1024});
-    }
+    dcp::StateDict sd = sixteen_tensors(a.safetensors_mib);
     const std::string st = a.dir + "/model.safetensors", native = a.dir + "/native";
     write_safetensors(sd, st);
     std::system(("rm -rf '" + native + "'").c_str());
@@ -192,6 +238,38 @@ int main(int argc, char** argv) {
     figures.emplace_back("load_native_seconds", t_native);
     figures.emplace_back("load_safetensors_vs_native", t_native / t_st);
     std::system(("rm -rf '" + native + "' '" + st + "'").c_str());
+  }
+  if (a.save_mib > 0) {
+    const dcp::StateDict sd = sixteen_tensors(a.save_mib);
+    const std::string native = a.dir + "/save_native", pt = a.dir + "/save_pytorch";
+    auto save_in = [&](const std::string& dir, bool pytorch) {
+      dcp::FileSystemWriterOptions wo;
+      wo.threads = a.threads;
+      if (pytorch) wo.format = dcp::StorageFormat::kPyTorchDcp;
+      dcp::SaveOptions so;
+      so.checkpoint_id = dir;
+      so.storage_writer = dcp::make_filesystem_writer(dir, wo);
+      run("rm -rf '" + dir + "'");
+      return seconds([&] { dcp::save(sd, so); });
+    };
+    save_in(native, false);  // warm-up: buffers, first-touch of the writer's memory
+    save_in(pt, true);
+    std::vector<double> t_native, t_pt;
+    for (int r = 0; r < a.repeats; ++r)
+      alternate(
+          r, [&] { t_native.push_back(save_in(native, false)); },
+          [&] { t_pt.push_back(save_in(pt, true)); });
+    run("rm -rf '" + native + "' '" + pt + "'");
+    const double gb = bytes_of(sd) / 1e9, n = median(t_native), p = median(t_pt);
+    std::printf(
+        "save %.2f GB (fsync): native %.3f s (%.2f GB/s), PyTorch DCP format %.3f s "
+        "(%.2f GB/s)\n",
+        gb, n, gb / n, p, gb / p);
+    figures.emplace_back("save_native_seconds", n);
+    figures.emplace_back("save_pytorch_format_seconds", p);
+    figures.emplace_back("save_pytorch_format_vs_native", n / p);
+    if (a.python_dcp_save > 0)
+      figures.emplace_back("save_pytorch_format_vs_python", a.python_dcp_save / p);
   }
   for (const auto& [name, v] : figures) std::printf("%s=%.3f\n", name.c_str(), v);
   return 0;

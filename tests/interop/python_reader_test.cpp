@@ -32,10 +32,17 @@ constexpr const char kPython[] = "/usr/bin/python3";
 
 const std::vector<std::pair<std::string, at::ScalarType>>& dtypes() {
   static const std::vector<std::pair<std::string, at::ScalarType>> v = {
-      {"float32", at::kFloat},     {"float64", at::kDouble},      {"float16", at::kHalf},
-      {"bfloat16", at::kBFloat16}, {"int8", at::kChar},           {"int16", at::kShort},
-      {"int32", at::kInt},         {"int64", at::kLong},          {"uint8", at::kByte},
-      {"bool", at::kBool},         {"complex64", at::kComplexFloat},
+      {"float32", at::kFloat},
+      {"float64", at::kDouble},
+      {"float16", at::kHalf},
+      {"bfloat16", at::kBFloat16},
+      {"int8", at::kChar},
+      {"int16", at::kShort},
+      {"int32", at::kInt},
+      {"int64", at::kLong},
+      {"uint8", at::kByte},
+      {"bool", at::kBool},
+      {"complex64", at::kComplexFloat},
       {"complex128", at::kComplexDouble}};
   return v;
 }
@@ -128,8 +135,8 @@ dcp::StateDict state(int rank, int world, Spec& spec) {
   // A list of dicts with tensors: list indices in the path.
   dcp::List layers;
   for (int i = 0; i < 2; ++i)
-    layers.push_back(dcp::Dict{{"w", add_tensor(spec, "layers." + std::to_string(i) + ".w",
-                                                 "float32", {2, 2}, 20 + i)}});
+    layers.push_back(dcp::Dict{
+        {"w", add_tensor(spec, "layers." + std::to_string(i) + ".w", "float32", {2, 2}, 20 + i)}});
   sd["layers"] = layers;
   sd["step"] = 42;
   spec.values["step"] = 42;

@@ -25,8 +25,8 @@ class PickleWriter {
   // Scalars.
   void none();
   void boolean(bool v);
-  void integer(int64_t v);  // the shortest of BININT1 / BININT2 / BININT / LONG1
-  void real(double v);      // BINFLOAT (big-endian)
+  void integer(int64_t v);          // the shortest of BININT1 / BININT2 / BININT / LONG1
+  void real(double v);              // BINFLOAT (big-endian)
   void str(std::string_view utf8);  // BINUNICODE
   // Python bytes as protocol 2 spells them: _codecs.encode(<latin-1 text>, "latin1").
   void bytes(std::string_view data);

@@ -25,8 +25,7 @@ const char* torch_storage_class(at::ScalarType dtype, const std::string& what);
 // torch._utils._rebuild_tensor_v2(("storage", torch.<Class>, key, "cpu",
 // numel), 0, sizes, contiguous strides, requires_grad, OrderedDict()).
 void pickle_tensor(py::PickleWriter& w, const std::string& storage_key, at::ScalarType dtype,
-                   const std::vector<int64_t>& sizes, bool requires_grad,
-                   const std::string& what);
+                   const std::vector<int64_t>& sizes, bool requires_grad, const std::string& what);
 
 // Pushes a plain value (none, bool, int, double, string, bytes, and lists and
 // dicts of them) as the Python object it stands for: a dict as a plain dict

@@ -30,6 +30,7 @@
 #include "dcp/logging.h"
 #include "env.h"
 #include "interop/pickle_writer.h"
+#include "interop/safetensors_dtypes.h"
 #include "interop/torch_save_writer.h"
 #include "interop/zip_writer.h"
 
@@ -285,24 +286,6 @@ void write_torch(Source& src, Tree& tree, Env& env, const std::string& tmp, cons
 
 // ---------------------------------------------------------------------------
 // safetensors: Hugging Face's layout
-
-struct SafetensorsDtype {
-  const char* name;
-  at::ScalarType type;
-  int rank;  // its place in safetensors' Dtype enum (increasing alignment)
-};
-
-// The safetensors dtypes LibTorch 1.13 has, with their place in the format's
-// Dtype enum (BOOL, F4, F6_E2M3, F6_E3M2, U8, I8, F8_E5M2, F8_E4M3,
-// F8_E8M0, F8_E4M3FNUZ, F8_E5M2FNUZ, I16, U16, F16, BF16, I32, U32, F32,
-// C64, F64, I64, U64): the reference writer orders a file's tensors by it,
-// descending, then by name.
-constexpr SafetensorsDtype kSafetensorsDtypes[] = {
-    {"BOOL", at::kBool, 0},   {"U8", at::kByte, 4},    {"I8", at::kChar, 5},
-    {"I16", at::kShort, 11},  {"F16", at::kHalf, 13},  {"BF16", at::kBFloat16, 14},
-    {"I32", at::kInt, 15},    {"F32", at::kFloat, 17}, {"C64", at::kComplexFloat, 18},
-    {"F64", at::kDouble, 19}, {"I64", at::kLong, 20},
-};
 
 const SafetensorsDtype& safetensors_dtype(at::ScalarType t, const std::string& key) {
   for (const SafetensorsDtype& d : kSafetensorsDtypes)

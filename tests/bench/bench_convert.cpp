@@ -33,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_state.h"
 #include "dcp/dcp.h"
 
 namespace {
@@ -96,16 +97,7 @@ int main(int argc, char** argv) {
   dcp::logger().set_level(spdlog::level::warn);
   const std::string native = dir + "/native", out = dir + "/out", raw = dir + "/raw.bin";
   run("rm -rf '" + dir + "' && mkdir -p '" + dir + "'");
-  {
-    const int64_t per = mib * (int64_t{1} << 20) / 16 / 4;
-    dcp::StateDict sd;
-    for (int i = 0; i < 16; ++i) {
-      char name[32];
-      std::snprintf(name, sizeof name, "layers.%02d.weight", i);
-      sd[name] = at::rand({per / 1024, 1024});
-    }
-    dcp::save(sd, native);
-  }
+  dcp::save(dcp_bench::sixteen_tensors(mib), native);
   const std::string convert =
       "'" + ckpt + "' convert '" + native + "' '" + out + "' --to safetensors > /dev/null";
   const std::string warm = "cat '" + native + "'/* > /dev/null";

@@ -37,6 +37,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_state.h"
 #include "common/safetensors_writer.h"
 #include "dcp/dcp.h"
 
@@ -148,18 +149,6 @@ void write_safetensors(const dcp::StateDict& sd, const std::string& path) {
   if (!f) throw std::runtime_error("cannot write " + path);
 }
 
-// 16 float32 tensors "layers.NN.weight" of `mib` MiB in all.
-dcp::StateDict sixteen_tensors(int64_t mib) {
-  const int64_t per = mib * (int64_t{1} << 20) / 16 / 4;
-  dcp::StateDict sd;
-  for (int i = 0; i < 16; ++i) {
-    char name[32];
-    std::snprintf(name, sizeof name, "layers.%02d.weight", i);
-    sd[name] = at::rand({per / 1024, 1024});
-  }
-  return sd;
-}
-
 void run(const std::string& cmd) {
   if (std::system(cmd.c_str()) != 0) {
     std::fprintf(stderr, "dcp_bench_interop: '%s' failed\n", cmd.c_str());
@@ -223,7 +212,7 @@ int main(int argc, char** argv) {
   }
   if (a.safetensors_mib > 0) {
     // 16 float32 tensors of equal size.
-    dcp::StateDict sd = sixteen_tensors(a.safetensors_mib);
+    dcp::StateDict sd = dcp_bench::sixteen_tensors(a.safetensors_mib);
     const std::string st = a.dir + "/model.safetensors", native = a.dir + "/native";
     write_safetensors(sd, st);
     std::system(("rm -rf '" + native + "'").c_str());
@@ -240,7 +229,7 @@ int main(int argc, char** argv) {
     std::system(("rm -rf '" + native + "' '" + st + "'").c_str());
   }
   if (a.save_mib > 0) {
-    const dcp::StateDict sd = sixteen_tensors(a.save_mib);
+    const dcp::StateDict sd = dcp_bench::sixteen_tensors(a.save_mib);
     const std::string native = a.dir + "/save_native", pt = a.dir + "/save_pytorch";
     auto save_in = [&](const std::string& dir, bool pytorch) {
       dcp::FileSystemWriterOptions wo;

@@ -25,6 +25,7 @@
 #include "dcp/error.h"
 #include "env.h"
 #include "interop/catalog.h"
+#include "interop/safetensors_dtypes.h"
 
 namespace dcp {
 namespace internal {
@@ -39,23 +40,6 @@ constexpr uint64_t kMaxHeader = 100'000'000;  // the format's limit (tensor.rs M
 constexpr uint64_t kFirstRead = 16 * 1024;    // the length and (usually) the whole header
 constexpr const char kMetadataKey[] = "__metadata__";
 constexpr const char kShardingKey[] = "DCP_SHARDING_INFO";
-
-struct Dtype {
-  const char* name;
-  at::ScalarType type;
-  uint64_t size;
-};
-// Every safetensors dtype LibTorch 1.13 has.
-constexpr Dtype kDtypes[] = {
-    {"F64", at::kDouble, 8},    {"F32", at::kFloat, 4},        {"F16", at::kHalf, 2},
-    {"BF16", at::kBFloat16, 2}, {"I64", at::kLong, 8},         {"I32", at::kInt, 4},
-    {"I16", at::kShort, 2},     {"I8", at::kChar, 1},          {"U8", at::kByte, 1},
-    {"BOOL", at::kBool, 1},     {"C64", at::kComplexFloat, 8},
-};
-// The rest of the format's dtypes (its Dtype enum).
-constexpr const char* kOtherDtypes[] = {"F4",      "F6_E2M3", "F6_E3M2",     "F8_E5M2",
-                                        "F8_E4M3", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ",
-                                        "U16",     "U32",     "U64"};
 
 std::string q(const std::string& s) { return "'" + s + "'"; }
 std::string num(uint64_t v) { return std::to_string(v); }
@@ -255,10 +239,10 @@ void read_header(Env& env, File& f) {
     if (!dt.is_string()) throw CorruptionError(what + ": its dtype is not a string: " + brief(dt));
     e.dtype_name = dt.get<std::string>();
     uint64_t elem_size = 0;
-    for (const auto& d : kDtypes)
+    for (const auto& d : kSafetensorsDtypes)
       if (e.dtype_name == d.name) e.dtype = d.type, elem_size = d.size;
     if (elem_size == 0) {
-      for (const char* other : kOtherDtypes)
+      for (const char* other : kSafetensorsOtherDtypes)
         if (e.dtype_name == other)
           throw InvalidArgumentError(what + " has dtype " + e.dtype_name +
                                      ": LibTorch 1.13 has no such dtype, so dcp++ cannot load it");

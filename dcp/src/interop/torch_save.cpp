@@ -17,26 +17,6 @@ namespace internal {
 
 namespace {
 
-struct StorageName {
-  const char* name;
-  at::ScalarType dtype;
-};
-// torch.<Name>Storage, as LibTorch's pickler and Python's torch.save name them.
-constexpr StorageName kStorages[] = {
-    {"FloatStorage", at::kFloat},
-    {"DoubleStorage", at::kDouble},
-    {"HalfStorage", at::kHalf},
-    {"BFloat16Storage", at::kBFloat16},
-    {"LongStorage", at::kLong},
-    {"IntStorage", at::kInt},
-    {"ShortStorage", at::kShort},
-    {"CharStorage", at::kChar},
-    {"ByteStorage", at::kByte},
-    {"BoolStorage", at::kBool},
-    {"ComplexFloatStorage", at::kComplexFloat},
-    {"ComplexDoubleStorage", at::kComplexDouble},
-};
-
 constexpr const char* kRebuildTensor = "torch._utils._rebuild_tensor_v2";
 constexpr const char* kRebuildParameter = "torch._utils._rebuild_parameter";
 constexpr const char* kRebuildParameterWithState = "torch._utils._rebuild_parameter_with_state";
@@ -107,7 +87,7 @@ StoredTensor stored_tensor(const py::Object& call, const std::string& what, int 
   StoredTensor t;
   bool known = false;
   if (pid[1]->is(py::Kind::kGlobal)) {
-    for (const auto& s : kStorages)
+    for (const auto& s : kTorchStorageClasses)
       if (pid[1]->str == std::string("torch.") + s.name) {
         t.dtype = s.dtype;
         known = true;
@@ -327,7 +307,7 @@ std::set<std::string> make_torch_save_globals() {
                              "builtins.bytearray",
                              "torch.device",
                              "torch.serialization._get_layout"};
-  for (const auto& s : kStorages) g.insert(std::string("torch.") + s.name);
+  for (const auto& s : kTorchStorageClasses) g.insert(std::string("torch.") + s.name);
   return g;
 }
 

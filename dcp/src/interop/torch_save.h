@@ -38,6 +38,29 @@ struct TorchLeaf {
   std::variant<StoredTensor, Value, UnreadableValue> value;
 };
 
+// torch.<Name>Storage, as LibTorch's pickler and Python's torch.save name
+// them: the typed storages of Python 1.13 (torch._storage_classes, less the
+// quantized ones). Read by the torch.save reader, written by
+// torch_save_writer.cpp.
+struct TorchStorageClass {
+  const char* name;
+  at::ScalarType dtype;
+};
+inline constexpr TorchStorageClass kTorchStorageClasses[] = {
+    {"FloatStorage", at::kFloat},
+    {"DoubleStorage", at::kDouble},
+    {"HalfStorage", at::kHalf},
+    {"BFloat16Storage", at::kBFloat16},
+    {"LongStorage", at::kLong},
+    {"IntStorage", at::kInt},
+    {"ShortStorage", at::kShort},
+    {"CharStorage", at::kChar},
+    {"ByteStorage", at::kByte},
+    {"BoolStorage", at::kBool},
+    {"ComplexFloatStorage", at::kComplexFloat},
+    {"ComplexDoubleStorage", at::kComplexDouble},
+};
+
 // The globals data.pkl may name (tensor rebuilding, storages, dtypes,
 // OrderedDict, ...).
 const std::set<std::string>& torch_save_globals();

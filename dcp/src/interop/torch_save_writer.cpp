@@ -8,34 +8,13 @@
 #include "dcp/error.h"
 #include "dcp/metadata.h"
 #include "interop/pickle.h"
+#include "interop/torch_save.h"
 #include "interop/zip_writer.h"
 
 namespace dcp {
 namespace internal {
 
 namespace {
-
-struct StorageClass {
-  at::ScalarType dtype;
-  const char* name;
-};
-
-// The typed storages of Python 1.13 (torch._storage_classes, less the
-// quantized ones).
-constexpr StorageClass kStorageClasses[] = {
-    {at::kFloat, "FloatStorage"},
-    {at::kDouble, "DoubleStorage"},
-    {at::kHalf, "HalfStorage"},
-    {at::kBFloat16, "BFloat16Storage"},
-    {at::kLong, "LongStorage"},
-    {at::kInt, "IntStorage"},
-    {at::kShort, "ShortStorage"},
-    {at::kChar, "CharStorage"},
-    {at::kByte, "ByteStorage"},
-    {at::kBool, "BoolStorage"},
-    {at::kComplexFloat, "ComplexFloatStorage"},
-    {at::kComplexDouble, "ComplexDoubleStorage"},
-};
 
 // A tuple of ints: TUPLE1..3 as CPython writes them, MARK ... TUPLE for more.
 void push_ints(py::PickleWriter& w, const std::vector<int64_t>& v) {
@@ -119,7 +98,7 @@ void push_plain(py::PickleWriter& w, const Value& v, const std::string& what,
 }  // namespace
 
 const char* torch_storage_class(at::ScalarType dtype, const std::string& what) {
-  for (const auto& s : kStorageClasses)
+  for (const auto& s : kTorchStorageClasses)
     if (s.dtype == dtype) return s.name;
   throw InvalidArgumentError(what + ": dtype " + std::string(dtype_name(dtype)) + " (" +
                              c10::toString(dtype) +

@@ -647,7 +647,7 @@ ConvertResult convert(const std::string& src, const std::string& dst,
   }
 
   const std::string parent = parent_of(dpath);
-  env.create_dirs(parent);
+  env.create_dirs_durably(parent, options.sync);
   const std::string id = random_hex();
   const std::string tmp = dpath + ".tmp-" + id;
   try {

@@ -214,7 +214,9 @@ class FileSystemWriter final : public StorageWriter {
   void set_up_storage_writer(bool is_coordinator, int rank) override {
     rank_ = rank;
     if (loc_.path.empty()) throw InvalidArgumentError("no checkpoint path was given to the writer");
-    loc_.env->create_dirs(loc_.path);
+    // Every rank: a directory entry is durable only by a sync of its parent
+    // from the machine that made it.
+    loc_.env->create_dirs_durably(loc_.path, opt_.sync_files);
     if (!is_coordinator) return;
     const std::string md = loc_.file(kMetadataFileName);
     if (loc_.env->file_exists(md)) {

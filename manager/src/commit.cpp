@@ -38,7 +38,8 @@ class CommitWriter final : public StorageWriterWrapper {
     rename_or_throw(ctx_.env, ctx_.tmp, ctx_.final_path);
     if (ctx_.sync) fsync_dir(ctx_.env, ctx_.dir);
     ctx_.phase("retention", ctx_.step);
-    retain(ctx_.env, ctx_.dir, ctx_.step, ctx_.keep, ctx_.save_number, ctx_.delete_later);
+    retain(ctx_.env, ctx_.dir, ctx_.step, ctx_.keep, ctx_.save_number, ctx_.sync,
+           ctx_.delete_later);
   }
 
  private:
@@ -54,6 +55,9 @@ class CommitWriter final : public StorageWriterWrapper {
       if (!ctx_.force) throw AlreadyExistsError("'" + ctx_.final_path + "' is already committed");
       const std::string old = ctx_.dir + "/.old." + name + "." + std::to_string(ctx_.save_number);
       rename_or_throw(ctx_.env, ctx_.final_path, old);
+      // Durable before the deletion starts: a cut must not leave a step_N
+      // whose files are partly gone.
+      if (ctx_.sync) fsync_dir(ctx_.env, ctx_.dir);
       ctx_.delete_later(old);
       return;
     }

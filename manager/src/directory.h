@@ -77,9 +77,10 @@ std::string move_aside(Env* env, const std::string& dir, const std::string& name
 // Retention after the commit of `step` (coordinator): the committed
 // checkpoints `keep` does not keep, and the .damaged / .superseded
 // directories of steps before `step`, are renamed to .old.* and handed to
-// `delete_later`. Errors are logged: the checkpoint is committed.
+// `delete_later` once the renames are durable (fsync of <dir> when `sync`).
+// Errors are logged: the checkpoint is committed.
 void retain(Env* env, const std::string& dir, int64_t step, const KeepPolicy& keep,
-            uint64_t save_number, const std::function<void(std::string)>& delete_later);
+            uint64_t save_number, bool sync, const std::function<void(std::string)>& delete_later);
 
 }  // namespace internal
 }  // namespace manager

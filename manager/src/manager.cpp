@@ -176,7 +176,7 @@ CheckpointManager::CheckpointManager(CheckpointManagerOptions options,
 void CheckpointManager::open_directory() {
   const std::string dir = env_path(options_.dir);
   try {
-    env_->create_dirs(dir);
+    env_->create_dirs_durably(dir, options_.storage.fsync);
   } catch (const Error& e) {
     const auto* se = dynamic_cast<const StorageError*>(&e);
     const int err = se ? se->error_number() : 0;

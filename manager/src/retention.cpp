@@ -68,7 +68,10 @@ bool parse_set_aside(const std::string& name, int64_t& step) {
 }  // namespace
 
 void retain(Env* env, const std::string& dir, int64_t step, const KeepPolicy& policy,
-            uint64_t save_number, const std::function<void(std::string)>& delete_later) {
+            uint64_t save_number, bool sync, const std::function<void(std::string)>& delete_later) {
+  // Renamed first, the renames made durable, and only then deleted: a power
+  // cut must not bring back a step_N whose files are partly deleted.
+  std::vector<std::string> doomed;
   try {
     const auto committed = list_committed(dir, env);
     const auto keep = steps_to_keep(committed, policy);
@@ -77,7 +80,7 @@ void retain(Env* env, const std::string& dir, int64_t step, const KeepPolicy& po
       const std::string old = dir + "/.old." + CheckpointManager::step_dir_name(c.step) + ".r" +
                               std::to_string(save_number);
       rename_or_throw(env, c.path, old);  // invisible at once; deleted in the background
-      delete_later(old);
+      doomed.push_back(old);
       logger().info("retention: removing checkpoint of step {}", c.step);
     }
     // Directories moved aside are kept for inspection until a checkpoint of
@@ -87,13 +90,16 @@ void retain(Env* env, const std::string& dir, int64_t step, const KeepPolicy& po
       if (!parse_set_aside(name, aside) || aside >= step) continue;
       const std::string old = dir + "/.old" + name;  // .old.damaged.step_N.<k>
       rename_or_throw(env, dir + "/" + name, old);
-      delete_later(old);
+      doomed.push_back(old);
       logger().info("retention: removing '{}' (step {} is committed)", name, step);
     }
+    if (sync && !doomed.empty()) fsync_dir(env, dir);
   } catch (const std::exception& e) {
     logger().warn("retention after step {} failed (the checkpoint is committed): {}", step,
                   e.what());
+    return;  // what was renamed stays until start-up removes it (.old.*)
   }
+  for (const auto& old : doomed) delete_later(old);
 }
 
 }  // namespace internal

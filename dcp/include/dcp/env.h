@@ -97,6 +97,9 @@ class DCP_CORE_EXPORT Env {
   // Creates or replaces `path` with `data` (new_writable_file); with `sync`,
   // the data is durable when it returns (not the directory entry: sync_dir).
   void write_file(const std::string& path, const std::string& data, bool sync);
+  // create_dirs(), then (with `sync`) the parent of each directory it created
+  // is synced (sync_dir), so the new directories survive a power cut.
+  void create_dirs_durably(const std::string& path, bool sync = true);
 };
 
 // Forwards every call to `target` (not owned; it must outlive the wrapper).

@@ -32,7 +32,9 @@ constexpr int64_t kDamagedStep = 4;
 // rank has its own "local" tensor; "w" is sharded-free and replicated).
 class SeriesState : public Stateful {
  public:
-  explicit SeriesState(int rank = 0) : rank_(rank) {}
+  // `world_size` > 1: the state of every rank at once (what one process
+  // loads to check a checkpoint of that many ranks).
+  explicit SeriesState(int rank = 0, int world_size = 0) : rank_(rank), world_size_(world_size) {}
   static at::Tensor w_of(int64_t step) {
     return at::arange(0, 2048, at::kFloat).reshape({64, 32}) * 0.5f + static_cast<float>(step);
   }
@@ -45,10 +47,12 @@ class SeriesState : public Stateful {
     local = local_of(s, rank_);
   }
   StateDict state_dict() override {
-    return {{"w", w},
-            {"local_" + std::to_string(rank_), local},
-            {"step", step},
-            {"tag", std::string("step ") + std::to_string(step)}};
+    StateDict sd{{"w", w},
+                 {"local_" + std::to_string(rank_), local},
+                 {"step", step},
+                 {"tag", std::string("step ") + std::to_string(step)}};
+    for (int r = 1; r < world_size_; ++r) sd["local_" + std::to_string(r)] = local_of(step, r);
+    return sd;
   }
   void load_state_dict(const StateDict& sd) override { step = sd.at("step").to_int(); }
 
@@ -58,6 +62,7 @@ class SeriesState : public Stateful {
 
  private:
   int rank_;
+  int world_size_;
 };
 
 inline std::string step_dir(const std::string& dir, int64_t step) {
@@ -103,12 +108,13 @@ inline void damage_step(const std::string& dir) {
 }
 
 // Run 1: saves 1..4; then damage; run 2: resumes (3), saves 5 and 6. Stops
-// at the first exception (the power cut). `barrier` (may be empty) is
-// called by every rank between the runs, where rank 0 damages step 4.
+// at the first exception (the power cut). With many ranks, `agree` is
+// called by every rank after run 1 with whether it succeeded, and returns
+// whether all did (then rank 0 damages step 4, and all agree again).
 inline Outcome run_series(const std::string& dir, Env* env, bool async, int rank, bool fsync = true,
                           std::shared_ptr<Collectives> coll = nullptr,
                           std::shared_ptr<Collectives> async_coll = nullptr,
-                          const std::function<void()>& barrier = {}) {
+                          const std::function<bool(bool)>& agree = {}) {
   Outcome out;
   auto one_run = [&](int64_t expect_resume, std::vector<int64_t> steps) {
     CheckpointManager m(series_options(dir, env, async, fsync), coll, async_coll);
@@ -127,13 +133,19 @@ inline Outcome run_series(const std::string& dir, Env* env, bool async, int rank
     m.wait();
     m.close();
   };
+  bool ok = true;
   try {
     one_run(0, {1, 2, 3, 4});
-    if (barrier) barrier();
-    if (rank == 0) damage_step(dir);
-    out.reported.erase(kDamagedStep);
-    out.damaged = true;
-    if (barrier) barrier();
+  } catch (const std::exception& e) {
+    out.error = e.what();
+    ok = false;
+  }
+  if (!(agree ? agree(ok) : ok)) return out;
+  if (rank == 0) damage_step(dir);
+  out.reported.erase(kDamagedStep);
+  out.damaged = true;
+  if (agree) agree(true);
+  try {
     one_run(3, {5, 6});
   } catch (const std::exception& e) {
     out.error = e.what();
@@ -221,7 +233,7 @@ inline Check check_after_reboot(const std::string& dir, const Outcome& out, int 
   const int64_t expected = loadable.empty() ? 0 : *loadable.rbegin();
   try {
     CheckpointManager m(series_options(dir, nullptr, false));
-    auto s = std::make_shared<SeriesState>(0);
+    auto s = std::make_shared<SeriesState>(0, world_size);
     m.register_stateful("state", s);
     const int64_t got = m.resume();
     c.resume_ok = got == expected && (got == 0 || at::equal(s->w, SeriesState::w_of(got)));

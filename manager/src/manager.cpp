@@ -128,6 +128,7 @@ struct CheckpointManager::Pending {
   std::shared_ptr<SaveStats> stats;
   double blocking = 0;
   Clock::time_point start;
+  int64_t prev_saved_step = -1;  // last_saved_step_ before this save
 };
 
 std::string CheckpointManager::step_dir_name(int64_t step) {
@@ -315,6 +316,9 @@ void CheckpointManager::start_save(int64_t step, bool async, bool force,
   pending->stats = std::make_shared<SaveStats>();
   pending->start = Clock::now();
   last_save_time_ = Clock::now();
+  // A failed save puts it back (here, or in reap() for an async one): the
+  // step is not committed, and saving it again must not be skipped.
+  pending->prev_saved_step = last_saved_step_;
   last_saved_step_ = step;
   SaveOptions so;
   so.stats = pending->stats.get();
@@ -334,6 +338,7 @@ void CheckpointManager::start_save(int64_t step, bool async, bool force,
       dcp::save(sd, so);
     }
   } catch (...) {
+    last_saved_step_ = pending->prev_saved_step;
     handle_error(std::current_exception(), step);
     return;
   }
@@ -390,6 +395,7 @@ void CheckpointManager::reap(bool wait_all) {
       committed_save({p.step, true, p.blocking, durable, p.stats->bytes,
                       durable > 0 ? p.stats->bytes / durable / 1e9 : 0});
     } catch (...) {
+      if (last_saved_step_ == p.step) last_saved_step_ = p.prev_saved_step;
       if (!first) first = std::current_exception(), first_step = p.step;
     }
     it = pending_.erase(it);

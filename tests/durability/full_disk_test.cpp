@@ -20,6 +20,7 @@
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 #include <sys/mount.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -168,8 +169,27 @@ std::string previous_problem(const std::string& dir, const std::map<int64_t, siz
   return why.str();
 }
 
+// True once `dir` holds no entry whose name starts with `prefix` (the
+// manager deletes a failed save's .tmp directory in the background).
+bool no_leftover(const std::string& dir, const std::string& prefix) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  for (;;) {
+    bool found = false;
+    for (const auto& e : fs::directory_iterator(dir))
+      found = found || e.path().filename().string().rfind(prefix, 0) == 0;
+    if (!found) return true;
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+std::string one_line(std::string s) {
+  for (size_t i = 0; (i = s.find('\n', i)) != std::string::npos;) s.replace(i, 1, " | ");
+  return s;
+}
+
 struct Totals {
-  uint64_t faults = 0, named = 0, intact = 0, retried = 0;
+  uint64_t faults = 0, named = 0, intact = 0, discarded = 0, retried = 0;
 };
 
 // One fault of the save of step 3.
@@ -199,6 +219,9 @@ void one_fault(bool async, FaultOp ops, uint64_t n, int err, bool short_write, T
   const std::string problem = previous_problem(r.dir, r.hashes);
   EXPECT_EQ(problem, "") << what;
   t.intact += problem.empty();
+  const bool discarded = no_leftover(r.dir, ".tmp.step_0000000003.");
+  EXPECT_TRUE(discarded) << what << ": the failed save's .tmp directory is still there";
+  t.discarded += discarded;
   // The same save again, with the fault gone.
   const Attempt retry = save_step(*r.m, *r.state, 3);
   std::string why;
@@ -232,7 +255,7 @@ TEST_P(ManagerWriteFaultTest, EveryWriteOpFailsNamedAndLeavesPreviousCheckpoints
   for (uint64_t n : {uint64_t{0}, count - 1}) one_fault(async, kWriteOps, n, EDQUOT, false, t);
   std::cout << (async ? "async" : "sync") << ": write_ops=" << count << " write_faults=" << t.faults
             << " errors_named=" << t.named << " previous_intact=" << t.intact
-            << " retried=" << t.retried << std::endl;
+            << " tmp_discarded=" << t.discarded << " retried=" << t.retried << std::endl;
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, ManagerWriteFaultTest, ::testing::Values(false, true),
@@ -419,6 +442,12 @@ class SmallFileSystem {
     ::close(fd);
     return err;
   }
+  // Bytes free for an unprivileged writer.
+  uint64_t free_bytes() const {
+    struct statvfs st {};
+    if (::statvfs(path_.c_str(), &st) != 0) return 0;
+    return static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
+  }
 
  private:
   std::string path_;
@@ -448,6 +477,10 @@ TEST_P(RealFullDiskTest, SaveFailsNamedPreviousIntactNextSaveCommitsWhenSpaceIsB
   }
   const std::string filler = small + "/filler";
   ASSERT_EQ(disk.fill(filler), ENOSPC);
+  // Two pages left: the save writes some of its files before it fails.
+  fs::resize_file(filler, fs::file_size(filler) - 8192);
+  const uint64_t free_before = disk.free_bytes();
+  ASSERT_GT(free_before, 0u);
   const Attempt a = save_step(m, *state, 3);
   EXPECT_TRUE(a.thrown) << "the save fitted on a full disk";
   EXPECT_TRUE(a.checkpoint_error) << a.what;
@@ -455,14 +488,19 @@ TEST_P(RealFullDiskTest, SaveFailsNamedPreviousIntactNextSaveCommitsWhenSpaceIsB
   EXPECT_NE(a.what.find("No space left on device"), std::string::npos) << a.what;
   EXPECT_NE(a.what.find(dir + "/"), std::string::npos) << a.what;
   EXPECT_EQ(previous_problem(dir, hashes), "");
+  // What the failed save wrote does not hold the space until the next start.
+  EXPECT_TRUE(no_leftover(dir, ".tmp.step_0000000003."));
+  const uint64_t free_after = disk.free_bytes();
+  EXPECT_EQ(free_after, free_before) << "the failed save's files still hold the space";
   fs::remove(filler);
   const Attempt next = save_step(m, *state, 3);
   EXPECT_FALSE(next.thrown) << next.what;
   EXPECT_EQ(steps_of(list_committed(dir)), "[1 2 3]");
   std::string why;
   EXPECT_TRUE(loads_exact(step_dir(dir, 3), 3, 1, why)) << why;
-  std::cout << (async ? "async" : "sync") << ": real full disk (4 MiB tmpfs): error: " << a.what
-            << std::endl;
+  std::cout << (async ? "async" : "sync") << ": real full disk (4 MiB tmpfs): free before "
+            << free_before << " B, after the failed save " << free_after
+            << " B; error: " << one_line(a.what) << std::endl;
   m.close();
 }
 

@@ -287,7 +287,18 @@ class FileSystemWriter final : public StorageWriter {
     if (opt_.sync_files) f->sync();
     f->close();
     loc_.env->rename_file(tmp, loc_.file(name));
-    if (opt_.sync_files) loc_.env->sync_dir(loc_.path);
+    if (!opt_.sync_files) return;
+    try {
+      loc_.env->sync_dir(loc_.path);
+    } catch (...) {
+      // The save fails, so `name` (.metadata: the commit point) must not
+      // stay and make the directory pass for a committed checkpoint.
+      try {
+        loc_.env->remove_file(loc_.file(name));
+      } catch (...) {
+      }
+      throw;
+    }
   }
 
   // Items to files: largest first onto the lightest file, then each file

@@ -36,7 +36,16 @@ class CommitWriter final : public StorageWriterWrapper {
     ctx_.phase("rename", ctx_.step);
     make_room();
     rename_or_throw(ctx_.env, ctx_.tmp, ctx_.final_path);
-    if (ctx_.sync) fsync_dir(ctx_.env, ctx_.dir);
+    if (ctx_.sync) {
+      try {
+        fsync_dir(ctx_.env, ctx_.dir);
+      } catch (...) {
+        // The save fails, so step_N must not stay and pass for committed
+        // (nor make the retry an AlreadyExistsError): back to .tmp.
+        undo_rename();
+        throw;
+      }
+    }
     ctx_.phase("retention", ctx_.step);
     retain(ctx_.env, ctx_.dir, ctx_.step, ctx_.keep, ctx_.save_number, ctx_.sync,
            ctx_.delete_later);
@@ -66,6 +75,15 @@ class CommitWriter final : public StorageWriterWrapper {
         "'{}' is not a committed checkpoint ({}): moved aside to '{}' (kept until a checkpoint of "
         "a later step commits) before committing step {}",
         ctx_.final_path, problem, aside, ctx_.step);
+  }
+
+  void undo_rename() noexcept {
+    try {
+      rename_or_throw(ctx_.env, ctx_.final_path, ctx_.tmp);
+    } catch (const std::exception& e) {
+      logger().warn("cannot move '{}' back to '{}' after its commit failed: {}", ctx_.final_path,
+                    ctx_.tmp, e.what());
+    }
   }
 
   CommitContext ctx_;

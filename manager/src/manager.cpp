@@ -128,6 +128,8 @@ struct CheckpointManager::Pending {
   std::shared_ptr<SaveStats> stats;
   double blocking = 0;
   Clock::time_point start;
+  int64_t prev_saved_step = -1;  // last_saved_step_ before this save
+  std::string tmp;               // its .tmp directory
 };
 
 std::string CheckpointManager::step_dir_name(int64_t step) {
@@ -268,7 +270,7 @@ std::shared_ptr<StorageWriter> CheckpointManager::make_writer(
   CommitContext ctx;
   ctx.env = env_;
   ctx.dir = options_.dir;
-  ctx.tmp = options_.dir + "/.tmp." + step_dir_name(step) + "." + std::to_string(number);
+  ctx.tmp = tmp_dir(step, number);
   ctx.final_path = options_.dir + "/" + step_dir_name(step);
   ctx.step = step;
   ctx.force = force;
@@ -315,6 +317,10 @@ void CheckpointManager::start_save(int64_t step, bool async, bool force,
   pending->stats = std::make_shared<SaveStats>();
   pending->start = Clock::now();
   last_save_time_ = Clock::now();
+  // A failed save puts it back (here, or in reap() for an async one): the
+  // step is not committed, and saving it again must not be skipped.
+  pending->prev_saved_step = last_saved_step_;
+  pending->tmp = tmp_dir(step, number);
   last_saved_step_ = step;
   SaveOptions so;
   so.stats = pending->stats.get();
@@ -334,6 +340,8 @@ void CheckpointManager::start_save(int64_t step, bool async, bool force,
       dcp::save(sd, so);
     }
   } catch (...) {
+    last_saved_step_ = pending->prev_saved_step;
+    discard_failed_save(pending->tmp);
     handle_error(std::current_exception(), step);
     return;
   }
@@ -357,6 +365,21 @@ void CheckpointManager::committed_save(const SaveStatistics& st) {
       "{:.2f} GB/s",
       st.step, st.blocking_seconds, st.durable_seconds, st.bytes / 1048576.0, st.gbps);
   for (auto& fn : post_save_) fn(st);
+}
+
+std::string CheckpointManager::tmp_dir(int64_t step, uint64_t number) const {
+  return options_.dir + "/.tmp." + step_dir_name(step) + "." + std::to_string(number);
+}
+
+void CheckpointManager::discard_failed_save(const std::string& tmp) {
+  if (!is_coordinator() || !deleter_) return;
+  try {
+    if (!env_->dir_exists(env_path(tmp))) return;  // it failed before writing
+  } catch (const std::exception& e) {
+    logger().debug("cannot look for '{}' of a failed save: {}", tmp, e.what());
+    return;
+  }
+  deleter_->push(tmp);  // what it leaves is removed at the next start-up
 }
 
 void CheckpointManager::handle_error(const std::exception_ptr& e, int64_t step) {
@@ -390,6 +413,8 @@ void CheckpointManager::reap(bool wait_all) {
       committed_save({p.step, true, p.blocking, durable, p.stats->bytes,
                       durable > 0 ? p.stats->bytes / durable / 1e9 : 0});
     } catch (...) {
+      if (last_saved_step_ == p.step) last_saved_step_ = p.prev_saved_step;
+      discard_failed_save(p.tmp);
       if (!first) first = std::current_exception(), first_step = p.step;
     }
     it = pending_.erase(it);

@@ -183,6 +183,11 @@ class DCP_MANAGER_EXPORT CheckpointManager {
   void reap(bool wait_all);  // finished async saves: statistics, callbacks, errors
   void reap_oldest();        // waits for the oldest save in flight, then reap(false)
   void handle_error(const std::exception_ptr& e, int64_t step);
+  // Coordinator: deletes (in the background) the .tmp directory of a save
+  // that failed, so that its files do not hold disk space for the rest of
+  // the run.
+  void discard_failed_save(const std::string& tmp);
+  std::string tmp_dir(int64_t step, uint64_t number) const;
   // `warm_start`: another run's checkpoint (or PyTorch's): resume.rename applies.
   bool load_from(const std::string& path, bool warm_start = false);
   StateDict build_state_dict(bool for_load) const;

@@ -327,7 +327,7 @@ void read_save(Reader& r, const Field& f, SavePolicy& s) {
   if (auto* x = get(m, "max_overhead")) s.max_overhead = r.number(*x, internal::kFractionType);
   if (auto* x = get(m, "mtbf_seconds")) s.mtbf_seconds = r.number(*x, internal::kMtbfType);
   // A budget picks the interval: every_steps is off unless given.
-  if (get(m, "max_overhead") || get(m, "mtbf_seconds")) s.every_steps = 0;
+  if (s.max_overhead > 0 || s.mtbf_seconds > 0) s.every_steps = 0;
   if (auto* x = get(m, "every_steps")) s.every_steps = r.integer(*x);
   if (auto* x = get(m, "every_seconds")) s.every_seconds = r.seconds(*x);
   if (auto* x = get(m, "at_steps")) {

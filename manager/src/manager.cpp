@@ -182,8 +182,7 @@ CheckpointManager::CheckpointManager(CheckpointManagerOptions options,
       coll_(std::move(collectives)),
       async_coll_(std::move(async_collectives)) {
   validate(options_);
-  if (!options_.log.level.empty())
-    logger().set_level(spdlog::level::from_str(options_.log.level));
+  if (!options_.log.level.empty()) logger().set_level(spdlog::level::from_str(options_.log.level));
   env_ = internal::env_of(options_.env, options_.dir);
   if (coll_) rank_ = coll_->rank();
   if (options_.dir.empty()) throw ConfigError("checkpoint.dir: must not be empty");
@@ -469,11 +468,9 @@ bool CheckpointManager::on_step(int64_t step, const std::map<std::string, double
                   signal_name(g_signal ? g_signal : SIGTERM), step);
     reap(true);  // the async saves in flight finish first
     start_save(step, /*async=*/false, /*force=*/false, metrics);
-    last_step_end_ = Clock::now();
     return true;
   }
   if (due) start_save(step, options_.async.enabled, false, metrics);
-  last_step_end_ = Clock::now();  // the next step's time starts here
   return false;
 }
 
@@ -487,20 +484,26 @@ constexpr double kHysteresis = 0.2;  // a new interval within 20% of the current
 }  // namespace
 
 void CheckpointManager::measure_step(int64_t step) {
+  // The wall time per step between on_step calls, without what saves took:
+  // waiting for slower ranks (here in the decision round, or in the
+  // trainer's own collectives) is part of a step.
   const Clock::time_point now = Clock::now();
   if (has_budget() && last_step_ >= 0 && step > last_step_) {
-    const double t =
-        std::chrono::duration<double>(now - last_step_end_).count() / double(step - last_step_);
+    const double t = std::max(0.0, std::chrono::duration<double>(now - last_step_start_).count() -
+                                       saved_since_step_) /
+                     double(step - last_step_);
     budget_.step_seconds =
         steps_measured_ == 0 ? t : (1 - kStepWeight) * budget_.step_seconds + kStepWeight * t;
     ++steps_measured_;
   }
   last_step_ = step;
-  last_step_end_ = now;
+  last_step_start_ = now;
+  saved_since_step_ = 0;
 }
 
 void CheckpointManager::measure_save(double seconds) {
   if (!has_budget()) return;
+  saved_since_step_ += seconds;
   budget_.save_cost = budget_.save_cost < 0
                           ? seconds
                           : (1 - kSaveWeight) * budget_.save_cost + kSaveWeight * seconds;

@@ -109,6 +109,17 @@ TEST(BudgetConfigTest, KeysAndTheDefaultOfEverySteps) {
   o = parse_manager_options("checkpoint:\n  save: {every_seconds: 5}\n", "i");
   EXPECT_EQ(o.save.every_steps, 1000);  // no budget: the default
   EXPECT_EQ(o.log.level, "");
+  o = parse_manager_options("checkpoint:\n  save: {max_overhead: 0, mtbf_seconds: 0}\n", "i");
+  EXPECT_EQ(o.save.every_steps, 1000);  // a budget of 0 is off
+  // The shipped configs: default.yaml shows the keys off; budget.yaml uses them.
+  o = load_manager_options(std::string(DCP_CONFIGS_DIR) + "/default.yaml");
+  EXPECT_EQ(o.save.every_steps, 1000);
+  EXPECT_EQ(o.save.max_overhead, 0);
+  o = load_manager_options(std::string(DCP_CONFIGS_DIR) + "/budget.yaml");
+  EXPECT_EQ(o.save.every_steps, 0);
+  EXPECT_DOUBLE_EQ(o.save.max_overhead, 0.05);
+  EXPECT_DOUBLE_EQ(o.save.mtbf_seconds, 86400);
+  EXPECT_EQ(o.log.level, "info");
 }
 
 TEST(BudgetConfigTest, BadValuesNameKeyAndLine) {

@@ -226,7 +226,8 @@ class DCP_MANAGER_EXPORT CheckpointManager {
   BudgetState budget_;
   int64_t steps_measured_ = 0;  // samples of the step time
   int64_t last_step_ = -1;      // the step of the last on_step (-1: none yet)
-  std::chrono::steady_clock::time_point last_step_end_;  // when it returned
+  std::chrono::steady_clock::time_point last_step_start_;  // when that on_step began
+  double saved_since_step_ = 0;     // seconds saves took since then (on_step, save())
   uint64_t save_counter_ = 0;       // names temporary directories; the same on every rank
   Env* env_ = nullptr;              // options_.env, or the one options_.dir names
   std::unique_ptr<FileLock> lock_;  // coordinator: <dir>/.lock

@@ -104,22 +104,43 @@ inline void print_save_summary(const std::vector<dcp::manager::SaveStatistics>& 
       stats.size(), median(blocking), median(durable), stats.back().bytes / 1e6);
 }
 
-// --key value arguments with defaults; unknown keys are an error.
+// --key value arguments with defaults, as a tool takes them: --help (or -h)
+// prints `usage` and the options with their defaults to stdout and exits 0;
+// an unknown option, or one without its value, is an error that prints the
+// same to stderr and exits 2.
 class Args {
  public:
-  Args(int argc, char** argv, std::map<std::string, std::string> defaults)
-      : values_(std::move(defaults)) {
+  // `help`: a line on each option (by name), shown by --help.
+  Args(int argc, char** argv, std::map<std::string, std::string> defaults, std::string usage = "",
+       std::map<std::string, std::string> help = {})
+      : values_(std::move(defaults)), usage_(std::move(usage)), help_(std::move(help)) {
     for (int i = 1; i < argc; ++i) {
       std::string k = argv[i];
-      if (k.rfind("--", 0) != 0 || i + 1 >= argc || !values_.count(k.substr(2))) {
-        std::fprintf(stderr, "bad argument '%s'; options:", k.c_str());
-        for (auto& kv : values_)
-          std::fprintf(stderr, " --%s (%s)", kv.first.c_str(), kv.second.c_str());
-        std::fprintf(stderr, "\n");
+      if (k == "--help" || k == "-h") {
+        print_usage(stdout, argv[0]);
+        std::exit(0);
+      }
+      const bool known = k.rfind("--", 0) == 0 && values_.count(k.substr(2));
+      if (!known || i + 1 >= argc) {
+        std::fprintf(stderr, "%s: %s '%s'\n\n", argv[0],
+                     known ? "no value after" : "unknown option", k.c_str());
+        print_usage(stderr, argv[0]);
         std::exit(2);
       }
       values_[k.substr(2)] = argv[++i];
     }
+  }
+  void print_usage(std::FILE* to, const char* prog) const {
+    std::fprintf(to, "usage: %s [--option value]...\n", prog);
+    if (!usage_.empty()) std::fprintf(to, "%s\n", usage_.c_str());
+    std::fprintf(to, "options:\n");
+    for (auto& kv : values_) {
+      auto h = help_.find(kv.first);
+      std::fprintf(to, "  --%-12s %s (default: %s)\n", kv.first.c_str(),
+                   h == help_.end() ? "" : h->second.c_str(),
+                   kv.second.empty() ? "none" : kv.second.c_str());
+    }
+    std::fprintf(to, "  --help, -h     print this and exit\n");
   }
   const std::string& str(const std::string& k) const { return values_.at(k); }
   // The value of --k as an integer; exits with a message when it is not one.
@@ -137,6 +158,8 @@ class Args {
 
  private:
   std::map<std::string, std::string> values_;
+  std::string usage_;
+  std::map<std::string, std::string> help_;
 };
 
 // The options both training examples take.
@@ -149,15 +172,23 @@ struct TrainArgs {
   int64_t print_every;  // --print-every: a progress line every N steps (0: none)
 };
 
+// `usage`: what the program does, printed by --help above the options.
 inline TrainArgs parse_train_args(int argc, char** argv, const std::string& default_dir,
-                                  int64_t default_steps) {
+                                  int64_t default_steps, const std::string& usage = "") {
   Args a(argc, argv,
          {{"config", "configs/example.yaml"},
           {"dir", default_dir},
           {"steps", std::to_string(default_steps)},
           {"seed", "0"},
           {"stop-after", "-1"},
-          {"print-every", "20"}});
+          {"print-every", "20"}},
+         usage,
+         {{"config", "the CheckpointManager's YAML policy (configs/default.yaml: every key)"},
+          {"dir", "the checkpoint directory (else $DCP_CHECKPOINT_DIR, else the config's)"},
+          {"steps", "train to this step"},
+          {"seed", "model, data and shuffling"},
+          {"stop-after", "send itself SIGTERM after this many steps of this run (< 0: never)"},
+          {"print-every", "a progress line every N steps (0: none)"}});
   return {a.str("config"), a.str("dir"),        a.num("steps"),
           a.num("seed"),   a.num("stop-after"), a.num("print-every")};
 }

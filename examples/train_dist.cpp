@@ -205,7 +205,11 @@ class Trainer {
 };
 
 int run(int argc, char** argv) {
-  const example::TrainArgs args = example::parse_train_args(argc, argv, /*default_dir=*/"", 200);
+  const example::TrainArgs args = example::parse_train_args(
+      argc, argv, /*default_dir=*/"", 200,
+      "Data-parallel training on N ranks over Gloo (fc1 sharded), checkpointed by a\n"
+      "CheckpointManager; start it with scripts/launch.sh N -- train_dist [options].\n"
+      "The checkpoint directory defaults to checkpoints/train_dist.");
   const int64_t steps = args.steps, seed = args.seed, stop_after = args.stop_after;
 
   std::unique_ptr<dcp::dist::DistContext> ctx =

@@ -50,7 +50,10 @@ class PrintCallback : public dcp::trainer::TrainerCallback {
 };
 
 int run(int argc, char** argv) {
-  const example::TrainArgs args = example::parse_train_args(argc, argv, "", 300);
+  const example::TrainArgs args = example::parse_train_args(
+      argc, argv, "", 300,
+      "Trains a small MLP, checkpointing with a CheckpointManager; started again, it resumes\n"
+      "from the newest committed checkpoint. SIGTERM/SIGUSR1: save and exit 0.");
   const int64_t steps = args.steps, seed = args.seed, stop_after = args.stop_after;
 
   // One intra-op thread: the same arithmetic, in the same order, every run.

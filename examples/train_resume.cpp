@@ -13,6 +13,7 @@
 #include <torch/torch.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "dcp/dcp.h"
@@ -50,25 +51,67 @@ int64_t latest_step(const std::string& dir) {
   return best;
 }
 
+void usage(std::FILE* to, const char* prog) {
+  std::fprintf(to,
+               "usage: %s [--dir DIR] [--steps N] [--save-every K] [--stop-after S]\n"
+               "Trains a small MLP with plain dcp::save / dcp::load; started again, it resumes\n"
+               "from the newest committed checkpoint in DIR.\n"
+               "options:\n"
+               "  --dir DIR         the checkpoint directory (default: checkpoints/train_resume)\n"
+               "  --steps N         train to this step (default: 200)\n"
+               "  --save-every K    save every K steps and at the end (default: 25; >= 1)\n"
+               "  --stop-after S    end after S steps of this run, as if preempted (default: "
+               "-1: never)\n"
+               "  --help, -h        print this and exit\n",
+               prog);
+}
+
+// --k's value as an integer; exits 2 with the usage when it is not one.
+int64_t integer(const char* prog, const std::string& k, const std::string& v) {
+  try {
+    size_t used = 0;
+    const int64_t n = std::stoll(v, &used);
+    if (used == v.size()) return n;
+  } catch (const std::exception&) {
+  }
+  std::fprintf(stderr, "%s: %s: '%s' is not an integer\n\n", prog, k.c_str(), v.c_str());
+  usage(stderr, prog);
+  std::exit(2);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string dir = "checkpoints/train_resume";
   int64_t steps = 200, save_every = 25, stop_after = -1;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string k = argv[i], v = argv[i + 1];
+  for (int i = 1; i < argc; ++i) {
+    const std::string k = argv[i];
+    if (k == "--help" || k == "-h") {
+      usage(stdout, argv[0]);
+      return 0;
+    }
+    const bool known = k == "--dir" || k == "--steps" || k == "--save-every" || k == "--stop-after";
+    if (!known || i + 1 >= argc) {
+      std::fprintf(stderr, "%s: %s '%s'\n\n", argv[0], known ? "no value after" : "unknown option",
+                   k.c_str());
+      usage(stderr, argv[0]);
+      return 2;
+    }
+    const std::string v = argv[++i];
     if (k == "--dir")
       dir = v;
     else if (k == "--steps")
-      steps = std::stoll(v);
+      steps = integer(argv[0], k, v);
     else if (k == "--save-every")
-      save_every = std::stoll(v);
-    else if (k == "--stop-after")
-      stop_after = std::stoll(v);
-    else {
-      std::fprintf(stderr, "unknown option %s\n", k.c_str());
-      return 2;
-    }
+      save_every = integer(argv[0], k, v);
+    else
+      stop_after = integer(argv[0], k, v);
+  }
+  if (save_every < 1) {
+    std::fprintf(stderr, "%s: --save-every must be >= 1, not %lld\n\n", argv[0],
+                 (long long)save_every);
+    usage(stderr, argv[0]);
+    return 2;
   }
 
   torch::manual_seed(0);

@@ -29,6 +29,7 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <set>
 
 #include "dcp/dcp.h"
@@ -150,15 +151,49 @@ class VerifyPlanner : public dcp::DefaultLoadPlanner {
   }
   void load_bytes(const dcp::ReadItem& item, const dcp::Bytes& value) override {
     dcp::decode_plain_value(value.data, "key '" + item.dest_index.fqn + "'");  // must parse
+    done(value.data.size());
   }
   at::Tensor resolve_tensor(const dcp::ReadItem& item) override {
     const auto& t = std::get<dcp::TensorStorageMetadata>(
         metadata_->state_dict_metadata.at(item.dest_index.fqn));
     return at::empty(item.lengths, at::TensorOptions().dtype(t.properties.dtype));
   }
-  void commit_tensor(const dcp::ReadItem&, at::Tensor&) override {}
+  void commit_tensor(const dcp::ReadItem&, at::Tensor& t) override { done(t.nbytes()); }
+
+  // On a terminal (stderr), a line of progress once a verify has run for a
+  // second: bytes checked of all, and the rate. Ends it with a newline.
+  void show_progress(uint64_t total) {
+    if (isatty(STDERR_FILENO) != 1) return;
+    total_ = total;
+    t0_ = std::chrono::steady_clock::now();
+    last_ = t0_;
+    tty_ = true;
+  }
+  void end_progress() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (shown_) std::fprintf(stderr, "\n");
+    shown_ = false;
+  }
 
  private:
+  void done(uint64_t bytes) {
+    if (!tty_) return;
+    std::lock_guard<std::mutex> lock(mu_);  // reader threads call in
+    done_ += bytes;
+    const auto now = std::chrono::steady_clock::now();
+    const double secs = std::chrono::duration<double>(now - t0_).count();
+    if (secs < 1 || now - last_ < std::chrono::milliseconds(200)) return;
+    last_ = now;
+    std::fprintf(stderr, "\rckpt verify: %s of %s (%.0f%%), %s/s\x1b[K", human(done_).c_str(),
+                 human(total_).c_str(), total_ ? 100.0 * done_ / total_ : 100.0,
+                 human(static_cast<uint64_t>(done_ / secs)).c_str());
+    shown_ = true;
+  }
+
+  bool tty_ = false, shown_ = false;
+  std::mutex mu_;
+  uint64_t done_ = 0, total_ = 0;
+  std::chrono::steady_clock::time_point t0_, last_;
   std::shared_ptr<dcp::StorageReader> reader_;
   std::map<std::string, std::string> unreadable_;
 };
@@ -178,8 +213,15 @@ int verify(const std::string& dir, int threads) {
                                                      : dcp::make_filesystem_reader(dir, ro);
   auto planner = std::make_shared<VerifyPlanner>(lo.storage_reader);
   lo.planner = planner;
+  planner->show_progress(md.total_bytes());
   dcp::StateDict none;
-  dcp::load(none, lo);
+  try {
+    dcp::load(none, lo);
+  } catch (...) {
+    planner->end_progress();
+    throw;
+  }
+  planner->end_progress();
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const std::string format = dcp::checkpoint_format(dir);
   std::string note;
@@ -265,7 +307,8 @@ int convert(const ConvertArgs& a) {
 int main(int argc, char** argv) {
   CLI::App app{
       "ckpt: look inside a checkpoint (dcp++, PyTorch DCP, torch.save, safetensors), "
-      "or convert it"};
+      "or convert it",
+      "ckpt"};
   app.require_subcommand(1);
   std::string dir;
   bool items = false;
@@ -316,7 +359,26 @@ int main(int argc, char** argv) {
   convert_cmd->add_flag("--no-sync", ca.no_sync, "do not fsync what is written");
   convert_cmd->add_option("--threads", ca.threads, "reader (and dcp++ writer) threads")
       ->check(CLI::Range(1, 256));
-  CLI11_PARSE(app, argc, argv);
+  // --help: the usage on stdout, exit 0 (CLI11). A bad command line: the
+  // error, then the usage of the (sub)command it was for, exit 2.
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);
+    const CLI::App* where = &app;
+    for (const CLI::App* sub = &app; !sub->get_subcommands().empty();)
+      where = sub = sub->get_subcommands().back();
+    // CLI11 checks what is required before what is unknown: name the unknown first.
+    std::string what = e.what();
+    const std::vector<std::string> extra = where->remaining();
+    if (!extra.empty()) {
+      what = "unknown option or argument:";
+      for (const auto& x : extra) what += " " + x;
+    }
+    std::fprintf(stderr, "ckpt: %s\n\n%s", what.c_str(),
+                 (where == &app ? app.help() : where->help("ckpt")).c_str());
+    return 2;
+  }
   spdlog::set_level(spdlog::level::warn);
   dcp::logger().set_level(spdlog::level::warn);
   try {

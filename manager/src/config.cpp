@@ -131,11 +131,13 @@ class Reader {
     return v;
   }
   // Decimal notation; finite (>= 0 is validate()'s).
-  double seconds(const Field& f) const {
-    const std::string s = plain(f, internal::kSecondsType);
+  double seconds(const Field& f) const { return number(f, internal::kSecondsType); }
+  // Decimal notation, finite; `type` names what the key wants in errors.
+  double number(const Field& f, const char* type) const {
+    const std::string s = plain(f, type);
     double v = 0;
     if (!internal::parse_decimal(s, v))
-      fail(f, std::string("must be ") + internal::kSecondsType + ", not '" + s + "'");
+      fail(f, std::string("must be ") + type + ", not '" + s + "'");
     return v;
   }
   // `true` or `false` only: yes/no/on/off are strings elsewhere (YAML 1.2).
@@ -320,7 +322,12 @@ const Field* get(const std::map<std::string, Field>& m, const char* name) {
 }
 
 void read_save(Reader& r, const Field& f, SavePolicy& s) {
-  const auto m = r.section(f, {"every_steps", "every_seconds", "at_steps", "at_end", "on_signals"});
+  const auto m = r.section(f, {"every_steps", "every_seconds", "at_steps", "at_end", "on_signals",
+                               "max_overhead", "mtbf_seconds"});
+  if (auto* x = get(m, "max_overhead")) s.max_overhead = r.number(*x, internal::kFractionType);
+  if (auto* x = get(m, "mtbf_seconds")) s.mtbf_seconds = r.number(*x, internal::kMtbfType);
+  // A budget picks the interval: every_steps is off unless given.
+  if (s.max_overhead > 0 || s.mtbf_seconds > 0) s.every_steps = 0;
   if (auto* x = get(m, "every_steps")) s.every_steps = r.integer(*x);
   if (auto* x = get(m, "every_seconds")) s.every_seconds = r.seconds(*x);
   if (auto* x = get(m, "at_steps")) {
@@ -413,14 +420,19 @@ CheckpointManagerOptions read_options(const YAML::Node& root, Reader& r) {
   const auto top = r.section(Field{"", root, line_of(root.Mark())}, {"checkpoint"}, true);
   const Field* c = get(top, "checkpoint");
   if (!c) return o;
-  const auto m = r.section(*c, {"dir", "save", "async", "keep", "resume", "storage", "on_error"},
-                           /*empty_ok=*/true);
+  const auto m =
+      r.section(*c, {"dir", "save", "async", "keep", "resume", "storage", "log", "on_error"},
+                /*empty_ok=*/true);
   if (auto* x = get(m, "dir")) o.dir = r.string(*x);
   if (auto* x = get(m, "save")) read_save(r, *x, o.save);
   if (auto* x = get(m, "async")) read_async(r, *x, o.async);
   if (auto* x = get(m, "keep")) read_keep(r, *x, o.keep);
   if (auto* x = get(m, "resume")) read_resume(r, *x, o.resume);
   if (auto* x = get(m, "storage")) read_storage(r, *x, o.storage);
+  if (auto* x = get(m, "log")) {
+    const auto l = r.section(*x, {"level"});
+    if (auto* y = get(l, "level")) o.log.level = r.string(*y);
+  }
   if (auto* x = get(m, "on_error")) {
     const std::string v = r.string(*x);
     if (v != "raise" && v != "warn") r.fail(*x, "must be raise or warn, not '" + v + "'");
@@ -487,6 +499,10 @@ void apply_environment(CheckpointManagerOptions& o) {
   if (const char* f = std::getenv("DCP_RESUME_FROM"); f && *f) {
     check("DCP_RESUME_FROM", "checkpoint.resume.from", internal::resume_from_problem(f));
     o.resume.from = f;
+  }
+  if (const char* l = std::getenv("DCP_LOG_LEVEL"); l && *l) {
+    check("DCP_LOG_LEVEL", "checkpoint.log.level", internal::log_level_problem(l));
+    o.log.level = l;
   }
 }
 

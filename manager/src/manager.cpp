@@ -33,12 +33,14 @@
 // as the same CheckpointError on every rank, at once.
 #include "dcp/manager/manager.h"
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cmath>
 #include <condition_variable>
 #include <csignal>
 #include <cstdio>
@@ -120,6 +122,43 @@ struct CheckpointManager::Deleter {
   }
 };
 
+// ---- log lines -----------------------------------------------------------------
+
+namespace {
+
+// "70.1 KiB", "1.20 GiB".
+std::string size_text(uint64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024 && u < 4) v /= 1024, ++u;
+  return u == 0 ? fmt::format("{} B", bytes)
+                : fmt::format("{:.{}f} {}", v, v < 10 ? 2 : 1, units[u]);
+}
+
+std::string ms_text(double seconds) {
+  const double ms = seconds * 1e3;
+  return fmt::format("{:.{}f} ms", ms, ms < 10 ? 2 : ms < 100 ? 1 : 0);
+}
+
+// The throughput is shown from kRateBytes written on: below, fixed costs
+// (fsync, metadata, the record, renames) dominate and a rate says nothing
+// of the storage.
+constexpr uint64_t kRateBytes = 64ull << 20;
+
+// The one line per committed save: at info on the coordinator, at debug on
+// the other ranks (each rank sees each commit).
+void log_committed(const SaveStatistics& st, bool coordinator) {
+  std::string line =
+      fmt::format("checkpoint of step {} committed{}: {} blocking, {} until durable, {}", st.step,
+                  st.async ? " (async)" : "", ms_text(st.blocking_seconds),
+                  ms_text(st.durable_seconds), size_text(st.bytes));
+  if (st.bytes >= kRateBytes && st.gbps > 0) line += fmt::format(", {:.2f} GB/s", st.gbps);
+  logger().log(coordinator ? spdlog::level::info : spdlog::level::debug, "{}", line);
+}
+
+}  // namespace
+
 // ---- the manager ---------------------------------------------------------------
 
 struct CheckpointManager::Pending {
@@ -145,6 +184,7 @@ CheckpointManager::CheckpointManager(CheckpointManagerOptions options,
       coll_(std::move(collectives)),
       async_coll_(std::move(async_collectives)) {
   validate(options_);
+  if (!options_.log.level.empty()) logger().set_level(spdlog::level::from_str(options_.log.level));
   env_ = internal::env_of(options_.env, options_.dir);
   if (coll_) rank_ = coll_->rank();
   if (options_.dir.empty()) throw ConfigError("checkpoint.dir: must not be empty");
@@ -307,6 +347,7 @@ void CheckpointManager::start_save(int64_t step, bool async, bool force,
   // committed by another run in the same directory makes the commit fail
   // with AlreadyExistsError, on every rank.)
   if (!force && step == last_saved_step_) return;
+  const Clock::time_point entered = Clock::now();  // what the loop loses starts here
   // With max_in_flight saves pending, the oldest must finish first (its
   // failure surfaces here), so that "stage" below is when staging starts.
   if (async && saver_)
@@ -345,6 +386,7 @@ void CheckpointManager::start_save(int64_t step, bool async, bool force,
     handle_error(std::current_exception(), step);
     return;
   }
+  measure_save(std::chrono::duration<double>(Clock::now() - entered).count());
   if (async && saver_) {
     pending->blocking = std::chrono::duration<double>(Clock::now() - pending->start).count();
     pending_.push_back(std::move(pending));
@@ -360,10 +402,7 @@ void CheckpointManager::committed_save(const SaveStatistics& st) {
     std::lock_guard<std::mutex> lock(stats_mu_);
     stats_.push_back(st);
   }
-  logger().info(
-      "checkpoint of step {} committed: {:.3f} s blocking, {:.3f} s until durable, {:.1f} MiB, "
-      "{:.2f} GB/s",
-      st.step, st.blocking_seconds, st.durable_seconds, st.bytes / 1048576.0, st.gbps);
+  log_committed(st, is_coordinator());
   for (auto& fn : post_save_) fn(st);
 }
 
@@ -424,14 +463,15 @@ void CheckpointManager::reap(bool wait_all) {
 
 bool CheckpointManager::on_step(int64_t step, const std::map<std::string, double>& metrics) {
   if (closed_) throw InvalidArgumentError("on_step() after close()");
+  measure_step(step);
   reap(false);
   const SavePolicy& s = options_.save;
   bool due = (s.every_steps > 0 && step > 0 && step % s.every_steps == 0) ||
              std::find(s.at_steps.begin(), s.at_steps.end(), step) != s.at_steps.end();
   bool stop = false;
-  if (!s.on_signals.empty() || s.every_seconds > 0) {
-    // The clock and the signals are read on the coordinator (signals from
-    // every rank), and its decision is everyone's.
+  if (!s.on_signals.empty() || s.every_seconds > 0 || has_budget()) {
+    // The clock, the budget and the signals are read on the coordinator
+    // (signals from every rank), and its decision is everyone's.
     auto time_due = [&] {
       return s.every_seconds > 0 &&
              std::chrono::duration<double>(Clock::now() - last_save_time_).count() >=
@@ -442,7 +482,7 @@ bool CheckpointManager::on_step(int64_t step, const std::map<std::string, double
         checked_all_gather(coll_, "on_step", "step " + std::to_string(step) + " decision", [&] {
           std::string f = "00";
           if (g_signal != 0) f[0] = '1';
-          if (is_coordinator() && time_due()) f[1] = '1';
+          if (is_coordinator() && (time_due() || budget_due(step))) f[1] = '1';
           return f;
         });
     for (const auto& f : flags) stop = stop || (!f.empty() && f[0] == '1');
@@ -457,6 +497,69 @@ bool CheckpointManager::on_step(int64_t step, const std::map<std::string, double
   }
   if (due) start_save(step, options_.async.enabled, false, metrics);
   return false;
+}
+
+// ---- the save budget (docs/MANAGER.md "An interval from a budget") ------------------
+
+namespace {
+constexpr int64_t kWarmupSteps = 3;  // step times measured before a first save measures its cost
+constexpr double kStepWeight = 0.2;  // of a new sample in the step time's moving average
+constexpr double kSaveWeight = 0.5;  // of a new sample in the save cost's
+constexpr double kHysteresis = 0.2;  // a new interval within 20% of the current one is not taken
+}  // namespace
+
+void CheckpointManager::measure_step(int64_t step) {
+  // The wall time per step between on_step calls, without what saves took:
+  // waiting for slower ranks (here in the decision round, or in the
+  // trainer's own collectives) is part of a step.
+  const Clock::time_point now = Clock::now();
+  if (has_budget() && last_step_ >= 0 && step > last_step_) {
+    const double t = std::max(0.0, std::chrono::duration<double>(now - last_step_start_).count() -
+                                       saved_since_step_) /
+                     double(step - last_step_);
+    budget_.step_seconds =
+        steps_measured_ == 0 ? t : (1 - kStepWeight) * budget_.step_seconds + kStepWeight * t;
+    ++steps_measured_;
+  }
+  last_step_ = step;
+  last_step_start_ = now;
+  saved_since_step_ = 0;
+}
+
+void CheckpointManager::measure_save(double seconds) {
+  if (!has_budget()) return;
+  saved_since_step_ += seconds;
+  budget_.save_cost = budget_.save_cost < 0
+                          ? seconds
+                          : (1 - kSaveWeight) * budget_.save_cost + kSaveWeight * seconds;
+  if (steps_measured_ > 0) plan_interval();
+}
+
+void CheckpointManager::plan_interval() {
+  if (!is_coordinator()) return;  // the coordinator decides
+  const BudgetInterval b =
+      interval_from_budget(options_.save, budget_.save_cost, budget_.step_seconds);
+  const int64_t old = budget_.interval;
+  if (old > 0 && std::abs(double(b.steps - old)) <= kHysteresis * double(old)) return;
+  budget_.interval = b.steps;
+  ++budget_.changes;
+  if (old == 0)
+    logger().info("save interval: every {} steps: {}", b.steps, b.reason);
+  else
+    logger().info("save interval: every {} steps (was {}): {}", b.steps, old, b.reason);
+}
+
+bool CheckpointManager::budget_due(int64_t step) {
+  if (!has_budget() || step <= 0) return false;
+  // A save (at_steps, say) measured the cost before the step time was known.
+  if (budget_.interval == 0 && budget_.save_cost >= 0 && steps_measured_ > 0) plan_interval();
+  if (budget_.interval == 0) {
+    // Nothing chosen yet: once the step time is known, a save measures the cost.
+    if (steps_measured_ < kWarmupSteps) return false;
+    logger().info("save interval: a first save, of step {}, measures what a save costs", step);
+    return true;
+  }
+  return step - std::max<int64_t>(last_saved_step_, 0) >= budget_.interval;
 }
 
 void CheckpointManager::on_train_end(int64_t step, const std::map<std::string, double>& metrics) {

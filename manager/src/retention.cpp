@@ -81,7 +81,7 @@ void retain(Env* env, const std::string& dir, int64_t step, const KeepPolicy& po
                               std::to_string(save_number);
       rename_or_throw(env, c.path, old);  // invisible at once; deleted in the background
       doomed.push_back(old);
-      logger().info("retention: removing checkpoint of step {}", c.step);
+      logger().debug("retention: removing checkpoint of step {}", c.step);
     }
     // Directories moved aside are kept for inspection until a checkpoint of
     // a later step commits.

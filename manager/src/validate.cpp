@@ -56,6 +56,8 @@ bool all_digits(const std::string& s, size_t from) {
 }  // namespace
 
 const char* const kSecondsType = "a finite number of seconds >= 0";
+const char* const kFractionType = "a fraction of wall time in (0, 1), e.g. 0.05 for 5% (0: off)";
+const char* const kMtbfType = "a finite number of seconds > 0 (0: off)";
 
 std::string pytorch_version_problem(const std::string& version) {
   try {
@@ -120,6 +122,27 @@ std::string seconds_problem(double seconds) {
   return s.str();
 }
 
+std::string max_overhead_problem(double f) {
+  if (f == 0 || (std::isfinite(f) && f > 0 && f < 1)) return "";
+  std::ostringstream s;
+  s << "must be " << kFractionType << ", not " << f;
+  return s.str();
+}
+
+std::string mtbf_problem(double seconds) {
+  if (std::isfinite(seconds) && seconds >= 0) return "";
+  std::ostringstream s;
+  s << "must be " << kMtbfType << ", not " << seconds;
+  return s.str();
+}
+
+std::string log_level_problem(const std::string& level) {
+  if (level.empty()) return "";
+  for (const char* l : {"trace", "debug", "info", "warn", "error", "critical", "off"})
+    if (level == l) return "";
+  return "must be trace, debug, info, warn, error, critical or off, not '" + level + "'";
+}
+
 std::string dir_problem(const std::string& dir) {
   if (dir.empty()) return "must not be empty";
   if (dir.find('\0') != std::string::npos) return "must not contain a NUL character";
@@ -152,6 +175,8 @@ void validate(const manager::CheckpointManagerOptions& o, const Report& report) 
   check("checkpoint.save.every_seconds", seconds_problem(o.save.every_seconds));
   for (size_t i = 0; i < o.save.at_steps.size(); ++i)
     integer("checkpoint.save.at_steps[" + std::to_string(i) + "]", o.save.at_steps[i]);
+  check("checkpoint.save.max_overhead", max_overhead_problem(o.save.max_overhead));
+  check("checkpoint.save.mtbf_seconds", mtbf_problem(o.save.mtbf_seconds));
   for (size_t i = 0; i < o.save.on_signals.size(); ++i) {
     const int s = o.save.on_signals[i];
     const bool known = std::any_of(std::begin(kSignals), std::end(kSignals),
@@ -189,6 +214,7 @@ void validate(const manager::CheckpointManagerOptions& o, const Report& report) 
     check("checkpoint.storage.format",
           "must be dcp++ or pytorch-dcp, not " + std::to_string(static_cast<int>(sf)));
   check("checkpoint.storage.pytorch_version", pytorch_version_problem(o.storage.pytorch_version));
+  check("checkpoint.log.level", log_level_problem(o.log.level));
   if (o.on_error != manager::OnError::kRaise && o.on_error != manager::OnError::kWarn)
     check("checkpoint.on_error",
           "must be raise or warn, not " + std::to_string(static_cast<int>(o.on_error)));

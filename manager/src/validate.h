@@ -37,6 +37,13 @@ bool parse_decimal(const std::string& text, double& out);
 extern const char* const kSecondsType;  // "a finite number of seconds >= 0"
 std::string seconds_problem(double seconds);
 std::string dir_problem(const std::string& dir);
+// Of save.max_overhead (0, or in (0, 1)), save.mtbf_seconds (finite, >= 0;
+// 0: off) and log.level (empty or a level name).
+extern const char* const kFractionType;
+extern const char* const kMtbfType;
+std::string max_overhead_problem(double fraction);
+std::string mtbf_problem(double seconds);
+std::string log_level_problem(const std::string& level);
 // Of storage.pytorch_version ("2" or "1.13").
 std::string pytorch_version_problem(const std::string& version);
 std::string resume_from_problem(const std::string& from);

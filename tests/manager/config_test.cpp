@@ -37,7 +37,7 @@ TEST(ManagerConfigTest, DefaultsWithoutAFile) {
 
 TEST(ManagerConfigTest, TheShippedConfigsParse) {
   for (const char* name :
-       {"default.yaml", "frequent_async.yaml", "best_by_loss.yaml", "example.yaml"})
+       {"default.yaml", "frequent_async.yaml", "best_by_loss.yaml", "example.yaml", "budget.yaml"})
     EXPECT_NO_THROW(load_manager_options(std::string(DCP_CONFIGS_DIR) + "/" + name)) << name;
   CheckpointManagerOptions b =
       load_manager_options(std::string(DCP_CONFIGS_DIR) + "/best_by_loss.yaml");

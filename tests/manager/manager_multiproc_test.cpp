@@ -79,6 +79,38 @@ DCP_REGISTER_WORKER(manager_rank) {
   return 0;
 }
 
+// args: dir. A save budget on two ranks whose step times differ: rank 1's
+// loop is slower. The coordinator measures and decides; both save the same
+// steps. Prints "SAVED s1 s2 ...".
+DCP_REGISTER_WORKER(budget_rank) {
+  CheckpointManagerOptions o;
+  o.dir = args.at(0);
+  o.save.every_steps = 0;
+  o.save.max_overhead = 0.25;
+  o.save.at_end = false;
+  o.save.on_signals = {};
+  o.async.enabled = false;
+  o.keep.last = 1;
+  o.storage.fsync = false;
+  CheckpointManager m(o, ctx.collectives(std::chrono::seconds(5)));
+  m.add_pre_save_callback(
+      [](int64_t) { std::this_thread::sleep_for(std::chrono::milliseconds(30)); });
+  auto state = std::make_shared<RankState>(ctx.rank(), ctx.world_size());
+  m.register_stateful("state", state);
+  for (int64_t step = m.resume() + 1; step <= 150; ++step) {
+    state->set(step);
+    std::this_thread::sleep_for(std::chrono::milliseconds(ctx.rank() == 0 ? 2 : 4));
+    m.on_step(step);
+  }
+  m.wait();
+  std::string saved = "SAVED";
+  for (const auto& st : m.statistics()) saved += " " + std::to_string(st.step);
+  std::printf("%s\nINTERVAL %lld\nSTEP_US %lld\n", saved.c_str(),
+              static_cast<long long>(m.budget_state().interval),
+              static_cast<long long>(m.budget_state().step_seconds * 1e6));
+  return 0;
+}
+
 testing::RunOptions run_opts(std::vector<std::string> args) {
   testing::RunOptions o;
   o.args = std::move(args);
@@ -176,6 +208,33 @@ TEST(ManagerMultiprocTest, ADamagedNewestIsMovedAsideOnceAndSavedAgain) {
   ASSERT_TRUE(fourth.ok()) << fourth.summary();
   EXPECT_EQ(steps(), (std::vector<int64_t>{8, 10}));
   EXPECT_FALSE(std::filesystem::exists(aside));
+}
+
+// The budget's decision is the coordinator's, broadcast: both ranks save
+// the same steps; only the coordinator logs the interval and the per-save
+// lines at info.
+TEST(ManagerMultiprocTest, ABudgetDecidesTheSameStepsOnEveryRank) {
+  testing::TempDir dir;
+  auto r = testing::run_ranks(2, "budget_rank", run_opts({dir.sub("run")}));
+  ASSERT_TRUE(r.ok()) << r.summary();
+  auto line = [&](int rank, const std::string& head) {
+    const std::string& out = r.ranks[rank].output;
+    const size_t at = out.find(head);
+    return at == std::string::npos ? std::string() : out.substr(at, out.find('\n', at) - at);
+  };
+  const std::string saved = line(0, "SAVED ");
+  EXPECT_EQ(saved, line(1, "SAVED ")) << r.summary();
+  EXPECT_NE(saved.find("SAVED 4 "), std::string::npos) << r.summary();
+  // The coordinator's step time is the slower rank's (4 ms of sleep, not its
+  // own 2 ms): both wait for each other in each step's decision round.
+  EXPECT_GE(std::stoll(line(0, "STEP_US ").substr(8)), 4000) << r.summary();
+  EXPECT_GE(std::stoll(line(0, "INTERVAL ").substr(9)), 1) << r.summary();
+  EXPECT_EQ(line(1, "INTERVAL "), "INTERVAL 0") << r.summary();  // rank 1 only follows
+  EXPECT_NE(r.ranks[0].output.find("save interval: every "), std::string::npos) << r.summary();
+  EXPECT_NE(r.ranks[0].output.find("[info] checkpoint of step 4 committed"), std::string::npos)
+      << r.summary();
+  EXPECT_EQ(r.ranks[1].output.find("save interval: every "), std::string::npos) << r.summary();
+  EXPECT_EQ(r.ranks[1].output.find("committed"), std::string::npos) << r.summary();
 }
 
 }  // namespace

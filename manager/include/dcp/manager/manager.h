@@ -89,6 +89,15 @@ struct DCP_MANAGER_EXPORT SaveStatistics {
   double gbps = 0;  // bytes / durable_seconds
 };
 
+// A save budget's state (SavePolicy::max_overhead, mtbf_seconds), as the
+// coordinator sees it: the others follow its decisions.
+struct DCP_MANAGER_EXPORT BudgetState {
+  int64_t interval = 0;     // steps between saves (0: none chosen yet, or no budget)
+  double save_cost = -1;    // what a save costs the loop, seconds (moving average; -1: none yet)
+  double step_seconds = 0;  // a training step (moving average; 0: not measured yet)
+  int changes = 0;          // how often the interval was chosen or changed
+};
+
 class DCP_MANAGER_EXPORT CheckpointManager {
  public:
   // `collectives`: the group of the training ranks (null: one process).
@@ -157,6 +166,8 @@ class DCP_MANAGER_EXPORT CheckpointManager {
   void set_phase_callback(std::function<void(const char* phase, int64_t step)> fn);
 
   std::vector<SaveStatistics> statistics() const;
+  // The save budget's interval and the measurements it follows from.
+  BudgetState budget_state() const { return budget_; }
   std::vector<CheckpointInfo> committed() const { return list_committed(options_.dir, env_); }
   // A preemption signal was received by this process.
   bool signal_received() const;
@@ -194,6 +205,13 @@ class DCP_MANAGER_EXPORT CheckpointManager {
   bool is_coordinator() const { return rank_ == 0; }
   int world_size() const;
   void phase(const char* name, int64_t step) const;
+  bool has_budget() const {
+    return options_.save.max_overhead > 0 || options_.save.mtbf_seconds > 0;
+  }
+  void measure_step(int64_t step);    // the step time since the last on_step
+  void measure_save(double seconds);  // a save's cost to the loop; re-plans the interval
+  void plan_interval();               // coordinator: the interval from the estimates
+  bool budget_due(int64_t step);      // coordinator: the budget asks for a save of `step`
 
   CheckpointManagerOptions options_;
   std::shared_ptr<Collectives> coll_;
@@ -210,6 +228,11 @@ class DCP_MANAGER_EXPORT CheckpointManager {
   std::vector<SaveStatistics> stats_;  // GUARDED_BY(stats_mu_)
   std::chrono::steady_clock::time_point last_save_time_;
   int64_t last_saved_step_ = -1;
+  BudgetState budget_;
+  int64_t steps_measured_ = 0;  // samples of the step time
+  int64_t last_step_ = -1;      // the step of the last on_step (-1: none yet)
+  std::chrono::steady_clock::time_point last_step_start_;  // when that on_step began
+  double saved_since_step_ = 0;     // seconds saves took since then (on_step, save())
   uint64_t save_counter_ = 0;       // names temporary directories; the same on every rank
   Env* env_ = nullptr;              // options_.env, or the one options_.dir names
   std::unique_ptr<FileLock> lock_;  // coordinator: <dir>/.lock

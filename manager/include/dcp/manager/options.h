@@ -24,8 +24,24 @@ inline constexpr int kMaxStorageThreads = 1024;  // storage.threads: 1..1024
 
 struct DCP_MANAGER_EXPORT SavePolicy {
   // Save when step % every_steps == 0 (steps > 0). 0 turns the rule off.
-  // Default 1000; 0..INT64_MAX.
+  // Default 1000; 0..INT64_MAX. With a budget (max_overhead, mtbf_seconds)
+  // the YAML default is 0 (off); a value given still saves as well. Code
+  // that sets a budget sets every_steps = 0 itself unless it wants both.
   int64_t every_steps = 1000;
+  // A budget: the manager measures the step time and what a save costs the
+  // training loop (its blocking time; a synchronous save blocks for its
+  // whole duration) as the run goes, and picks the step interval
+  // (interval_from_budget below; docs/MANAGER.md "An interval from a
+  // budget"), logging each change with its reason.
+  //
+  // The fraction of wall time the loop may lose to saving: the interval is
+  // at least cost * (1 - f) / (f * step time) steps. 0 (default): off;
+  // else in (0, 1).
+  double max_overhead = 0;
+  // The mean time between failures of the job, in seconds: Young/Daly's
+  // interval, sqrt(2 * cost * mtbf) of training time (never shorter than
+  // what max_overhead allows when both are set). 0 (default): off; finite.
+  double mtbf_seconds = 0;
   // Save when this many seconds passed since the last save (decided on the
   // coordinator). 0 (default) turns the rule off. Finite, >= 0.
   double every_seconds = 0;
@@ -119,6 +135,17 @@ struct DCP_MANAGER_EXPORT StoragePolicy {
   std::string pytorch_version = "2";
 };
 
+struct DCP_MANAGER_EXPORT LogPolicy {
+  // The level of dcp++'s logger (dcp/logging.h) from the manager's
+  // construction on: trace, debug, info, warn, error, critical or off.
+  // Empty (default): left as it is (info, or $DCP_LOG_LEVEL). At info the
+  // manager logs one line per committed save (on the coordinator only) and
+  // what is rare (a resume, a leftover removed, a failure, a change of the
+  // budget's interval); everything else of a save is at debug.
+  // $DCP_LOG_LEVEL overrides it (apply_environment).
+  std::string level;
+};
+
 enum class OnError {
   kRaise,  // a failed save is thrown (an async one at the next on_step/wait)
   kWarn,   // logged; training carries on
@@ -140,8 +167,25 @@ struct DCP_MANAGER_EXPORT CheckpointManagerOptions {
   KeepPolicy keep;
   ResumePolicy resume;
   StoragePolicy storage;
+  LogPolicy log;
   OnError on_error = OnError::kRaise;
 };
+
+// The step interval a save budget asks for, given what a save costs the
+// training loop (seconds) and the time of a step (seconds).
+struct DCP_MANAGER_EXPORT BudgetInterval {
+  int64_t steps = 0;             // the interval (>= 1); 0: no budget, or costs unknown
+  int64_t overhead_steps = 0;    // the fewest steps max_overhead allows (0: not set)
+  int64_t young_daly_steps = 0;  // Young/Daly's interval (0: mtbf_seconds not set)
+  std::string reason;            // how `steps` follows from the costs, for the log
+};
+// overhead_steps = ceil(cost * (1 - f) / (f * step)) for f = max_overhead
+// (then cost / (steps * step + cost) <= f); young_daly_steps =
+// round(sqrt(2 * cost * mtbf) / step); steps = the larger of the two set,
+// at least 1.
+DCP_MANAGER_EXPORT BudgetInterval interval_from_budget(const SavePolicy& policy,
+                                                       double save_cost_seconds,
+                                                       double step_seconds);
 
 // Throws ConfigError ("checkpoint.storage.threads: must be in 1..1024, not
 // 0") for the first field outside its documented range above, an unknown
@@ -163,8 +207,9 @@ DCP_MANAGER_EXPORT CheckpointManagerOptions load_manager_options(const std::stri
 // The same from YAML text; `source` names it in errors. No environment.
 DCP_MANAGER_EXPORT CheckpointManagerOptions parse_manager_options(const std::string& yaml,
                                                                   const std::string& source);
-// Applies $DCP_CHECKPOINT_DIR (replaces `dir`) and $DCP_RESUME_FROM
-// (replaces `resume.from`) when set and not empty; a value that validate()
+// Applies $DCP_CHECKPOINT_DIR (replaces `dir`), $DCP_RESUME_FROM
+// (replaces `resume.from`) and $DCP_LOG_LEVEL (replaces `log.level`) when
+// set and not empty; a value that validate()
 // would refuse is a ConfigError naming the variable.
 DCP_MANAGER_EXPORT void apply_environment(CheckpointManagerOptions& options);
 

@@ -196,7 +196,12 @@ std::vector<Row> scan(const std::string& dir, bool verify, int threads) {
     r.bytes = size_on_disk(r.path);
     if (verify && (r.state == "committed" || r.state == "checkpoint")) {
       const std::string why = verify_problem(r.path, threads);
-      if (!why.empty()) r.state = "damaged", r.note = why;
+      if (!why.empty()) {
+        r.state = "damaged";
+        r.note = why;  // on one line
+        for (size_t at; (at = r.note.find('\n')) != std::string::npos;)
+          r.note.replace(at, r.note.find_first_not_of(' ', at + 1) - at, "; ");
+      }
     }
     rows.push_back(std::move(r));
   }

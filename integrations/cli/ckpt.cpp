@@ -14,6 +14,11 @@
 //                [--optimizer-layout as-saved|pytorch] [--overwrite] [--no-sync]
 //                               write the checkpoint in another format (dcp/convert.h,
 //                               docs/INTEROP.md "ckpt convert")
+//   ckpt ls RUN_DIR [--json] [--verify]
+//                               a run directory's checkpoints, one row each (run_dir.cpp)
+//   ckpt diff A B [--values] [--json]
+//                               keys added, removed, changed (diff.cpp)
+//   ckpt stats RUN_DIR [--json] what each save cost (stats.cpp)
 //
 // DIR is a checkpoint directory or file (or memory://, fs:// ids for tests). It is a
 // CheckpointManager's when it holds a dcp_manager.record or is named like the
@@ -34,6 +39,7 @@
 
 #include "dcp/dcp.h"
 #include "dcp/manager/manager.h"
+#include "run_dir.h"
 
 namespace {
 
@@ -117,87 +123,6 @@ int show(const std::string& dir, bool items) {
   return 0;
 }
 
-// Plans a read of every saved item into a throw-away buffer: the reader
-// checks each checksum as it goes, and nothing is kept.
-class VerifyPlanner : public dcp::DefaultLoadPlanner {
- public:
-  explicit VerifyPlanner(std::shared_ptr<dcp::StorageReader> reader) : reader_(std::move(reader)) {}
-  // Values of other formats dcp++ cannot represent: not read (key -> why).
-  const std::map<std::string, std::string>& unreadable() const { return unreadable_; }
-
-  dcp::LoadPlan create_local_plan() override {
-    dcp::LoadPlan plan;
-    unreadable_ = reader_->unreadable_keys();
-    for (const auto& [key, entry] : metadata_->state_dict_metadata) {
-      if (unreadable_.count(key)) continue;
-      if (const auto* t = std::get_if<dcp::TensorStorageMetadata>(&entry)) {
-        for (const auto& c : t->chunks) {
-          dcp::ReadItem ri;
-          ri.type = dcp::LoadItemType::kTensor;
-          ri.dest_index = dcp::MetadataIndex(key, c.offsets);
-          ri.storage_index = dcp::MetadataIndex(key, c.offsets);
-          ri.dest_offsets = ri.storage_offsets = std::vector<int64_t>(c.sizes.size(), 0);
-          ri.lengths = c.sizes;
-          plan.items.push_back(std::move(ri));
-        }
-      } else {
-        dcp::ReadItem ri;
-        ri.type = dcp::LoadItemType::kByteIO;
-        ri.dest_index = ri.storage_index = dcp::MetadataIndex(key);
-        plan.items.push_back(std::move(ri));
-      }
-    }
-    return plan;
-  }
-  void load_bytes(const dcp::ReadItem& item, const dcp::Bytes& value) override {
-    dcp::decode_plain_value(value.data, "key '" + item.dest_index.fqn + "'");  // must parse
-    done(value.data.size());
-  }
-  at::Tensor resolve_tensor(const dcp::ReadItem& item) override {
-    const auto& t = std::get<dcp::TensorStorageMetadata>(
-        metadata_->state_dict_metadata.at(item.dest_index.fqn));
-    return at::empty(item.lengths, at::TensorOptions().dtype(t.properties.dtype));
-  }
-  void commit_tensor(const dcp::ReadItem&, at::Tensor& t) override { done(t.nbytes()); }
-
-  // On a terminal (stderr), a line of progress once a verify has run for a
-  // second: bytes checked of all, and the rate. Ends it with a newline.
-  void show_progress(uint64_t total) {
-    if (isatty(STDERR_FILENO) != 1) return;
-    total_ = total;
-    t0_ = std::chrono::steady_clock::now();
-    last_ = t0_;
-    tty_ = true;
-  }
-  void end_progress() {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (shown_) std::fprintf(stderr, "\n");
-    shown_ = false;
-  }
-
- private:
-  void done(uint64_t bytes) {
-    if (!tty_) return;
-    std::lock_guard<std::mutex> lock(mu_);  // reader threads call in
-    done_ += bytes;
-    const auto now = std::chrono::steady_clock::now();
-    const double secs = std::chrono::duration<double>(now - t0_).count();
-    if (secs < 1 || now - last_ < std::chrono::milliseconds(200)) return;
-    last_ = now;
-    std::fprintf(stderr, "\rckpt verify: %s of %s (%.0f%%), %s/s\x1b[K", human(done_).c_str(),
-                 human(total_).c_str(), total_ ? 100.0 * done_ / total_ : 100.0,
-                 human(static_cast<uint64_t>(done_ / secs)).c_str());
-    shown_ = true;
-  }
-
-  bool tty_ = false, shown_ = false;
-  std::mutex mu_;
-  uint64_t done_ = 0, total_ = 0;
-  std::chrono::steady_clock::time_point t0_, last_;
-  std::shared_ptr<dcp::StorageReader> reader_;
-  std::map<std::string, std::string> unreadable_;
-};
-
 int verify(const std::string& dir, int threads) {
   const auto t0 = std::chrono::steady_clock::now();
   // A manager's checkpoint is committed only with a valid record of its step.
@@ -211,7 +136,7 @@ int verify(const std::string& dir, int threads) {
   dcp::LoadOptions lo;
   lo.storage_reader = dir.rfind("memory://", 0) == 0 ? dcp::make_memory_reader(dir, ro)
                                                      : dcp::make_filesystem_reader(dir, ro);
-  auto planner = std::make_shared<VerifyPlanner>(lo.storage_reader);
+  auto planner = std::make_shared<ckpt::VerifyPlanner>(lo.storage_reader);
   lo.planner = planner;
   planner->show_progress(md.total_bytes());
   dcp::StateDict none;
@@ -359,6 +284,12 @@ int main(int argc, char** argv) {
   convert_cmd->add_flag("--no-sync", ca.no_sync, "do not fsync what is written");
   convert_cmd->add_option("--threads", ca.threads, "reader (and dcp++ writer) threads")
       ->check(CLI::Range(1, 256));
+  ckpt::LsArgs ls_args;
+  auto* ls_cmd = ckpt::add_ls(app, ls_args);
+  ckpt::DiffArgs diff_args;
+  auto* diff_cmd = ckpt::add_diff(app, diff_args);
+  ckpt::StatsArgs stats_args;
+  auto* stats_cmd = ckpt::add_stats(app, stats_args);
   // --help: the usage on stdout, exit 0 (CLI11). A bad command line: the
   // error, then the usage of the (sub)command it was for, exit 2.
   try {
@@ -384,6 +315,9 @@ int main(int argc, char** argv) {
   try {
     if (*show_cmd) return show(dir, items);
     if (*convert_cmd) return convert(ca);
+    if (*ls_cmd) return ckpt::run_ls(ls_args);
+    if (*diff_cmd) return ckpt::run_diff(diff_args);
+    if (*stats_cmd) return ckpt::run_stats(stats_args);
     return verify(dir, threads);
   } catch (const dcp::Error& e) {
     std::fprintf(stderr, "ckpt: %s\n", e.what());

@@ -54,6 +54,7 @@
 #include "dcp/logging.h"
 #include "directory.h"
 #include "signals.h"
+#include "stats_file.h"
 
 namespace dcp {
 namespace manager {
@@ -394,7 +395,8 @@ void CheckpointManager::start_save(int64_t step, bool async, bool force,
   }
   const double secs = std::chrono::duration<double>(Clock::now() - pending->start).count();
   committed_save({step, false, secs, secs, pending->stats->bytes,
-                  secs > 0 ? pending->stats->bytes / secs / 1e9 : 0});
+                  secs > 0 ? pending->stats->bytes / secs / 1e9 : 0,
+                  internal::wall_time_at(pending->start)});
 }
 
 void CheckpointManager::committed_save(const SaveStatistics& st) {
@@ -402,6 +404,7 @@ void CheckpointManager::committed_save(const SaveStatistics& st) {
     std::lock_guard<std::mutex> lock(stats_mu_);
     stats_.push_back(st);
   }
+  if (is_coordinator()) internal::append_save_statistics(env_, options_.dir, st);
   log_committed(st, is_coordinator());
   for (auto& fn : post_save_) fn(st);
 }
@@ -450,7 +453,8 @@ void CheckpointManager::reap(bool wait_all) {
       p.handle.get();
       const double durable = p.blocking + p.stats->total_seconds;
       committed_save({p.step, true, p.blocking, durable, p.stats->bytes,
-                      durable > 0 ? p.stats->bytes / durable / 1e9 : 0});
+                      durable > 0 ? p.stats->bytes / durable / 1e9 : 0,
+                      internal::wall_time_at(p.start)});
     } catch (...) {
       if (last_saved_step_ == p.step) last_saved_step_ = p.prev_saved_step;
       discard_failed_save(p.tmp);

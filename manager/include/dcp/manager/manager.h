@@ -86,7 +86,8 @@ struct DCP_MANAGER_EXPORT SaveStatistics {
   double blocking_seconds = 0;  // the training loop waited this long
   double durable_seconds = 0;   // from the call until the checkpoint was committed
   uint64_t bytes = 0;
-  double gbps = 0;  // bytes / durable_seconds
+  double gbps = 0;        // bytes / durable_seconds
+  double start_time = 0;  // seconds since the epoch, when the save was called
 };
 
 // A save budget's state (SavePolicy::max_overhead, mtbf_seconds), as the

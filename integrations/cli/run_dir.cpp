@@ -132,9 +132,23 @@ std::string verify_problem(const std::string& path, int threads) {
 
 std::vector<Row> scan(const std::string& dir, bool verify, int threads) {
   dcp::Env* env = dcp::env_for(dir);
-  const std::vector<std::string> names = env->list_dir(dcp::env_path(dir));
+  std::vector<std::string> names;
+  std::error_code ec;
+  // Given a checkpoint rather than a run directory (step_N, model.pt, a
+  // PyTorch DCP directory): one row for it, so that ls says what it is.
+  fs::path dir_path = fs::path(dir).lexically_normal();
+  if (dir_path.filename().empty()) dir_path = dir_path.parent_path();  // "a/b/"
+  const std::string name_of_dir = dir_path.filename().string();
+  const bool is_file = fs::is_regular_file(dir, ec);
+  if (is_file || (dir.rfind("memory://", 0) != 0 && fs::exists(fs::path(dir) / ".metadata", ec))) {
+    names.push_back("");
+  } else {
+    names = env->list_dir(dcp::env_path(dir));
+  }
   std::map<std::string, dcp::manager::CheckpointInfo> committed;
-  for (auto& info : dcp::manager::list_committed(dir)) {
+  for (auto& info : names.size() == 1 && names[0].empty()
+                        ? std::vector<dcp::manager::CheckpointInfo>{}
+                        : dcp::manager::list_committed(dir)) {
     const std::string name = fs::path(info.path).filename().string();
     committed[name] = std::move(info);
   }
@@ -143,12 +157,19 @@ std::vector<Row> scan(const std::string& dir, bool verify, int threads) {
     if (name == ".lock" || name == dcp::manager::kStatsFileName) continue;
     Row r;
     r.name = name;
-    r.path = dir + "/" + name;
+    r.path = name.empty() ? dir : dir + "/" + name;
     r.step = step_of(name);
-    std::error_code ec;
     if (!fs::exists(r.path, ec)) continue;  // gone meanwhile (a live run)
-    if (name.rfind("step_", 0) == 0 && r.step >= 0 &&
-        name.find_first_not_of("0123456789", 5) == std::string::npos) {
+    if (name.empty()) {                     // the argument itself is a checkpoint
+      r.name = name_of_dir;
+      r.step = step_of(r.name);
+      r.state = "checkpoint";
+      r.note = "the path given is a checkpoint, not a run directory";
+      fill_from_record(r);
+      fill_from_checkpoint(r);
+      if (r.format.empty()) r.note += "; its metadata does not read";
+    } else if (name.rfind("step_", 0) == 0 && r.step >= 0 &&
+               name.find_first_not_of("0123456789", 5) == std::string::npos) {
       auto it = committed.find(name);
       if (it != committed.end()) {
         r.state = "committed";

@@ -64,6 +64,10 @@ grep -Eq '^\* 40 .* committed' "$WORK/out" || fail "newest intact after --verify
 grep -Eq '^\* 50 .* committed' "$WORK/out" || fail "committed without --verify"
 # Not a directory.
 if "$CKPT" ls "$WORK/nothing" > "$WORK/out" 2>&1; then fail "ls of a missing directory"; fi
+# A checkpoint given instead of its run directory: one row saying so.
+"$CKPT" ls "$(S 40)/" > "$WORK/out" || fail "ls of a checkpoint"
+grep -Eq '^  40 .* dcp\+\+ +checkpoint +step_0000000040 .*the path given is a checkpoint' "$WORK/out" ||
+  { cat "$WORK/out"; fail "ls of a checkpoint: its row"; }
 
 # ---- diff ----
 A="$(S 30)"; B="$(S 40)"
@@ -89,6 +93,8 @@ grep -q "^changed  model.fc1.weight  (checksum)  max |a-b| = $WANT\$" "$WORK/out
 "$CKPT" convert "$A" "$WORK/a_st" --to safetensors > /dev/null 2>&1
 "$CKPT" diff "$A" "$WORK/a.pt" > "$WORK/out" || fail "dcp++ vs torch.save differ"
 grep -q "0 changed, .* (0 compared by checksum, .* by value)" "$WORK/out" || fail "by value"
+"$CKPT" ls "$WORK/a.pt" > "$WORK/out2" || fail "ls of a torch.save file"
+grep -Eq ' torch.save.* +checkpoint +a.pt ' "$WORK/out2" || { cat "$WORK/out2"; fail "ls of a .pt: its row"; }
 "$CKPT" diff "$WORK/a_pd" "$A" > "$WORK/out" || fail "pytorch-dcp vs dcp++ differ"
 if "$CKPT" diff "$A" "$WORK/a_st" > "$WORK/out"; then fail "safetensors has no plain values"; fi
 grep -q "^removed  progress.step$" "$WORK/out" || fail "plain values removed in safetensors"

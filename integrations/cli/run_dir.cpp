@@ -196,6 +196,12 @@ std::vector<Row> scan(const std::string& dir, bool verify, int threads) {
     } else if (name.rfind(".old.", 0) == 0) {
       r.state = "leftover";
       r.note = "being deleted by retention, or left by a crash";
+    } else if (name.rfind(".replaced.", 0) == 0) {
+      r.state = "leftover";
+      r.note =
+          "set aside by a forced save of its step; put back at start-up if that did not commit";
+      fill_from_record(r);
+      fill_from_checkpoint(r);
     } else if (name.rfind(".damaged.", 0) == 0) {
       r.state = "moved-aside";
       r.note = "damaged: did not load or was not committed";

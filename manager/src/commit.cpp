@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <utility>
+
 #include "dcp/error.h"
 #include "dcp/logging.h"
 #include "dcp/manager/manager.h"
@@ -35,17 +37,26 @@ class CommitWriter final : public StorageWriterWrapper {
     if (ctx_.sync) fsync_dir(ctx_.env, ctx_.tmp);
     ctx_.phase("rename", ctx_.step);
     make_room();
-    rename_or_throw(ctx_.env, ctx_.tmp, ctx_.final_path);
+    try {
+      rename_or_throw(ctx_.env, ctx_.tmp, ctx_.final_path);
+    } catch (...) {
+      restore_replaced();
+      throw;
+    }
     if (ctx_.sync) {
       try {
         fsync_dir(ctx_.env, ctx_.dir);
       } catch (...) {
         // The save fails, so step_N must not stay and pass for committed
-        // (nor make the retry an AlreadyExistsError): back to .tmp.
+        // (nor make the retry an AlreadyExistsError): back to .tmp, and
+        // the checkpoint it was to replace back in its place.
         undo_rename();
+        restore_replaced();
         throw;
       }
     }
+    // Only now, with the new step_N durable, may the one it replaced go.
+    if (!replaced_.empty()) ctx_.delete_later(std::exchange(replaced_, std::string()));
     ctx_.phase("retention", ctx_.step);
     retain(ctx_.env, ctx_.dir, ctx_.step, ctx_.keep, ctx_.save_number, ctx_.sync,
            ctx_.delete_later);
@@ -62,12 +73,14 @@ class CommitWriter final : public StorageWriterWrapper {
     const std::string problem = commit_problem(ctx_.env, ctx_.final_path, ctx_.step, info);
     if (problem.empty()) {
       if (!ctx_.force) throw AlreadyExistsError("'" + ctx_.final_path + "' is already committed");
-      const std::string old = ctx_.dir + "/.old." + name + "." + std::to_string(ctx_.save_number);
-      rename_or_throw(ctx_.env, ctx_.final_path, old);
-      // Durable before the deletion starts: a cut must not leave a step_N
-      // whose files are partly gone.
-      if (ctx_.sync) fsync_dir(ctx_.env, ctx_.dir);
-      ctx_.delete_later(old);
+      // Set aside, not deleted, until the new step_N is durable: a save
+      // that fails from here on puts it back, and a crash leaves it as
+      // .replaced.step_N.<k>, which start-up puts back when no step_N
+      // committed (CheckpointManager::open_directory).
+      const std::string aside =
+          ctx_.dir + "/" + kReplacedPrefix + name + "." + std::to_string(ctx_.save_number);
+      rename_or_throw(ctx_.env, ctx_.final_path, aside);
+      replaced_ = aside;
       return;
     }
     const std::string aside = move_aside(ctx_.env, ctx_.dir, name, kDamaged, ctx_.sync);
@@ -75,6 +88,21 @@ class CommitWriter final : public StorageWriterWrapper {
         "'{}' is not a committed checkpoint ({}): moved aside to '{}' (kept until a checkpoint of "
         "a later step commits) before committing step {}",
         ctx_.final_path, problem, aside, ctx_.step);
+  }
+
+  // The committed step_N that make_room() set aside, back in its place.
+  void restore_replaced() noexcept {
+    if (replaced_.empty()) return;
+    try {
+      rename_or_throw(ctx_.env, replaced_, ctx_.final_path);
+      if (ctx_.sync) fsync_dir(ctx_.env, ctx_.dir);
+      replaced_.clear();
+    } catch (const std::exception& e) {
+      logger().warn(
+          "cannot move '{}' back to '{}' after the commit replacing it failed: {} (the next "
+          "start-up puts it back)",
+          replaced_, ctx_.final_path, e.what());
+    }
   }
 
   void undo_rename() noexcept {
@@ -87,6 +115,7 @@ class CommitWriter final : public StorageWriterWrapper {
   }
 
   CommitContext ctx_;
+  std::string replaced_;  // a committed step_N a forced save set aside
 };
 
 }  // namespace

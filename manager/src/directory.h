@@ -7,6 +7,10 @@
 //                           a valid dcp_manager.record of step N
 //   .tmp.step_N.<k>         a save in progress (removed at start-up)
 //   .old.*                  being deleted (removed at start-up)
+//   .replaced.step_N.<k>    a committed step_N that a forced save of step N
+//                           set aside until its own step_N is durable; at
+//                           start-up put back if no step_N is committed,
+//                           else removed
 //   .damaged.step_N.<k>     a step_N that did not load or was not committed,
 //                           moved aside; kept until a checkpoint of a later
 //                           step commits (never removed at start-up)
@@ -31,6 +35,7 @@ constexpr const char* kRecordName = "dcp_manager.record";
 constexpr int kRecordVersion = 1;  // record versions this build reads: 1 to kRecordVersion
 constexpr const char* kDamaged = "damaged";
 constexpr const char* kSuperseded = "superseded";
+constexpr const char* kReplacedPrefix = ".replaced.";  // .replaced.step_N.<k>
 
 double wall_clock();
 

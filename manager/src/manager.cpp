@@ -13,7 +13,9 @@
 //      fsyncs the directory.
 //   5. It renames .tmp.step_N.<k> to step_N. An existing step_N that is a
 //      committed checkpoint is an AlreadyExistsError (with `force` it is first
-//      renamed to .old.step_N.<k>); one that is not committed (no .metadata, no
+//      renamed to .replaced.step_N.<k>, put back if the commit fails, deleted
+//      only once step 6 is done; start-up puts it back after a crash when no
+//      step_N is committed); one that is not committed (no .metadata, no
 //      valid record) is moved aside to .damaged.step_N.<k> first.
 //   6. It fsyncs <dir>. The checkpoint is committed: resume and retention see
 //      only step_N directories that hold both .metadata and a valid record
@@ -245,6 +247,7 @@ void CheckpointManager::open_directory() {
   } catch (const Error& e) {
     logger().debug("cannot write the pid into '{}' (the lock is held): {}", lock_path, e.what());
   }
+  restore_replaced();
   // Leftovers of saves and deletions that a crash interrupted. Directories
   // moved aside (.damaged.*, .superseded.*) stay: retention removes them.
   for (const auto& name : entries(env_, options_.dir))
@@ -256,6 +259,51 @@ void CheckpointManager::open_directory() {
         logger().warn("cannot remove leftover '{}': {}", name, e.what());
       }
     }
+}
+
+// A crash during a forced save of step N (save(N, force)) can leave the
+// committed step_N it was replacing set aside as .replaced.step_N.<k>, and
+// no step_N: put it back. When a step_N is committed (the new one), the
+// set-aside one is removed. The newest (largest <k>) is the one put back.
+void CheckpointManager::restore_replaced() {
+  const std::string prefix = internal::kReplacedPrefix;
+  std::vector<std::pair<uint64_t, std::string>> found;
+  for (const auto& name : entries(env_, options_.dir)) {
+    if (name.rfind(prefix, 0) != 0) continue;
+    const size_t dot = name.rfind('.');
+    uint64_t k = 0;
+    try {
+      k = std::stoull(name.substr(dot + 1));
+    } catch (const std::exception&) {
+    }
+    found.emplace_back(k, name);
+  }
+  std::sort(found.rbegin(), found.rend());
+  for (const auto& [k, name] : found) {
+    const std::string step_name =
+        name.substr(prefix.size(), name.rfind('.') - prefix.size());  // step_N
+    const std::string path = options_.dir + "/" + name;
+    const std::string final_path = options_.dir + "/" + step_name;
+    try {
+      CheckpointInfo info;
+      const int64_t step = step_name.rfind("step_", 0) == 0 ? std::stoll(step_name.substr(5)) : -1;
+      const bool committed = internal::exists(env_, final_path) &&
+                             internal::commit_problem(env_, final_path, step, info).empty();
+      if (committed) {
+        env_->remove_dir_recursively(env_path(path));
+        logger().info("removed '{}': the forced save that replaced it committed", name);
+        continue;
+      }
+      if (internal::exists(env_, final_path))
+        internal::move_aside(env_, options_.dir, step_name, internal::kDamaged, true);
+      internal::rename_or_throw(env_, path, final_path);
+      internal::fsync_dir(env_, options_.dir);
+      logger().warn("put '{}' back as '{}': the forced save replacing it did not commit", name,
+                    step_name);
+    } catch (const std::exception& e) {
+      logger().warn("cannot restore '{}': {}", name, e.what());
+    }
+  }
 }
 
 void CheckpointManager::release_lock() { lock_.reset(); }

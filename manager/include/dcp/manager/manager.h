@@ -182,6 +182,7 @@ class DCP_MANAGER_EXPORT CheckpointManager {
  private:
   void open_directory();  // coordinator: create, lock, remove leftovers
   void release_lock();
+  void restore_replaced();
   void start_save(int64_t step, bool async, bool force,
                   const std::map<std::string, double>& metrics);
   StateDict prepare_save(int64_t step);  // pre-save callbacks (checked), the state dict

@@ -30,19 +30,20 @@ void Env::write_file(const std::string& path, const std::string& data, bool sync
 }
 
 void Env::create_dirs_durably(const std::string& path, bool sync) {
-  auto parent = [](const std::string& p) -> std::string {
-    const auto slash = p.find_last_not_of('/') == std::string::npos
-                           ? std::string::npos
-                           : p.rfind('/', p.find_last_not_of('/'));
-    if (slash == std::string::npos) return ".";
-    return slash == 0 ? "/" : p.substr(0, slash);
-  };
   std::vector<std::string> missing;
   if (sync)
-    for (std::string p = path; !p.empty() && p != "/" && p != "." && !dir_exists(p); p = parent(p))
+    for (std::string p = path; !p.empty() && p != "/" && p != "." && !dir_exists(p);
+         p = internal::parent_path(p))
       missing.push_back(p);
   create_dirs(path);
-  for (const auto& m : missing) sync_dir(parent(m));
+  for (const auto& m : missing) sync_dir(internal::parent_path(m));
+}
+
+std::string internal::parent_path(const std::string& p) {
+  const auto last = p.find_last_not_of('/');
+  const auto slash = last == std::string::npos ? std::string::npos : p.rfind('/', last);
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : p.substr(0, slash);
 }
 
 std::string internal::join_path(const std::string& dir, const std::string& name) {

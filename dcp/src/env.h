@@ -7,6 +7,9 @@
 
 namespace dcp {
 namespace internal {
+// The directory that holds `p` (trailing slashes ignored): "a/b" -> "a",
+// "/a" -> "/", "a" -> ".".
+std::string parent_path(const std::string& p);
 
 std::string join_path(const std::string& dir, const std::string& name);
 

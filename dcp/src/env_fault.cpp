@@ -66,13 +66,6 @@ std::string normalize(std::string p) {
   return out;
 }
 
-std::string parent_of(const std::string& p) {
-  const auto slash = p.rfind('/');
-  if (slash == std::string::npos) return ".";
-  if (slash == 0) return "/";
-  return p.substr(0, slash);
-}
-
 bool under(const std::string& path, const std::string& dir) {
   return path == dir || (path.size() > dir.size() && path.compare(0, dir.size(), dir) == 0 &&
                          path[dir.size()] == '/');
@@ -387,7 +380,7 @@ std::unique_ptr<WritableFile> FaultInjectionEnv::new_writable_file(const std::st
   auto data = std::make_shared<FileData>();
   s.files[path] = data;
   if (!existed || !op.trash.empty()) {
-    op.dir_a = s.dir_id(parent_of(path));
+    op.dir_a = s.dir_id(internal::parent_path(path));
     op.durable_b = true;
     s.pending.push_back(std::move(op));
   }
@@ -429,13 +422,13 @@ void FaultInjectionEnv::create_dirs(const std::string& path_in) {
   if (v.err) State::fail(v, "create directory", path);
   std::vector<std::string> missing;  // outermost last
   for (std::string p = path; !p.empty() && p != "." && p != "/" && !s.target->dir_exists(p);
-       p = parent_of(p))
+       p = internal::parent_path(p))
     missing.push_back(p);
   s.target->create_dirs(path);
   for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
     erase_under(s.dir_ids, *it);
     MetaOp op{MetaOp::kMkdir, *it};
-    op.dir_a = s.dir_id(parent_of(*it));
+    op.dir_a = s.dir_id(internal::parent_path(*it));
     op.durable_b = true;
     s.pending.push_back(std::move(op));
     s.dir_id(*it);
@@ -471,8 +464,8 @@ void FaultInjectionEnv::rename_file(const std::string& from_in, const std::strin
   rekey(s.files, from, to);
   erase_under(s.dir_ids, to);
   rekey(s.dir_ids, from, to);
-  op.dir_a = s.dir_id(parent_of(from));
-  op.dir_b = s.dir_id(parent_of(to));
+  op.dir_a = s.dir_id(internal::parent_path(from));
+  op.dir_b = s.dir_id(internal::parent_path(to));
   s.pending.push_back(std::move(op));
 }
 
@@ -492,7 +485,7 @@ void FaultInjectionEnv::remove_file(const std::string& path_in) {
   op.trash = s.next_trash();
   s.target->rename_file(path, op.trash);
   rekey(s.files, path, op.trash);
-  op.dir_a = s.dir_id(parent_of(path));
+  op.dir_a = s.dir_id(internal::parent_path(path));
   op.durable_b = true;
   s.pending.push_back(std::move(op));
 }
@@ -518,7 +511,7 @@ void FaultInjectionEnv::remove_dir_recursively(const std::string& path_in) {
   s.target->remove_dir_recursively(path);
   erase_under(s.files, path);
   MetaOp op{MetaOp::kRemoveDir, path};
-  op.dir_a = s.dir_id(parent_of(path));
+  op.dir_a = s.dir_id(internal::parent_path(path));
   op.durable_b = true;
   erase_under(s.dir_ids, path);
   s.pending.push_back(std::move(op));
@@ -593,7 +586,7 @@ RebootReport FaultInjectionEnv::reboot(RebootMode mode, uint64_t seed) {
         }
         break;
       case MetaOp::kRename:
-        if (exists(op.to) && !exists(op.path) && t->dir_exists(parent_of(op.path))) {
+        if (exists(op.to) && !exists(op.path) && t->dir_exists(internal::parent_path(op.path))) {
           t->rename_file(op.to, op.path);
           if (!op.trash.empty() && t->file_exists(op.trash)) t->rename_file(op.trash, op.to);
           if (op.replaced_empty_dir) t->create_dirs(op.to);
@@ -601,13 +594,14 @@ RebootReport FaultInjectionEnv::reboot(RebootMode mode, uint64_t seed) {
         }
         break;
       case MetaOp::kRemoveFile:
-        if (t->file_exists(op.trash) && !exists(op.path) && t->dir_exists(parent_of(op.path))) {
+        if (t->file_exists(op.trash) && !exists(op.path) &&
+            t->dir_exists(internal::parent_path(op.path))) {
           t->rename_file(op.trash, op.path);
           undone = true;
         }
         break;
       case MetaOp::kRemoveDir:
-        if (!exists(op.path) && t->dir_exists(parent_of(op.path))) {
+        if (!exists(op.path) && t->dir_exists(internal::parent_path(op.path))) {
           t->create_dirs(op.path);
           undone = true;
         }

@@ -103,7 +103,8 @@ struct CheckpointManager::Deleter {
         try {
           env->remove_dir_recursively(env_path(path));
         } catch (const std::exception& e) {
-          logger().warn("retention: cannot delete '{}': {}", path, e.what());
+          logger().warn("cannot delete '{}' in the background (the next start-up removes it): {}",
+                        path, e.what());
         }
       }
     });

@@ -1,6 +1,7 @@
 // The manager's own collective rounds fail fast and together, on 2 and 3 real
 // ranks over Gloo: when the constructor fails on the coordinator, the resume
-// listing fails, or a pre-save callback or a state_dict() throws on one rank,
+// listing fails, a pre-save callback or a state_dict() throws on one rank, or
+// a data write fails on one rank (ENOSPC: then the .tmp directory goes too),
 // every rank throws the same CheckpointError long before the collective
 // timeout (120 s here), the failing rank included; afterwards every rank
 // meets the others at a barrier of the process group, still in step.
@@ -12,9 +13,11 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <thread>
 
 #include "common/multiproc.h"
 #include "common/test_util.h"
+#include "dcp/fault_injection_env.h"
 #include "dcp/manager/manager.h"
 
 namespace dcp {
@@ -167,6 +170,58 @@ DCP_REGISTER_WORKER(save_fails_on_one_rank) {
   return 0;
 }
 
+// args: dir. For each rank k in turn, sync and async: the first data write
+// of rank k's save fails with ENOSPC (its own FaultInjectionEnv); every rank
+// throws the same CheckpointError, the failed save's .tmp directory (all
+// ranks' files in it) is deleted, the earlier checkpoint stays committed, and
+// the next save commits.
+DCP_REGISTER_WORKER(write_fails_on_one_rank) {
+  const std::string dir = args.at(0);
+  int64_t step = 0;
+  for (bool async : {false, true}) {
+    testing::TempDir trash;
+    FaultInjectionEnv env(posix_env(), trash.sub("trash"));
+    env.set_forward_syncs(false);
+    auto o = options(dir + (async ? "/async" : "/sync"), async);
+    o.env = &env;
+    CheckpointManager m(o, ctx.collectives(kCollectiveTimeout),
+                        async ? ctx.new_collectives("ckpt_async", kCollectiveTimeout) : nullptr);
+    m.register_stateful("state", std::make_shared<State>(ctx.rank()));
+    m.save(++step);
+    m.wait();
+    for (int k = 0; k < ctx.world_size(); ++k) {
+      if (k == ctx.rank()) env.fail_nth(FaultOp::kAppend, 0, ENOSPC);
+      ++step;
+      expect_fails_together(
+          ctx, "ENOSPC on rank " + std::to_string(k) + (async ? " (async)" : " (sync)"),
+          [&] {
+            m.save(step);
+            m.wait();
+          },
+          "No space left on device");
+      env.disarm();
+      if (ctx.rank() == 0) {
+        const auto deadline = Clock::now() + std::chrono::seconds(10);
+        bool left = true;
+        while (left && Clock::now() < deadline) {
+          left = false;
+          for (const auto& e : fs::directory_iterator(o.dir))
+            left = left || e.path().filename().string().rfind(".tmp.", 0) == 0;
+          if (left) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+        EXPECT_FALSE(left) << "the failed save's .tmp directory is still in " << o.dir << " (rank "
+                           << k << " failed)";
+        EXPECT_EQ(m.committed().back().step, step - 1);
+      }
+      barrier(ctx);
+      m.save(++step);  // with the space back
+      m.wait();
+      EXPECT_EQ(m.committed().back().step, step);
+    }
+  }
+  return 0;
+}
+
 testing::RunOptions run_opts(std::vector<std::string> args) {
   testing::RunOptions o;
   o.args = std::move(args);
@@ -202,6 +257,12 @@ TEST_P(ManagerCollectiveTest, StateDictThrowsOnEachRank) {
   testing::TempDir dir;
   auto r = testing::run_ranks(GetParam(), "save_fails_on_one_rank",
                               run_opts({dir.sub("run"), "state_dict"}));
+  ASSERT_TRUE(r.ok()) << r.summary();
+}
+
+TEST_P(ManagerCollectiveTest, AWriteFailsOnEachRankAndItsTmpIsDeleted) {
+  testing::TempDir dir;
+  auto r = testing::run_ranks(GetParam(), "write_fails_on_one_rank", run_opts({dir.sub("run")}));
   ASSERT_TRUE(r.ok()) << r.summary();
 }
 

@@ -49,16 +49,6 @@ std::string shape(const std::vector<int64_t>& v) {
   return s + "]";
 }
 
-std::string human(uint64_t bytes) {
-  char buf[64];
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(bytes);
-  int u = 0;
-  while (v >= 1024 && u < 4) v /= 1024, ++u;
-  std::snprintf(buf, sizeof buf, u ? "%.1f %s" : "%.0f %s", v, units[u]);
-  return buf;
-}
-
 bool file_exists(const std::string& path) { return std::ifstream(path).good(); }
 
 // DIR names a CheckpointManager's checkpoint: it has a record, or its name
@@ -100,7 +90,7 @@ int show(const std::string& dir, bool items) {
     }
   }
   std::printf("  %zu keys, %zu items, %s in %zu data files\n", md.state_dict_metadata.size(),
-              md.storage_data.size(), human(md.total_bytes()).c_str(), per_file.size());
+              md.storage_data.size(), ckpt::human_bytes(md.total_bytes()).c_str(), per_file.size());
   std::printf("\n%-48s %-10s %-20s %s\n", "key", "dtype", "shape", "chunks");
   for (const auto& [key, entry] : md.state_dict_metadata) {
     if (const auto* t = std::get_if<dcp::TensorStorageMetadata>(&entry))
@@ -111,7 +101,7 @@ int show(const std::string& dir, bool items) {
   }
   std::printf("\n%-32s %s\n", "file", "bytes");
   for (const auto& [file, bytes] : per_file)
-    std::printf("%-32s %s\n", file.c_str(), human(bytes).c_str());
+    std::printf("%-32s %s\n", file.c_str(), ckpt::human_bytes(bytes).c_str());
   if (items) {
     std::printf("\n%-48s %-24s %-12s %-12s %s\n", "item", "file", "offset", "length", "checksum");
     for (const auto& [index, info] : md.storage_data)
@@ -168,7 +158,7 @@ int verify(const std::string& dir, int threads) {
   }
   std::printf("%s: intact: %zu items, %s read in %.2f s%s%s\n", dir.c_str(),
               md.storage_data.size() - planner->unreadable().size(),
-              human(md.total_bytes()).c_str(), secs, note.c_str(), record.c_str());
+              ckpt::human_bytes(md.total_bytes()).c_str(), secs, note.c_str(), record.c_str());
   for (const auto& [key, why] : planner->unreadable())
     std::printf("  not read: '%s': %s\n", key.c_str(), why.c_str());
   return 0;
@@ -203,9 +193,11 @@ int convert(const ConvertArgs& a) {
     o.progress = [&](const dcp::ConvertProgress& p) {
       if (p.seconds < 1 && !shown) return;  // short conversions show nothing
       const double pct = p.bytes_total ? 100.0 * p.bytes_done / p.bytes_total : 100.0;
-      std::fprintf(stderr, "\rckpt convert: %s of %s (%.0f%%), %s/s\x1b[K",
-                   human(p.bytes_done).c_str(), human(p.bytes_total).c_str(), pct,
-                   human(static_cast<uint64_t>(p.bytes_done / std::max(p.seconds, 1e-9))).c_str());
+      std::fprintf(
+          stderr, "\rckpt convert: %s of %s (%.0f%%), %s/s\x1b[K",
+          ckpt::human_bytes(p.bytes_done).c_str(), ckpt::human_bytes(p.bytes_total).c_str(), pct,
+          ckpt::human_bytes(static_cast<uint64_t>(p.bytes_done / std::max(p.seconds, 1e-9)))
+              .c_str());
       shown = true;
     };
   const std::string from = dcp::checkpoint_format(a.src);
@@ -217,10 +209,11 @@ int convert(const ConvertArgs& a) {
     throw;
   }
   if (shown) std::fprintf(stderr, "\n");
-  std::printf("%s (%s) -> %s (%s): %zu tensors, %zu values, %s in %.2f s (%s/s)\n", a.src.c_str(),
-              from.c_str(), a.dst.c_str(), a.to.c_str(), r.tensors, r.values,
-              human(r.bytes).c_str(), r.seconds,
-              human(static_cast<uint64_t>(r.bytes / std::max(r.seconds, 1e-9))).c_str());
+  std::printf(
+      "%s (%s) -> %s (%s): %zu tensors, %zu values, %s in %.2f s (%s/s)\n", a.src.c_str(),
+      from.c_str(), a.dst.c_str(), a.to.c_str(), r.tensors, r.values,
+      ckpt::human_bytes(r.bytes).c_str(), r.seconds,
+      ckpt::human_bytes(static_cast<uint64_t>(r.bytes / std::max(r.seconds, 1e-9))).c_str());
   if (r.converted) std::printf("  %zu tensors converted to %s\n", r.converted, a.dtype.c_str());
   for (const auto& f : r.files) std::printf("  wrote %s\n", f.c_str());
   for (const auto& s : r.skipped) std::printf("  left out %s\n", s.c_str());

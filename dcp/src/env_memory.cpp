@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <set>
@@ -253,12 +254,19 @@ std::vector<std::string> memory_checkpoint_files(const std::string& checkpoint_i
   return memory_env()->list_dir(env_path(checkpoint_id));
 }
 
-std::string& memory_checkpoint_file(const std::string& checkpoint_id, const std::string& name) {
+std::string memory_checkpoint_file(const std::string& checkpoint_id, const std::string& name) {
+  std::string copy;
+  edit_memory_checkpoint_file(checkpoint_id, name, [&](std::string& data) { copy = data; });
+  return copy;
+}
+
+void edit_memory_checkpoint_file(const std::string& checkpoint_id, const std::string& name,
+                                 const std::function<void(std::string&)>& edit) {
   std::lock_guard<std::mutex> lock(store().mu);
   const std::string path = join_path(env_path(checkpoint_id), name);
   auto it = store().files.find(path);
   if (it == store().files.end()) throw NotFoundError("no in-memory file 'memory://" + path + "'");
-  return *it->second;
+  edit(*it->second);  // under the store's lock, as every reader and writer of it
 }
 
 void clear_memory_checkpoints(const std::string& prefix) {

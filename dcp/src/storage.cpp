@@ -100,7 +100,9 @@ std::pair<std::string, std::string> split_scheme(const std::string& id) {
   return {id.substr(0, pos), id.substr(0, pos) == "fs" ? id.substr(pos + 3) : id};
 }
 
-const Backend& find_backend(const std::string& id) {
+// A copy: a reference into the map would outlive the lock, and a concurrent
+// register_storage_backend for the same scheme replaces the entry under it.
+Backend find_backend(const std::string& id) {
   auto [scheme, rest] = split_scheme(id);
   Registry& r = registry();
   std::lock_guard<std::mutex> lock(r.mu);

@@ -105,8 +105,7 @@ TEST_P(ManagerMemoryTest, DamagedNewestFallsBackAndIsMovedAside) {
          memory_checkpoint_file(ckpt, n).size() > memory_checkpoint_file(ckpt, largest).size()))
       largest = n;
   ASSERT_FALSE(largest.empty());
-  std::string& data = memory_checkpoint_file(ckpt, largest);
-  data[data.size() / 2] ^= 4;
+  edit_memory_checkpoint_file(ckpt, largest, [](std::string& data) { data[data.size() / 2] ^= 4; });
 
   bool consistent = false;
   EXPECT_EQ(run(o, 30, &consistent), 20);  // falls back, saves 30 again

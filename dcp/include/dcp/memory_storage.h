@@ -4,6 +4,7 @@
 // that stage a checkpoint before shipping it elsewhere.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,10 +22,18 @@ DCP_CORE_EXPORT std::shared_ptr<StorageReader> make_memory_reader(
 
 // Files of the in-memory checkpoint (names relative to it), for tests.
 DCP_CORE_EXPORT std::vector<std::string> memory_checkpoint_files(const std::string& checkpoint_id);
-// Mutable access to one in-memory file, for fault-injection tests; throws
-// NotFoundError when absent.
-DCP_CORE_EXPORT std::string& memory_checkpoint_file(const std::string& checkpoint_id,
-                                                    const std::string& name);
+// A copy of one in-memory file's bytes, for tests; throws NotFoundError when
+// absent.
+DCP_CORE_EXPORT std::string memory_checkpoint_file(const std::string& checkpoint_id,
+                                                   const std::string& name);
+// Changes one in-memory file's bytes in place, for fault-injection tests:
+// `edit` runs under the store's lock (no reference to the bytes outlives it,
+// so a writer or reader on another thread never sees them half-changed);
+// throws NotFoundError when absent. `edit` must not call into the memory
+// store itself.
+DCP_CORE_EXPORT void edit_memory_checkpoint_file(const std::string& checkpoint_id,
+                                                 const std::string& name,
+                                                 const std::function<void(std::string&)>& edit);
 // Drops every in-memory checkpoint whose id starts with `prefix`.
 DCP_CORE_EXPORT void clear_memory_checkpoints(const std::string& prefix = "");
 

@@ -23,6 +23,11 @@ PACKAGES=(
   python3-xxhash        # dcpp (integrations/python) verifies dcp++'s XXH3-64 checksums with it
   python3-zstandard     # zstd streams of the stream.zstd/1 DCP fixture (dcp2_flavour_zstd)
 )
+# scripts/test.sh --sanitize: clang, its sanitizer runtimes and llvm-symbolizer
+# (stack traces with file and line).
+if [ -n "${DCP_INSTALL_SANITIZER_TOOLS:-}" ]; then
+  PACKAGES+=(clang libclang-rt-dev llvm)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -28,6 +28,7 @@
 #include "dcp/error.h"
 #include "dcp/filesystem.h"
 #include "dcp/logging.h"
+#include "dcp/thread_annotations.h"
 #include "env.h"
 #include "interop/pickle_writer.h"
 #include "interop/safetensors_dtypes.h"
@@ -437,7 +438,7 @@ class BufferShelf : public std::enable_shared_from_this<BufferShelf> {
   std::shared_ptr<char> take() {
     std::unique_ptr<char[]> b;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       if (!free_.empty()) {
         b = std::move(free_.back());
         free_.pop_back();
@@ -446,15 +447,15 @@ class BufferShelf : public std::enable_shared_from_this<BufferShelf> {
     if (!b) b.reset(new char[size_]);
     auto self = shared_from_this();
     return std::shared_ptr<char>(b.release(), [self](char* p) {
-      std::lock_guard<std::mutex> lock(self->mu_);
+      MutexLock lock(self->mu_);
       self->free_.emplace_back(p);
     });
   }
 
  private:
   size_t size_;
-  std::mutex mu_;
-  std::vector<std::unique_ptr<char[]>> free_;
+  Mutex mu_;
+  std::vector<std::unique_ptr<char[]>> free_ DCP_GUARDED_BY(mu_);
 };
 
 class StreamingSavePlanner final : public DefaultSavePlanner {
@@ -479,7 +480,7 @@ class StreamingSavePlanner final : public DefaultSavePlanner {
     std::shared_ptr<char> in = shelf_->take();
     at::Tensor dst = at::from_blob(in.get(), box.sizes, at::TensorOptions().dtype(t.in_dtype));
     {
-      std::lock_guard<std::mutex> lock(read_mu_);
+      MutexLock lock(read_mu_);
       src_.read({ReadPiece{&t, box, dst}});
     }
     if (t.in_dtype != t.out_dtype) {
@@ -501,7 +502,7 @@ class StreamingSavePlanner final : public DefaultSavePlanner {
   const Tree& tree_;
   std::shared_ptr<BufferShelf> shelf_;
   Progress& progress_;
-  std::mutex read_mu_;
+  Mutex read_mu_;  // one read of src_ at a time
 };
 
 // The tree for dcp::save: each tensor placeholder becomes a meta tensor

@@ -19,6 +19,7 @@
 #include "dcp/error.h"
 #include "dcp/filesystem.h"
 #include "dcp/planner.h"
+#include "dcp/thread_annotations.h"
 #include "sequential_reads.h"
 
 namespace dcp {
@@ -209,17 +210,17 @@ void Source::finish() {
 // Progress
 
 struct Progress::State {
-  std::mutex mu;
+  Mutex mu;
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
-  std::chrono::steady_clock::time_point last = start;
-  uint64_t bytes = 0;
+  std::chrono::steady_clock::time_point last DCP_GUARDED_BY(mu) = start;
+  uint64_t bytes DCP_GUARDED_BY(mu) = 0;
 };
 
 Progress::Progress(std::function<void(const ConvertProgress&)> fn, uint64_t total)
     : fn_(std::move(fn)), total_(total), state_(std::make_shared<State>()) {}
 
 void Progress::add(uint64_t bytes) {
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   state_->bytes += bytes;
   if (!fn_) return;
   const auto now = std::chrono::steady_clock::now();
@@ -230,7 +231,7 @@ void Progress::add(uint64_t bytes) {
 }
 
 void Progress::done() {
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   if (!fn_) return;
   const auto now = std::chrono::steady_clock::now();
   fn_(ConvertProgress{state_->bytes, total_,
@@ -238,7 +239,7 @@ void Progress::done() {
 }
 
 uint64_t Progress::bytes() const {
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   return state_->bytes;
 }
 
@@ -298,8 +299,8 @@ void stream(Source& source, const std::vector<OutTensor>& tensors, const std::ve
     if (convert) s.out = std::make_unique<MappedBuffer>(cap);
   }
 
-  std::mutex mu;
-  std::condition_variable cv;
+  Mutex mu;
+  CondVar cv;
   std::deque<Slot*> free_slots{&slots[0], &slots[1]}, full;
   bool finished = false;  // the reader is done (or failed)
   bool failed = false;
@@ -309,8 +310,8 @@ void stream(Source& source, const std::vector<OutTensor>& tensors, const std::ve
     for (;;) {
       Slot* s;
       {
-        std::unique_lock<std::mutex> lock(mu);
-        cv.wait(lock, [&] { return !full.empty() || finished; });
+        MutexLock lock(mu);
+        while (full.empty() && !finished) cv.wait(mu);
         if (full.empty()) return;
         s = full.front();
         full.pop_front();
@@ -321,13 +322,13 @@ void stream(Source& source, const std::vector<OutTensor>& tensors, const std::ve
           progress.add(o.n);
         }
       } catch (...) {
-        std::lock_guard<std::mutex> lock(mu);
+        MutexLock lock(mu);
         write_error = std::current_exception();
         failed = true;
         cv.notify_all();
         return;
       }
-      std::lock_guard<std::mutex> lock(mu);
+      MutexLock lock(mu);
       s->clear();
       free_slots.push_back(s);
       cv.notify_all();
@@ -335,8 +336,8 @@ void stream(Source& source, const std::vector<OutTensor>& tensors, const std::ve
   });
 
   auto acquire = [&]() -> Slot* {
-    std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, [&] { return !free_slots.empty() || failed; });
+    MutexLock lock(mu);
+    while (free_slots.empty() && !failed) cv.wait(mu);
     if (failed) return nullptr;
     Slot* s = free_slots.front();
     free_slots.pop_front();
@@ -353,7 +354,7 @@ void stream(Source& source, const std::vector<OutTensor>& tensors, const std::ve
         out.copy_(p.dst);
       }
     }
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(mu);
     full.push_back(s);
     cv.notify_all();
   };
@@ -390,14 +391,14 @@ void stream(Source& source, const std::vector<OutTensor>& tensors, const std::ve
     if (s && !s->pieces.empty()) {
       submit(s);
     } else if (s) {
-      std::lock_guard<std::mutex> lock(mu);
+      MutexLock lock(mu);
       free_slots.push_back(s);
     }
   } catch (...) {
     read_error = std::current_exception();
   }
   {
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(mu);
     finished = true;
     if (read_error) full.clear();  // nothing more is written
     cv.notify_all();

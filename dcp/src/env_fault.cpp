@@ -21,6 +21,7 @@
 #include <random>
 
 #include "dcp/error.h"
+#include "dcp/thread_annotations.h"
 #include "env.h"
 
 namespace dcp {
@@ -115,26 +116,26 @@ struct FaultInjectionEnv::State {
   Env* target;
   std::string trash_dir;
 
-  std::mutex mu;
-  uint64_t ops = 0;
-  std::vector<FaultRecord> records;
-  bool armed = false;
-  FaultOp fault_ops = FaultOp::kAll;
-  uint64_t fault_n = 0;
-  int fault_err = 0;
-  bool short_write = false;
-  bool disk_full = false;
+  Mutex mu;
+  uint64_t ops DCP_GUARDED_BY(mu) = 0;
+  std::vector<FaultRecord> records DCP_GUARDED_BY(mu);
+  bool armed DCP_GUARDED_BY(mu) = false;
+  FaultOp fault_ops DCP_GUARDED_BY(mu) = FaultOp::kAll;
+  uint64_t fault_n DCP_GUARDED_BY(mu) = 0;
+  int fault_err DCP_GUARDED_BY(mu) = 0;
+  bool short_write DCP_GUARDED_BY(mu) = false;
+  bool disk_full DCP_GUARDED_BY(mu) = false;
   std::atomic<bool> forward_syncs{true};
-  uint64_t cut_at = kNever;
-  bool cut = false;
-  bool cut_reported = false;
-  std::function<void()> on_cut, before_op;
+  uint64_t cut_at DCP_GUARDED_BY(mu) = kNever;
+  bool cut DCP_GUARDED_BY(mu) = false;
+  bool cut_reported DCP_GUARDED_BY(mu) = false;
+  std::function<void()> on_cut DCP_GUARDED_BY(mu), before_op DCP_GUARDED_BY(mu);
 
-  std::map<std::string, std::shared_ptr<FileData>> files;  // by current path
-  std::map<std::string, uint64_t> dir_ids;
-  uint64_t next_dir_id = 1;
-  std::vector<MetaOp> pending;
-  uint64_t trash_seq = 0;
+  std::map<std::string, std::shared_ptr<FileData>> files DCP_GUARDED_BY(mu);  // by current path
+  std::map<std::string, uint64_t> dir_ids DCP_GUARDED_BY(mu);
+  uint64_t next_dir_id DCP_GUARDED_BY(mu) = 1;
+  std::vector<MetaOp> pending DCP_GUARDED_BY(mu);
+  uint64_t trash_seq DCP_GUARDED_BY(mu) = 0;
 
   // What gate() decided for an operation that may go ahead.
   struct Verdict {
@@ -143,17 +144,19 @@ struct FaultInjectionEnv::State {
     uint64_t index = 0;
   };
 
-  uint64_t dir_id(const std::string& path) {
+  uint64_t dir_id(const std::string& path) DCP_REQUIRES(mu) {
     auto [it, fresh] = dir_ids.emplace(normalize(path), 0);
     if (fresh) it->second = next_dir_id++;
     return it->second;
   }
 
-  std::string next_trash() { return trash_dir + "/" + std::to_string(trash_seq++); }
+  std::string next_trash() DCP_REQUIRES(mu) {
+    return trash_dir + "/" + std::to_string(trash_seq++);
+  }
 
   // Counts and records the operation; throws at and after a cut. Called
-  // with `lock` held; releases it only to call on_cut.
-  Verdict gate(std::unique_lock<std::mutex>& lock, FaultOp op, const std::string& what) {
+  // with mu held; releases it only to call on_cut.
+  Verdict gate(FaultOp op, const std::string& what) DCP_REQUIRES(mu) {
     Verdict v;
     v.index = ops++;
     records.push_back(FaultRecord{v.index, op, what});
@@ -166,9 +169,14 @@ struct FaultInjectionEnv::State {
                               std::to_string(v.index) + ", FaultInjectionEnv)";
       if (report && on_cut) {
         auto f = on_cut;
-        lock.unlock();
-        f();
-        lock.lock();
+        mu.unlock();
+        try {
+          f();
+        } catch (...) {
+          mu.lock();
+          throw;
+        }
+        mu.lock();
       }
       throw StorageError(msg, EIO);
     }
@@ -197,7 +205,7 @@ struct FaultInjectionEnv::State {
   void call_before_op() {
     std::function<void()> f;
     {
-      std::lock_guard<std::mutex> lock(mu);
+      MutexLock lock(mu);
       f = before_op;
     }
     if (f) f();
@@ -206,8 +214,8 @@ struct FaultInjectionEnv::State {
   // Before an operation outside the lock (appends, reads).
   Verdict enter(FaultOp op, const std::string& what) {
     call_before_op();
-    std::unique_lock<std::mutex> lock(mu);
-    return gate(lock, op, what);
+    MutexLock lock(mu);
+    return gate(op, what);
   }
 };
 
@@ -235,7 +243,7 @@ class FaultWritableFile final : public WritableFile {
     if (v.err) State::fail(v, "fdatasync", f_->path());
     const uint64_t size = f_->size();
     if (s_->forward_syncs) f_->sync();
-    std::lock_guard<std::mutex> lock(s_->mu);
+    MutexLock lock(s_->mu);
     d_->synced = size;
   }
   void close() override {
@@ -281,7 +289,7 @@ FaultInjectionEnv::FaultInjectionEnv(Env* target, std::string trash_dir)
 FaultInjectionEnv::~FaultInjectionEnv() = default;
 
 void FaultInjectionEnv::fail_nth(FaultOp ops, uint64_t n, int err, bool short_write) {
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   state_->armed = true;
   state_->fault_ops = ops;
   state_->fault_n = n;
@@ -290,66 +298,66 @@ void FaultInjectionEnv::fail_nth(FaultOp ops, uint64_t n, int err, bool short_wr
 }
 
 void FaultInjectionEnv::set_disk_full(bool full) {
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   state_->disk_full = full;
 }
 
 void FaultInjectionEnv::power_cut_at(uint64_t k) {
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   state_->cut_at = k;
 }
 
 void FaultInjectionEnv::power_cut() {
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   state_->cut = true;
 }
 
 bool FaultInjectionEnv::is_cut() const {
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   return state_->cut;
 }
 
 void FaultInjectionEnv::set_on_cut(std::function<void()> f) {
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   state_->on_cut = std::move(f);
 }
 
 void FaultInjectionEnv::set_before_op(std::function<void()> f) {
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   state_->before_op = std::move(f);
 }
 
 void FaultInjectionEnv::set_forward_syncs(bool forward) {
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   state_->forward_syncs = forward;
 }
 
 void FaultInjectionEnv::disarm() {
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   state_->armed = false;
   state_->disk_full = false;
   state_->cut_at = kNever;
 }
 
 uint64_t FaultInjectionEnv::operations() const {
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   return state_->ops;
 }
 
 std::string FaultInjectionEnv::operation(uint64_t k) const {
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   for (const auto& r : state_->records)
     if (r.index == k) return std::string(fault_op_name(r.op)) + " " + r.path;
   return "";
 }
 
 std::vector<FaultRecord> FaultInjectionEnv::records() const {
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   return state_->records;
 }
 
 void FaultInjectionEnv::clear_records() {
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   state_->records.clear();
 }
 
@@ -357,8 +365,8 @@ std::unique_ptr<WritableFile> FaultInjectionEnv::new_writable_file(const std::st
   State& s = *state_;
   const std::string path = normalize(path_in);
   s.call_before_op();
-  std::unique_lock<std::mutex> lock(s.mu);
-  const auto v = s.gate(lock, FaultOp::kCreate, path);
+  MutexLock lock(s.mu);
+  const auto v = s.gate(FaultOp::kCreate, path);
   if (v.err) State::fail(v, "create", path);
   MetaOp op{MetaOp::kCreateFile, path};
   const bool existed = s.target->file_exists(path);
@@ -417,8 +425,8 @@ void FaultInjectionEnv::create_dirs(const std::string& path_in) {
   State& s = *state_;
   const std::string path = normalize(path_in);
   s.call_before_op();
-  std::unique_lock<std::mutex> lock(s.mu);
-  const auto v = s.gate(lock, FaultOp::kMkdir, path);
+  MutexLock lock(s.mu);
+  const auto v = s.gate(FaultOp::kMkdir, path);
   if (v.err) State::fail(v, "create directory", path);
   std::vector<std::string> missing;  // outermost last
   for (std::string p = path; !p.empty() && p != "." && p != "/" && !s.target->dir_exists(p);
@@ -439,8 +447,8 @@ void FaultInjectionEnv::rename_file(const std::string& from_in, const std::strin
   State& s = *state_;
   const std::string from = normalize(from_in), to = normalize(to_in);
   s.call_before_op();
-  std::unique_lock<std::mutex> lock(s.mu);
-  const auto v = s.gate(lock, FaultOp::kRename, from + " -> " + to);
+  MutexLock lock(s.mu);
+  const auto v = s.gate(FaultOp::kRename, from + " -> " + to);
   if (v.err) State::fail(v, "rename to '" + to + "' from", from);
   MetaOp op{MetaOp::kRename, from, to};
   const bool from_is_dir = s.target->dir_exists(from);
@@ -473,8 +481,8 @@ void FaultInjectionEnv::remove_file(const std::string& path_in) {
   State& s = *state_;
   const std::string path = normalize(path_in);
   s.call_before_op();
-  std::unique_lock<std::mutex> lock(s.mu);
-  const auto v = s.gate(lock, FaultOp::kRemove, path);
+  MutexLock lock(s.mu);
+  const auto v = s.gate(FaultOp::kRemove, path);
   if (v.err) State::fail(v, "remove", path);
   if (!s.target->file_exists(path) || s.trash_dir.empty()) {
     s.target->remove_file(path);
@@ -505,8 +513,8 @@ void FaultInjectionEnv::remove_dir_recursively(const std::string& path_in) {
       remove_file(child);
   }
   s.call_before_op();
-  std::unique_lock<std::mutex> lock(s.mu);
-  const auto v = s.gate(lock, FaultOp::kRemove, path + "/");
+  MutexLock lock(s.mu);
+  const auto v = s.gate(FaultOp::kRemove, path + "/");
   if (v.err) State::fail(v, "remove", path);
   s.target->remove_dir_recursively(path);
   erase_under(s.files, path);
@@ -521,8 +529,8 @@ void FaultInjectionEnv::sync_dir(const std::string& path_in) {
   State& s = *state_;
   const std::string path = normalize(path_in);
   s.call_before_op();
-  std::unique_lock<std::mutex> lock(s.mu);
-  const auto v = s.gate(lock, FaultOp::kSyncDir, path);
+  MutexLock lock(s.mu);
+  const auto v = s.gate(FaultOp::kSyncDir, path);
   if (v.err) State::fail(v, "fsync directory", path);
   if (s.forward_syncs) s.target->sync_dir(path);
   const uint64_t id = s.dir_id(path);
@@ -543,7 +551,7 @@ std::unique_ptr<FileLock> FaultInjectionEnv::lock_file(const std::string& path) 
 
 RebootReport FaultInjectionEnv::reboot(RebootMode mode, uint64_t seed) {
   State& s = *state_;
-  std::lock_guard<std::mutex> lock(s.mu);
+  MutexLock lock(s.mu);
   Env* t = s.target;
   RebootReport report;
   std::mt19937_64 rng(seed);

@@ -9,6 +9,7 @@
 
 #include "dcp/error.h"
 #include "dcp/memory_storage.h"
+#include "dcp/thread_annotations.h"
 #include "env.h"
 
 namespace dcp {
@@ -20,10 +21,10 @@ namespace {
 // The process-wide store of the memory backend. File contents are shared
 // pointers so readers keep what they opened even if it is replaced.
 struct MemoryStore {
-  std::mutex mu;
-  std::map<std::string, std::shared_ptr<std::string>> files;  // GUARDED_BY(mu)
-  std::set<std::string> dirs;                                 // GUARDED_BY(mu)
-  std::set<std::string> locks;                                // GUARDED_BY(mu)
+  Mutex mu;
+  std::map<std::string, std::shared_ptr<std::string>> files DCP_GUARDED_BY(mu);
+  std::set<std::string> dirs DCP_GUARDED_BY(mu);
+  std::set<std::string> locks DCP_GUARDED_BY(mu);
 };
 
 MemoryStore& store() {
@@ -41,13 +42,13 @@ class MemoryWritableFile final : public WritableFile {
   MemoryWritableFile(std::string path, std::shared_ptr<std::string> data)
       : path_(std::move(path)), data_(std::move(data)) {}
   void append(const void* p, size_t n) override {
-    std::lock_guard<std::mutex> lock(store().mu);
+    MutexLock lock(store().mu);
     data_->append(static_cast<const char*>(p), n);
   }
   void sync() override {}
   void close() override {}
   uint64_t size() const override {
-    std::lock_guard<std::mutex> lock(store().mu);
+    MutexLock lock(store().mu);
     return data_->size();
   }
   const std::string& path() const override { return path_; }
@@ -62,14 +63,14 @@ class MemoryRandomAccessFile final : public RandomAccessFile {
   MemoryRandomAccessFile(std::string path, std::shared_ptr<std::string> data)
       : path_(std::move(path)), data_(std::move(data)) {}
   size_t read(uint64_t offset, size_t n, void* dst) const override {
-    std::lock_guard<std::mutex> lock(store().mu);
+    MutexLock lock(store().mu);
     if (offset >= data_->size()) return 0;
     n = std::min<size_t>(n, data_->size() - offset);
     std::memcpy(dst, data_->data() + offset, n);
     return n;
   }
   uint64_t size() const override {
-    std::lock_guard<std::mutex> lock(store().mu);
+    MutexLock lock(store().mu);
     return data_->size();
   }
   const std::string& path() const override { return path_; }
@@ -92,7 +93,7 @@ class MemoryFileLock final : public FileLock {
  public:
   explicit MemoryFileLock(std::string path) : path_(std::move(path)) {}
   ~MemoryFileLock() override {
-    std::lock_guard<std::mutex> lock(store().mu);
+    MutexLock lock(store().mu);
     store().locks.erase(path_);
   }
   const std::string& path() const override { return path_; }
@@ -106,7 +107,7 @@ class MemoryFileLock final : public FileLock {
 class MemoryEnv final : public Env {
  public:
   std::unique_ptr<WritableFile> new_writable_file(const std::string& path) override {
-    std::lock_guard<std::mutex> lock(store().mu);
+    MutexLock lock(store().mu);
     check_parent("cannot create", path);
     if (store().dirs.count(path)) fail("cannot create", path, EISDIR);
     auto data = std::make_shared<std::string>();
@@ -114,27 +115,27 @@ class MemoryEnv final : public Env {
     return std::make_unique<MemoryWritableFile>(path, data);
   }
   std::unique_ptr<RandomAccessFile> new_random_access_file(const std::string& path) override {
-    std::lock_guard<std::mutex> lock(store().mu);
+    MutexLock lock(store().mu);
     auto it = store().files.find(path);
     if (it == store().files.end()) fail("cannot open", path, ENOENT);
     return std::make_unique<MemoryRandomAccessFile>(path, it->second);
   }
   bool file_exists(const std::string& path) override {
-    std::lock_guard<std::mutex> lock(store().mu);
+    MutexLock lock(store().mu);
     return store().files.count(path) > 0;
   }
   bool dir_exists(const std::string& path) override {
-    std::lock_guard<std::mutex> lock(store().mu);
+    MutexLock lock(store().mu);
     return path.empty() || store().dirs.count(path) > 0;
   }
   void create_dirs(const std::string& path) override {
-    std::lock_guard<std::mutex> lock(store().mu);
+    MutexLock lock(store().mu);
     for (std::string p = path; !p.empty(); p = parent_of(p))
       if (store().files.count(p)) fail("cannot create directory", path, EEXIST);
     for (std::string p = path; !p.empty(); p = parent_of(p)) store().dirs.insert(p);
   }
   void rename_file(const std::string& from, const std::string& to) override {
-    std::lock_guard<std::mutex> lock(store().mu);
+    MutexLock lock(store().mu);
     const std::string what = "cannot rename to 'memory://" + to + "' from";
     check_parent(what, to);
     auto it = store().files.find(from);
@@ -153,11 +154,11 @@ class MemoryEnv final : public Env {
     move_tree(from, to);
   }
   void remove_file(const std::string& path) override {
-    std::lock_guard<std::mutex> lock(store().mu);
+    MutexLock lock(store().mu);
     store().files.erase(path);
   }
   void remove_dir_recursively(const std::string& path) override {
-    std::lock_guard<std::mutex> lock(store().mu);
+    MutexLock lock(store().mu);
     store().files.erase(path);
     if (path.empty()) fail("cannot remove", path, EBUSY);
     store().dirs.erase(path);
@@ -165,14 +166,14 @@ class MemoryEnv final : public Env {
     erase_under(store().dirs, path);
   }
   std::vector<std::string> list_dir(const std::string& path) override {
-    std::lock_guard<std::mutex> lock(store().mu);
+    MutexLock lock(store().mu);
     if (store().files.count(path)) fail("cannot list directory", path, ENOTDIR);
     if (!path.empty() && !store().dirs.count(path)) fail("cannot list directory", path, ENOENT);
     return entries(path);
   }
   void sync_dir(const std::string&) override {}
   std::unique_ptr<FileLock> lock_file(const std::string& path) override {
-    std::lock_guard<std::mutex> lock(store().mu);
+    MutexLock lock(store().mu);
     if (!store().files.count(path)) {
       check_parent("cannot open lock file", path);
       if (store().dirs.count(path)) fail("cannot open lock file", path, EISDIR);
@@ -183,13 +184,14 @@ class MemoryEnv final : public Env {
   }
 
  private:
-  // REQUIRES(store().mu) for every helper below.
-  static void check_parent(const std::string& what, const std::string& path) {
+  // Every helper below runs with store().mu held.
+  static void check_parent(const std::string& what, const std::string& path)
+      DCP_REQUIRES(store().mu) {
     const std::string parent = parent_of(path);
     if (parent.empty() || store().dirs.count(parent)) return;
     fail(what, path, store().files.count(parent) ? ENOTDIR : ENOENT);
   }
-  static std::vector<std::string> entries(const std::string& path) {
+  static std::vector<std::string> entries(const std::string& path) DCP_REQUIRES(store().mu) {
     std::vector<std::string> names;
     const std::string prefix = path.empty() ? "" : path + "/";
     auto add = [&](const std::string& p) {
@@ -212,7 +214,7 @@ class MemoryEnv final : public Env {
   static const std::string& key(const std::pair<const std::string, V>& kv) {
     return kv.first;
   }
-  static void move_tree(const std::string& from, const std::string& to) {
+  static void move_tree(const std::string& from, const std::string& to) DCP_REQUIRES(store().mu) {
     auto moved = [&](const std::string& p) { return to + p.substr(from.size()); };
     std::map<std::string, std::shared_ptr<std::string>> files;
     for (const auto& kv : store().files)
@@ -262,7 +264,7 @@ std::string memory_checkpoint_file(const std::string& checkpoint_id, const std::
 
 void edit_memory_checkpoint_file(const std::string& checkpoint_id, const std::string& name,
                                  const std::function<void(std::string&)>& edit) {
-  std::lock_guard<std::mutex> lock(store().mu);
+  MutexLock lock(store().mu);
   const std::string path = join_path(env_path(checkpoint_id), name);
   auto it = store().files.find(path);
   if (it == store().files.end()) throw NotFoundError("no in-memory file 'memory://" + path + "'");
@@ -271,7 +273,7 @@ void edit_memory_checkpoint_file(const std::string& checkpoint_id, const std::st
 
 void clear_memory_checkpoints(const std::string& prefix) {
   const std::string p = env_path(prefix);
-  std::lock_guard<std::mutex> lock(store().mu);
+  MutexLock lock(store().mu);
   for (auto it = store().files.begin(); it != store().files.end();)
     it = it->first.compare(0, p.size(), p) == 0 ? store().files.erase(it) : std::next(it);
   for (auto it = store().dirs.begin(); it != store().dirs.end();)

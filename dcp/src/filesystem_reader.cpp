@@ -16,6 +16,7 @@
 #include "chunk_validation.h"
 #include "dcp/error.h"
 #include "dcp/filesystem.h"
+#include "dcp/thread_annotations.h"
 #include "env.h"
 #include "error_text.h"
 #include "filesystem_common.h"
@@ -40,7 +41,7 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
 
   void reset(const std::string& checkpoint_id) override {
     loc_.reset(checkpoint_id);
-    std::lock_guard<std::mutex> lock(progress_mu_);
+    MutexLock lock(progress_mu_);
     progress_.clear();
     sequential_ = false;
   }
@@ -68,7 +69,7 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
   std::string checkpoint_id() const override { return loc_.id(); }
 
   void begin_sequential_reads() override {
-    std::lock_guard<std::mutex> lock(progress_mu_);
+    MutexLock lock(progress_mu_);
     progress_.clear();
     sequential_ = true;
   }
@@ -76,7 +77,7 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
   void finish_sequential_reads() override {
     std::map<MetadataIndex, Progress> left;
     {
-      std::lock_guard<std::mutex> lock(progress_mu_);
+      MutexLock lock(progress_mu_);
       left.swap(progress_);
       sequential_ = false;
     }
@@ -214,7 +215,7 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
     verify(u, src);
     if (!u.tensor) {
       Bytes b{std::string(src, u.info->length)};
-      std::lock_guard<std::mutex> lock(bytes_mu_);
+      MutexLock lock(bytes_mu_);
       for (const ReadItem* ri : u.reads) in_context(u, *ri, [&] { planner.load_bytes(*ri, b); });
       return;
     }
@@ -279,7 +280,7 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
     Progress* p = nullptr;
     bool keep = false;  // the progress outlives this call
     if (hashed(*u.info)) {
-      std::lock_guard<std::mutex> lock(progress_mu_);
+      MutexLock lock(progress_mu_);
       keep = sequential_;
       if (keep) {
         auto [it, fresh] = progress_.try_emplace(*u.index);
@@ -464,10 +465,10 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
   Location loc_;
   const FileSystemReaderOptions opt_;
   const Metadata* md_ = nullptr;  // set_up_storage_reader's; outlives read_data
-  std::mutex bytes_mu_;           // serializes planner.load_bytes
-  std::mutex progress_mu_;
-  bool sequential_ = false;                     // GUARDED_BY(progress_mu_)
-  std::map<MetadataIndex, Progress> progress_;  // GUARDED_BY(progress_mu_): sequential mode
+  Mutex bytes_mu_;                // serializes planner.load_bytes
+  Mutex progress_mu_;
+  bool sequential_ DCP_GUARDED_BY(progress_mu_) = false;
+  std::map<MetadataIndex, Progress> progress_ DCP_GUARDED_BY(progress_mu_);  // sequential mode
 };
 
 }  // namespace

@@ -7,13 +7,15 @@
 #include <cstring>
 #include <mutex>
 
+#include "dcp/thread_annotations.h"
+
 namespace dcp {
 
 spdlog::logger& logger() {
   // Looked up each time so that a logger registered by the user wins.
   if (auto l = spdlog::get("dcp")) return *l;
-  static std::mutex mu;
-  std::lock_guard<std::mutex> lock(mu);
+  static Mutex mu;
+  MutexLock lock(mu);
   if (auto l = spdlog::get("dcp")) return *l;
   auto l = spdlog::stderr_color_mt("dcp");
   // $DCP_LOG_LEVEL: trace, debug, info (spdlog's default), warn, error,

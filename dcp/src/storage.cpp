@@ -6,6 +6,7 @@
 #include "dcp/error.h"
 #include "dcp/filesystem.h"
 #include "dcp/memory_storage.h"
+#include "dcp/thread_annotations.h"
 
 namespace dcp {
 
@@ -76,8 +77,8 @@ struct Backend {
 };
 
 struct Registry {
-  std::mutex mu;
-  std::map<std::string, Backend> backends;  // GUARDED_BY(mu)
+  Mutex mu;
+  std::map<std::string, Backend> backends DCP_GUARDED_BY(mu);
 };
 
 // The built-ins are registered here, explicitly, on first use: no static
@@ -85,6 +86,7 @@ struct Registry {
 Registry& registry() {
   static Registry* r = [] {
     auto* reg = new Registry();
+    MutexLock lock(reg->mu);
     reg->backends["fs"] = Backend{[](const std::string& id) { return make_filesystem_writer(id); },
                                   [](const std::string& id) { return make_filesystem_reader(id); }};
     reg->backends["memory"] = Backend{[](const std::string& id) { return make_memory_writer(id); },
@@ -105,7 +107,7 @@ std::pair<std::string, std::string> split_scheme(const std::string& id) {
 Backend find_backend(const std::string& id) {
   auto [scheme, rest] = split_scheme(id);
   Registry& r = registry();
-  std::lock_guard<std::mutex> lock(r.mu);
+  MutexLock lock(r.mu);
   auto it = r.backends.find(scheme);
   if (it == r.backends.end()) {
     std::string known;
@@ -123,7 +125,7 @@ void register_storage_backend(const std::string& scheme, WriterFactory writer,
   if (scheme.empty() || !writer || !reader)
     throw InvalidArgumentError("register_storage_backend needs a scheme and both factories");
   Registry& r = registry();
-  std::lock_guard<std::mutex> lock(r.mu);
+  MutexLock lock(r.mu);
   r.backends[scheme] = Backend{std::move(writer), std::move(reader)};
 }
 

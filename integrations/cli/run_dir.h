@@ -17,6 +17,7 @@
 #include <string>
 
 #include "dcp/dcp.h"
+#include "dcp/thread_annotations.h"
 
 namespace ckpt {
 
@@ -70,13 +71,14 @@ class VerifyPlanner : public dcp::DefaultLoadPlanner {
   // second: bytes checked of all, and the rate. Ends it with a newline.
   void show_progress(uint64_t total) {
     if (isatty(STDERR_FILENO) != 1) return;
+    dcp::MutexLock lock(mu_);
     total_ = total;
     t0_ = std::chrono::steady_clock::now();
     last_ = t0_;
     tty_ = true;
   }
   void end_progress() {
-    std::lock_guard<std::mutex> lock(mu_);
+    dcp::MutexLock lock(mu_);
     if (shown_) std::fprintf(stderr, "\n");
     shown_ = false;
   }
@@ -84,7 +86,7 @@ class VerifyPlanner : public dcp::DefaultLoadPlanner {
  private:
   void done(uint64_t bytes) {
     if (!tty_) return;
-    std::lock_guard<std::mutex> lock(mu_);  // reader threads call in
+    dcp::MutexLock lock(mu_);  // reader threads call in
     done_ += bytes;
     const auto now = std::chrono::steady_clock::now();
     const double secs = std::chrono::duration<double>(now - t0_).count();
@@ -96,10 +98,13 @@ class VerifyPlanner : public dcp::DefaultLoadPlanner {
     shown_ = true;
   }
 
-  bool tty_ = false, shown_ = false;
-  std::mutex mu_;
-  uint64_t done_ = 0, total_ = 0;
-  std::chrono::steady_clock::time_point t0_, last_;
+  bool tty_ = false;  // set before the reader threads start
+  dcp::Mutex mu_;
+  bool shown_ DCP_GUARDED_BY(mu_) = false;
+  uint64_t done_ DCP_GUARDED_BY(mu_) = 0;
+  uint64_t total_ = 0;                        // set before the reader threads start
+  std::chrono::steady_clock::time_point t0_;  // likewise
+  std::chrono::steady_clock::time_point last_ DCP_GUARDED_BY(mu_);
   std::shared_ptr<dcp::StorageReader> reader_;
   std::map<std::string, std::string> unreadable_;
 };

@@ -42,6 +42,7 @@
 #include "dcp/dist/process_group.h"
 #include "dcp/error.h"
 #include "dcp/logging.h"
+#include "dcp/thread_annotations.h"
 
 namespace dcp {
 namespace dist {
@@ -161,8 +162,8 @@ struct DistContext::Impl {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::ProcessGroup> main_group;
 
-  std::mutex mu;
-  std::set<std::string> group_names;  // guarded by mu
+  Mutex mu;
+  std::set<std::string> group_names DCP_GUARDED_BY(mu);
 
   c10::intrusive_ptr<c10d::ProcessGroup> make_group(const std::string& prefix,
                                                     const std::string& what) {
@@ -271,7 +272,7 @@ const c10::intrusive_ptr<c10d::ProcessGroup>& DistContext::process_group() const
 c10::intrusive_ptr<c10d::ProcessGroup> DistContext::new_group(const std::string& name) {
   if (name.empty()) throw InvalidArgumentError("new_group: the group name is empty");
   {
-    std::lock_guard<std::mutex> lock(impl_->mu);
+    MutexLock lock(impl_->mu);
     if (!impl_->group_names.insert(name).second)
       throw InvalidArgumentError("new_group: name='" + name +
                                  "' was already used by this context; each group needs its "

@@ -54,6 +54,7 @@
 #include "dcp/error.h"
 #include "dcp/filesystem.h"
 #include "dcp/logging.h"
+#include "dcp/thread_annotations.h"
 #include "directory.h"
 #include "signals.h"
 #include "stats_file.h"
@@ -83,10 +84,10 @@ using internal::write_durably;
 // ---- background deletion ------------------------------------------------------
 
 struct CheckpointManager::Deleter {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::deque<std::string> queue;  // GUARDED_BY(mu)
-  bool stop = false;              // GUARDED_BY(mu)
+  Mutex mu;
+  CondVar cv;
+  std::deque<std::string> queue DCP_GUARDED_BY(mu);
+  bool stop DCP_GUARDED_BY(mu) = false;
   std::thread thread;
 
   explicit Deleter(Env* env) {
@@ -94,8 +95,8 @@ struct CheckpointManager::Deleter {
       for (;;) {
         std::string path;
         {
-          std::unique_lock<std::mutex> lock(mu);
-          cv.wait(lock, [&] { return stop || !queue.empty(); });
+          MutexLock lock(mu);
+          while (!stop && queue.empty()) cv.wait(mu);
           if (queue.empty()) return;
           path = std::move(queue.front());
           queue.pop_front();
@@ -111,14 +112,14 @@ struct CheckpointManager::Deleter {
   }
   void push(std::string path) {
     {
-      std::lock_guard<std::mutex> lock(mu);
+      MutexLock lock(mu);
       queue.push_back(std::move(path));
     }
     cv.notify_one();
   }
   void finish() {
     {
-      std::lock_guard<std::mutex> lock(mu);
+      MutexLock lock(mu);
       stop = true;
     }
     cv.notify_one();
@@ -450,7 +451,7 @@ void CheckpointManager::start_save(int64_t step, bool async, bool force,
 
 void CheckpointManager::committed_save(const SaveStatistics& st) {
   {
-    std::lock_guard<std::mutex> lock(stats_mu_);
+    MutexLock lock(stats_mu_);
     stats_.push_back(st);
   }
   if (is_coordinator()) internal::append_save_statistics(env_, options_.dir, st);
@@ -658,7 +659,7 @@ void CheckpointManager::set_phase_callback(std::function<void(const char*, int64
 }
 
 std::vector<SaveStatistics> CheckpointManager::statistics() const {
-  std::lock_guard<std::mutex> lock(stats_mu_);
+  MutexLock lock(stats_mu_);
   return stats_;
 }
 

@@ -7,6 +7,8 @@
 #include <map>
 #include <mutex>
 
+#include "dcp/thread_annotations.h"
+
 namespace dcp {
 namespace manager {
 namespace internal {
@@ -17,9 +19,9 @@ namespace {
 void on_signal(int signo) { g_signal = signo; }  // async-signal-safe: one store
 
 struct SavedHandlers {
-  std::mutex mu;
-  int installs = 0;
-  std::map<int, struct sigaction> previous;
+  Mutex mu;
+  int installs DCP_GUARDED_BY(mu) = 0;
+  std::map<int, struct sigaction> previous DCP_GUARDED_BY(mu);
 };
 SavedHandlers& handlers() {
   static SavedHandlers* h = new SavedHandlers();
@@ -29,8 +31,9 @@ SavedHandlers& handlers() {
 }  // namespace
 
 void install_signals(const std::vector<int>& signals) {
-  std::lock_guard<std::mutex> lock(handlers().mu);
-  if (handlers().installs++ > 0) return;
+  SavedHandlers& h = handlers();
+  MutexLock lock(h.mu);
+  if (h.installs++ > 0) return;
   g_signal = 0;  // a signal that a closed manager acted on is not this one's
   for (int s : signals) {
     struct sigaction sa {};
@@ -38,15 +41,16 @@ void install_signals(const std::vector<int>& signals) {
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = SA_RESTART;
     struct sigaction old {};
-    if (::sigaction(s, &sa, &old) == 0) handlers().previous[s] = old;
+    if (::sigaction(s, &sa, &old) == 0) h.previous[s] = old;
   }
 }
 
 void restore_signals() {
-  std::lock_guard<std::mutex> lock(handlers().mu);
-  if (--handlers().installs > 0) return;
-  for (auto& [s, old] : handlers().previous) ::sigaction(s, &old, nullptr);
-  handlers().previous.clear();
+  SavedHandlers& h = handlers();
+  MutexLock lock(h.mu);
+  if (--h.installs > 0) return;
+  for (auto& [s, old] : h.previous) ::sigaction(s, &old, nullptr);
+  h.previous.clear();
 }
 
 }  // namespace internal

@@ -21,6 +21,7 @@
 #include "chunk_validation.h"
 #include "dcp/default_planner.h"
 #include "dcp/error.h"
+#include "dcp/thread_annotations.h"
 #include "error_text.h"
 #include "filesystem_common.h"
 #include "interop/catalog.h"
@@ -69,9 +70,9 @@ class CatalogReader final : public StorageReader, public SequentialReads {
   void begin_sequential_reads() override { sequential_ = true; }
   void finish_sequential_reads() override {
     sequential_ = false;
-    std::lock_guard<std::mutex> lock(files_mu_);
+    MutexLock lock(files_mu_);
     files_.clear();
-    std::lock_guard<std::mutex> lock2(verified_mu_);
+    MutexLock lock2(verified_mu_);
     verified_.clear();
   }
 
@@ -133,7 +134,7 @@ class CatalogReader final : public StorageReader, public SequentialReads {
   }
 
   const RandomAccessFile& file(const std::string& path) const {
-    std::lock_guard<std::mutex> lock(files_mu_);
+    MutexLock lock(files_mu_);
     auto& f = files_[path];
     if (!f) f = loc_.env->new_random_access_file(path);
     return *f;
@@ -153,7 +154,7 @@ class CatalogReader final : public StorageReader, public SequentialReads {
   void verify_record(const RawTensor& raw, const RandomAccessFile& f) {
     if (!opt_.verify_checksums || (!raw.crc && !raw.xxh3)) return;
     {
-      std::lock_guard<std::mutex> lock(verified_mu_);
+      MutexLock lock(verified_mu_);
       if (verified_.count(record_key(raw))) return;
     }
     BufferPool::Buffer buf = BufferPool::instance().acquire(kPieceBytes);
@@ -185,7 +186,7 @@ class CatalogReader final : public StorageReader, public SequentialReads {
                             std::to_string(raw.crc_begin + raw.crc_length) + ") (" + msg +
                             "; the checksum from " + kSidecarName + "): the data is corrupt");
     }
-    std::lock_guard<std::mutex> lock(verified_mu_);
+    MutexLock lock(verified_mu_);
     verified_.insert(record_key(raw));
   }
 
@@ -197,7 +198,7 @@ class CatalogReader final : public StorageReader, public SequentialReads {
           raw.what + ": CRC-32 mismatch of bytes [" + std::to_string(raw.crc_begin) + ", " +
           std::to_string(raw.crc_begin + raw.crc_length) + ") (" + msg + "): the data is corrupt");
     }
-    std::lock_guard<std::mutex> lock(verified_mu_);
+    MutexLock lock(verified_mu_);
     verified_.insert(record_key(raw));
   }
 
@@ -339,7 +340,7 @@ class CatalogReader final : public StorageReader, public SequentialReads {
   void read_unit(const Unit& u, LoadPlanner& planner) {
     if (auto* v = std::get_if<InlineValue>(u.source)) {
       const Bytes b = v->raw ? v->value.to_bytes() : encode_plain_value(v->value);
-      std::lock_guard<std::mutex> lock(bytes_mu_);
+      MutexLock lock(bytes_mu_);
       for (const ReadItem* ri : u.reads) in_context(u, ri, [&] { planner.load_bytes(*ri, b); });
       return;
     }
@@ -390,9 +391,9 @@ class CatalogReader final : public StorageReader, public SequentialReads {
     }
     fs::run_parallel(opt_.threads, units.size(), [&](size_t i) { read_unit(*units[i], planner); });
     if (sequential_) return;
-    std::lock_guard<std::mutex> lock(files_mu_);
+    MutexLock lock(files_mu_);
     files_.clear();
-    std::lock_guard<std::mutex> lock2(verified_mu_);
+    MutexLock lock2(verified_mu_);
     verified_.clear();
   }
 
@@ -401,11 +402,12 @@ class CatalogReader final : public StorageReader, public SequentialReads {
   const FileSystemReaderOptions opt_;
   std::shared_ptr<const Catalog> catalog_;
   const Metadata* md_ = nullptr;
-  mutable std::mutex files_mu_;
-  mutable std::map<std::string, std::unique_ptr<RandomAccessFile>> files_;
-  std::mutex verified_mu_;
-  std::set<RecordKey> verified_;  // records whose CRC-32 was checked in this read_data
-  std::mutex bytes_mu_;
+  mutable Mutex files_mu_;
+  mutable std::map<std::string, std::unique_ptr<RandomAccessFile>> files_ DCP_GUARDED_BY(files_mu_);
+  Mutex verified_mu_;
+  std::set<RecordKey> verified_
+      DCP_GUARDED_BY(verified_mu_);  // records whose CRC-32 was checked in this read_data
+  Mutex bytes_mu_;                   // one planner.load_bytes at a time
   std::atomic<bool> sequential_{false};
 };
 

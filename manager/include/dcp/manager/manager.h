@@ -46,6 +46,7 @@
 #include "dcp/export.h"
 #include "dcp/manager/options.h"
 #include "dcp/storage.h"
+#include "dcp/thread_annotations.h"
 #include "dcp/value.h"
 
 namespace dcp {
@@ -226,8 +227,8 @@ class DCP_MANAGER_EXPORT CheckpointManager {
   std::vector<std::function<void(const SaveStatistics&)>> post_save_;
   WriterWrapper wrap_writer_;
   std::function<void(const char*, int64_t)> phase_fn_;
-  mutable std::mutex stats_mu_;
-  std::vector<SaveStatistics> stats_;  // GUARDED_BY(stats_mu_)
+  mutable Mutex stats_mu_;
+  std::vector<SaveStatistics> stats_ DCP_GUARDED_BY(stats_mu_);
   std::chrono::steady_clock::time_point last_save_time_;
   int64_t last_saved_step_ = -1;
   BudgetState budget_;

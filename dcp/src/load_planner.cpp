@@ -155,8 +155,9 @@ using Boxes = std::vector<std::pair<std::vector<int64_t>, at::Tensor>>;
 // What is wrong with the destination boxes of a tensor of `size` (each
 // inside it, at distinct offsets), or "".
 std::string check_boxes(const Boxes& boxes, const std::vector<int64_t>& size) {
-  for (const auto& [offsets, tensor] : boxes) {
-    const at::IntArrayRef sizes = tensor.sizes();
+  for (const auto& b : boxes) {
+    const std::vector<int64_t>& offsets = b.first;  // (lambdas below capture it)
+    const at::IntArrayRef sizes = b.second.sizes();
     auto box = [&] {
       return "destination shard at " + shape_str(offsets) + " of shape " + shape_str(sizes.vec());
     };

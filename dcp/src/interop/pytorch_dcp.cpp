@@ -542,8 +542,9 @@ Catalog pytorch_dcp_catalog(Env& env, const std::string& dir, const std::string&
     }
     if (std::holds_alternative<TensorStorageMetadata>(entry->second)) {
       auto& t = std::get<TensorStorageMetadata>(entry->second);
+      const auto& offset = idx.offset;  // (a lambda may not capture a structured binding in C++17)
       if (std::find_if(t.chunks.begin(), t.chunks.end(), [&](const ChunkStorageMetadata& c) {
-            return c.offsets == idx.offset;
+            return c.offsets == offset;
           }) == t.chunks.end())
         throw CorruptionError("'" + display + "': " + what + " is no chunk of its tensor");
       ArchiveTensor a{join_path(dir, rel), loc.info.offset, loc.info.length, loc.transforms, {}};

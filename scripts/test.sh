@@ -36,7 +36,7 @@ case "$SANITIZE" in
     BUILD_DIR=${DCP_BUILD_DIR:-build-asan}
     # Unit tests of the core, the manager and the integrations; multi-process
     # tests over Gloo; power cuts, full disks and forced saves.
-    LABELS='^(sanitizers|dcp_core_test|dcp_manager_test|dcp_integrations_test|dcp_libtorch_test|dcp_trainer_test|dcp_multiproc_test|dcp_manager_multiproc_test|dcp_durability_test|dcp_durability_multiproc_test)$'
+    LABELS='^(sanitizers|dcp_core_test|dcp_core_internal_test|dcp_manager_test|dcp_integrations_test|dcp_libtorch_test|dcp_trainer_test|dcp_multiproc_test|dcp_manager_multiproc_test|dcp_durability_test|dcp_durability_multiproc_test)$'
     ;;
   thread)
     FLAGS=thread

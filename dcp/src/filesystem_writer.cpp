@@ -128,6 +128,7 @@ class FileAppender {
 
  private:
   void emit(const void* data, size_t n, bool buffered) {
+    if (n == 0) return;  // an empty tensor's data may be null (memcpy of null is undefined)
     if (buffered && buf_ && n <= buf_.size()) {
       if (used_ + n > buf_.size()) flush();
       std::memcpy(buf_.data() + used_, data, n);

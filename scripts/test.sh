@@ -33,15 +33,22 @@ case "$SANITIZE" in
     ;;
   address)
     FLAGS=address,undefined
+    TARGETS=
     BUILD_DIR=${DCP_BUILD_DIR:-build-asan}
     # Unit tests of the core, the manager and the integrations; multi-process
-    # tests over Gloo; power cuts, full disks and forced saves.
-    LABELS='^(sanitizers|dcp_core_test|dcp_core_internal_test|dcp_manager_test|dcp_integrations_test|dcp_libtorch_test|dcp_trainer_test|dcp_multiproc_test|dcp_manager_multiproc_test|dcp_durability_test|dcp_durability_multiproc_test)$'
+    # tests over Gloo; power cuts, full disks and forced saves; the readers of
+    # PyTorch's formats (parsers of files from elsewhere). Not the kill tests
+    # (dcp_manager_crash_test) or the fixture round trips: minutes of Python
+    # and SIGKILL, little of our code that the others do not run.
+    LABELS='^(sanitizers|dcp_core_test|dcp_core_internal_test|dcp_manager_test|dcp_integrations_test|dcp_libtorch_test|dcp_trainer_test|dcp_multiproc_test|dcp_manager_multiproc_test|dcp_durability_test|dcp_durability_multiproc_test|dcp_interop_read_test|dcp_interop_bad_input_test|dcp_interop_libtorch_test|dcp_interop_write_test|dcp_interop_python_reader_test)$'
     ;;
   thread)
     FLAGS=thread
     BUILD_DIR=${DCP_BUILD_DIR:-build-tsan}
+    # The async saver, the Envs and the manager (unit), the collectives and
+    # the manager over real ranks.
     LABELS='^(dcp_core_test|dcp_manager_test|dcp_multiproc_test|dcp_manager_multiproc_test)$'
+    TARGETS="--target dcp_core_test dcp_manager_test dcp_multiproc_test dcp_manager_multiproc_test"
     ;;
   *)
     echo "test.sh: --sanitize takes address or thread, not '$SANITIZE'" >&2
@@ -57,7 +64,8 @@ if [ ! -f "$BUILD_DIR/build.ninja" ]; then
     -DDCP_SANITIZE=$FLAGS -DDCP_WERROR_THREAD_SAFETY=ON \
     -DDCP_BUILD_EXAMPLES=OFF -DDCP_BUILD_BENCHMARKS=OFF -DDCP_INSTALL=OFF
 fi
-cmake --build "$BUILD_DIR" -j "$JOBS"
+# shellcheck disable=SC2086
+cmake --build "$BUILD_DIR" -j "$JOBS" $TARGETS
 
 # halt_on_error / abort: a report fails the test that made it.
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:detect_stack_use_after_return=0:${ASAN_OPTIONS:-}"

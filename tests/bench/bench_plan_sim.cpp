@@ -222,8 +222,8 @@ struct Run {
   double plan = 0, commit = 0;
   double decode_plans = 0, global = 0, replies = 0;
   double decode_reports = 0, check = 0, finish = 0, encode_md = 0;
-  double serialize = 0, storage_map = 0;  // parts of finish, measured again
-  uint64_t metadata_bytes = 0;
+  double serialize = 0, storage_map = 0;                          // parts of finish, measured again
+  uint64_t metadata_bytes = 0, plan_bytes = 0, report_bytes = 0;  // encoded, all ranks
   int64_t peak_kib = 0, base_kib = 0;
 };
 
@@ -257,6 +257,7 @@ Run simulate(const Args& a, int world, dcp::FileSystemWriterOptions wo) {
       payloads[r] = wire::encode(plan);
   }
   run.local_per_rank = since(t_local) / world;
+  for (const auto& p : payloads) run.plan_bytes += p.size();
 
   // Plan round, on the coordinator.
   auto t0 = Clock::now();
@@ -311,6 +312,7 @@ Run simulate(const Args& a, int world, dcp::FileSystemWriterOptions wo) {
     }
   }
 
+  for (const auto& p : reports) run.report_bytes += p.size();
   // Commit round, on the coordinator.
   auto t3 = Clock::now();
   std::vector<wire::WriteReport> got(world);
@@ -378,10 +380,12 @@ int main(int argc, char** argv) {
         "  plan round %.3f s (decode %.3f, global plan %.3f, replies %.3f); commit round %.3f s "
         "(decode %.3f, replica check %.3f, finish %.3f, encode %.3f)\n"
         "  finish's parts measured again: storage_data map %.3f s, serialize_metadata %.3f s\n"
+        "  gathered: plans %.1f MiB, write reports %.1f MiB\n"
         "  peak RSS %.0f MiB (%.0f MiB before), %.0f bytes per chunk\n",
         r.world, r.items, r.chunks, r.metadata_bytes / 1048576.0, r.local_per_rank * 1e3, r.plan,
         r.decode_plans, r.global, r.replies, r.commit, r.decode_reports, r.check, r.finish,
-        r.encode_md, r.storage_map, r.serialize, r.peak_kib / 1024.0, r.base_kib / 1024.0,
+        r.encode_md, r.storage_map, r.serialize, r.plan_bytes / 1048576.0,
+        r.report_bytes / 1048576.0, r.peak_kib / 1024.0, r.base_kib / 1024.0,
         (r.peak_kib - r.base_kib) * 1024.0 / static_cast<double>(r.chunks));
     std::fflush(stdout);
     runs.push_back(r);

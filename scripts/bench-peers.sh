@@ -70,7 +70,7 @@ step_python_dcp() {
 # preallocated tensors with a warm page cache (a warm-up load, medians).
 # Prints save_large_vs_python_dcp, load_large_vs_python_dcp,
 # save_small_vs_python_dcp and load_small_vs_python_dcp (> 1: dcp++ faster).
-step_vs_python_dcp() {
+vs_python_dcp_round() {
   local dir="$WORK/python_dcp_vs" out sl ll ss ls
   out=$(py_peer dcp113_save_large "$dir")
   echo "$out"
@@ -89,6 +89,34 @@ step_vs_python_dcp() {
     --vs-python-dcp-mib "$(mib)" --vs-python-dcp-small "$DCP_BENCH_SMALL" \
     --python-dcp-save-large "$sl" --python-dcp-load-large "$ll" \
     --python-dcp-save-small "$ss" --python-dcp-load-small "$ls"
+}
+
+# DCP_BENCH_ROUNDS=N (default 1): N rounds of Python then dcp++, each
+# round's lines prefixed "round k:", then the median of each figure over
+# the rounds as name=value (on a shared machine whose load drifts, rounds
+# keep each ratio's two sides minutes apart at most).
+step_vs_python_dcp() {
+  local rounds=${DCP_BENCH_ROUNDS:-1} k all=""
+  if [ "$rounds" -le 1 ]; then
+    vs_python_dcp_round
+    return
+  fi
+  for ((k = 1; k <= rounds; k++)); do
+    local out
+    out=$(vs_python_dcp_round)
+    sed "s/^/round $k: /" <<<"$out"
+    all+="$out"$'\n'
+  done
+  "$PY" -c '
+import re, statistics, sys
+figs = {}
+for line in sys.stdin:
+    m = re.match(r"^([a-z_0-9]+)=([-0-9.eE+]+)$", line.strip())
+    if m:
+        figs.setdefault(m.group(1), []).append(float(m.group(2)))
+for name, vals in figs.items():
+    print(f"{name}={statistics.median(vals):.3f}")
+' <<<"$all"
 }
 
 # torch.save of the same dict, then torch.load (warm); dcp++'s load_all of it.

@@ -8,7 +8,10 @@
 #   scripts/bench-peers.sh [work_dir]
 #
 # DCP_BENCH_GIB: the size of the state dict in GiB (default 2; 0.25 for a
-# quick run). DCP_BENCH_STEPS: the steps to run (default: all, in order).
+# quick run). DCP_BENCH_SMALL: the tensors of the small dict of step
+# vs_python_dcp (default 20000). DCP_BENCH_REPEATS: the repeats of that
+# step's medians (default 3). DCP_BENCH_STEPS: the steps to run (default:
+# all, in order).
 # work_dir (default: a fresh directory under $TMPDIR, removed at the end)
 # needs about twice DCP_BENCH_GIB free; each step removes what it wrote.
 #
@@ -19,7 +22,9 @@ cd "$(dirname "$0")/.."
 
 PY=${DCP_PYTHON:-/usr/bin/python3}
 export DCP_BENCH_GIB=${DCP_BENCH_GIB:-2}
-STEPS=(python_dcp python_torch_save safetensors pytorch_format convert)
+export DCP_BENCH_SMALL=${DCP_BENCH_SMALL:-20000}
+export DCP_BENCH_REPEATS=${DCP_BENCH_REPEATS:-3}
+STEPS=(vs_python_dcp python_dcp python_torch_save safetensors pytorch_format convert)
 CKPT=${DCP_BUILD_DIR:-build}/integrations/cli/ckpt
 PYTHON_DCP_SAVE=""  # python_dcp_save_seconds, once step_python_dcp has run
 BENCH=${DCP_BUILD_DIR:-build}/tests/bench/dcp_bench_interop
@@ -56,6 +61,62 @@ step_python_dcp() {
   cpp_bench --pydcp "$dir" --python-dcp-load "$(figure python_dcp_load_seconds "$out")" \
     --safetensors-mib 0
   rm -rf "$dir"
+}
+
+# dcp++ against PyTorch 1.13 DCP, each saving and loading its own format:
+# the large dict (DCP_BENCH_GIB in 16 tensors) and the small one
+# (DCP_BENCH_SMALL tensors of 1-16 KiB), saved with fsync into a fresh
+# directory (medians of DCP_BENCH_REPEATS) and loaded in place into
+# preallocated tensors with a warm page cache (a warm-up load, medians).
+# Prints save_large_vs_python_dcp, load_large_vs_python_dcp,
+# save_small_vs_python_dcp and load_small_vs_python_dcp (> 1: dcp++ faster).
+vs_python_dcp_round() {
+  local dir="$WORK/python_dcp_vs" out sl ll ss ls
+  out=$(py_peer dcp113_save_large "$dir")
+  echo "$out"
+  sl=$(figure python_dcp_save_large_seconds "$out")
+  out=$(py_peer dcp113_load_large "$dir")
+  echo "$out"
+  ll=$(figure python_dcp_load_large_seconds "$out")
+  out=$(py_peer dcp113_save_small "$dir")
+  echo "$out"
+  ss=$(figure python_dcp_save_small_seconds "$out")
+  out=$(py_peer dcp113_load_small "$dir")
+  echo "$out"
+  ls=$(figure python_dcp_load_small_seconds "$out")
+  rm -rf "$dir"
+  cpp_bench --safetensors-mib 0 --repeats "$DCP_BENCH_REPEATS" \
+    --vs-python-dcp-mib "$(mib)" --vs-python-dcp-small "$DCP_BENCH_SMALL" \
+    --python-dcp-save-large "$sl" --python-dcp-load-large "$ll" \
+    --python-dcp-save-small "$ss" --python-dcp-load-small "$ls"
+}
+
+# DCP_BENCH_ROUNDS=N (default 1): N rounds of Python then dcp++, each
+# round's lines prefixed "round k:", then the median of each figure over
+# the rounds as name=value (on a shared machine whose load drifts, rounds
+# keep each ratio's two sides minutes apart at most).
+step_vs_python_dcp() {
+  local rounds=${DCP_BENCH_ROUNDS:-1} k all=""
+  if [ "$rounds" -le 1 ]; then
+    vs_python_dcp_round
+    return
+  fi
+  for ((k = 1; k <= rounds; k++)); do
+    local out
+    out=$(vs_python_dcp_round)
+    sed "s/^/round $k: /" <<<"$out"
+    all+="$out"$'\n'
+  done
+  "$PY" -c '
+import re, statistics, sys
+figs = {}
+for line in sys.stdin:
+    m = re.match(r"^([a-z_0-9]+)=([-0-9.eE+]+)$", line.strip())
+    if m:
+        figs.setdefault(m.group(1), []).append(float(m.group(2)))
+for name, vals in figs.items():
+    print(f"{name}={statistics.median(vals):.3f}")
+' <<<"$all"
 }
 
 # torch.save of the same dict, then torch.load (warm); dcp++'s load_all of it.

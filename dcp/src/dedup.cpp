@@ -74,10 +74,13 @@ std::vector<Replicated> find_replicated_merging(const std::vector<SavePlan>& pla
       continue;
     }
     // Shards of one key: equal offsets are the same item. Stable: ranks
-    // stay ascending within each offset.
-    std::stable_sort(group.begin(), group.end(), [&](const auto& a, const auto& b) {
+    // stay ascending within each offset. Sharded tensors usually come with
+    // offsets ascending by rank already (row sharding): no sort then.
+    auto by_offset = [&](const auto& a, const auto& b) {
       return item(a).index.offset < item(b).index.offset;
-    });
+    };
+    if (!std::is_sorted(group.begin(), group.end(), by_offset))
+      std::stable_sort(group.begin(), group.end(), by_offset);
     for (size_t b = 0, e; b < group.size(); b = e) {
       for (e = b + 1;
            e < group.size() && item(group[e]).index.offset == item(group[b]).index.offset;)

@@ -4,6 +4,9 @@
 //   dcp_bench_interop --dir D [--pydcp DIR --python-dcp-load S]
 //                     [--torchsave FILE --python-torch-load S]
 //                     [--safetensors-mib N] [--save-mib N [--python-dcp-save S]]
+//                     [--vs-python-dcp-mib N --vs-python-dcp-small N
+//                      --python-dcp-save-large S --python-dcp-load-large S
+//                      --python-dcp-save-small S --python-dcp-load-small S]
 //                     [--repeats N] [--threads N]
 //
 //   load_pytorch_dcp      DIR (written by Python DCP 1.13, one file per rank)
@@ -19,6 +22,14 @@
 //                         the native format in the same run (the same tensors,
 //                         alternating order); with --python-dcp-save, against
 //                         Python DCP 1.13 saving the same bytes
+//   vs_python_dcp         dcp++'s native format against Python DCP 1.13
+//                         (py_peers.py dcp113_{save,load}_{large,small}, the
+//                         same dicts): the large dict (16 float32 tensors of
+//                         N/16 MiB) and the small one (N tensors of 1-16 KiB)
+//                         saved with fsync into a fresh directory (after a
+//                         sync; median of --repeats, no warm-up, as Python's)
+//                         and loaded in place into preallocated tensors from
+//                         the page cache (one warm-up, median), checksums on
 // (ckpt convert against a raw write: dcp_bench_convert.)
 // Medians of --repeats (default 3) after one warm-up; the last lines are
 // `name=value`, ratios > 1 mean dcp++ is faster.
@@ -26,6 +37,8 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -54,15 +67,19 @@ struct Args {
   double python_dcp_save = 0;
   int repeats = 3;
   int threads = 2;
+  int64_t vs_mib = 0, vs_small = 0;
+  double py_save_large = 0, py_load_large = 0, py_save_small = 0, py_load_small = 0;
 };
 
 [[noreturn]] void usage(const char* msg) {
-  std::fprintf(stderr,
-               "error: %s\nusage: dcp_bench_interop --dir D [--pydcp DIR --python-dcp-load S] "
-               "[--torchsave FILE --python-torch-load S] [--safetensors-mib N] "
-               "[--save-mib N [--python-dcp-save S]] [--repeats N] "
-               "[--threads N]\n",
-               msg);
+  std::fprintf(
+      stderr,
+      "error: %s\nusage: dcp_bench_interop --dir D [--pydcp DIR --python-dcp-load S] "
+      "[--torchsave FILE --python-torch-load S] [--safetensors-mib N] "
+      "[--save-mib N [--python-dcp-save S]] [--vs-python-dcp-mib N --vs-python-dcp-small N "
+      "--python-dcp-{save,load}-{large,small} S] [--repeats N] "
+      "[--threads N]\n",
+      msg);
   std::exit(2);
 }
 
@@ -88,6 +105,18 @@ Args parse(int argc, char** argv) {
       a.save_mib = std::stoll(v);
     else if (k == "--python-dcp-save")
       a.python_dcp_save = std::stod(v);
+    else if (k == "--vs-python-dcp-mib")
+      a.vs_mib = std::stoll(v);
+    else if (k == "--vs-python-dcp-small")
+      a.vs_small = std::stoll(v);
+    else if (k == "--python-dcp-save-large")
+      a.py_save_large = std::stod(v);
+    else if (k == "--python-dcp-load-large")
+      a.py_load_large = std::stod(v);
+    else if (k == "--python-dcp-save-small")
+      a.py_save_small = std::stod(v);
+    else if (k == "--python-dcp-load-small")
+      a.py_load_small = std::stod(v);
     else if (k == "--repeats")
       a.repeats = std::stoi(v);
     else if (k == "--threads")
@@ -176,6 +205,99 @@ void alternate(int round, const std::function<void()>& a, const std::function<vo
   }
 }
 
+// py_peers.py's large dict: 16 float32 tensors "layerNN.weight" of
+// mib/16 MiB, tensor i holding i.
+dcp::StateDict python_large(int64_t mib) {
+  const int64_t n = mib * (int64_t{1} << 20) / 16 / 4;
+  dcp::StateDict sd;
+  for (int i = 0; i < 16; ++i) {
+    char name[32];
+    std::snprintf(name, sizeof name, "layer%02d.weight", i);
+    sd[name] = at::full({n}, static_cast<float>(i));
+  }
+  return sd;
+}
+
+// py_peers.py's small dict: "block{i/100}.param{i%100}" of 1 + (7i mod 16)
+// KiB, tensor i holding i.
+dcp::StateDict python_small(int64_t count) {
+  dcp::StateDict sd;
+  for (int64_t i = 0; i < count; ++i)
+    sd["block" + std::to_string(i / 100) + ".param" + std::to_string(i % 100)] =
+        at::full({(1 + (7 * i) % 16) * 256}, static_cast<float>(i));
+  return sd;
+}
+
+// Each tensor of `dst` equals the one of `src` (the loads' check).
+void check_equal(const dcp::StateDict& src, const dcp::StateDict& dst, const char* what) {
+  for (const auto& [k, v] : src)
+    if (!v.tensor().equal(dst.at(k).tensor())) {
+      std::fprintf(stderr, "dcp_bench_interop: %s: '%s' did not load back\n", what, k.c_str());
+      std::exit(1);
+    }
+}
+
+// One file of `bytes`, 8 MiB writes from a warm buffer, fdatasync: the
+// directory's raw write bandwidth, the cap of a large save.
+double raw_write_seconds(const std::string& path, uint64_t bytes) {
+  static std::vector<char> buf(size_t{8} << 20, 'x');
+  return seconds([&] {
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) usage(("cannot create " + path).c_str());
+    for (uint64_t done = 0; done < bytes;) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), bytes - done));
+      const ssize_t w = ::write(fd, buf.data(), n);
+      if (w <= 0) usage("raw write failed");
+      done += static_cast<uint64_t>(w);
+    }
+    ::fdatasync(fd);
+    ::close(fd);
+  });
+}
+
+struct NativeTimes {
+  double save = 0, load = 0, raw = 0;  // raw: 0 unless asked for
+};
+
+// dcp++'s save (median of `repeats` into a fresh `dir`, each after a sync,
+// no warm-up: as py_peers.py times Python DCP) and in-place load (warm-up,
+// then the median) of `sd`; with `with_raw`, a raw write of as many bytes
+// next to each save (alternating which goes first).
+NativeTimes native_save_load(const dcp::StateDict& sd, const std::string& dir, const Args& a,
+                             const char* what, bool with_raw) {
+  dcp::FileSystemWriterOptions wo;  // sync_files and checksums: the defaults
+  wo.threads = a.threads;
+  std::vector<double> saves, raws;
+  const std::string raw_file = dir + ".raw";
+  for (int r = 0; r < a.repeats; ++r) {
+    run("rm -rf '" + dir + "'");
+    auto save = [&] {
+      dcp::SaveOptions so;
+      so.checkpoint_id = dir;
+      so.storage_writer = dcp::make_filesystem_writer(dir, wo);
+      saves.push_back(seconds([&] { dcp::save(sd, so); }));
+    };
+    auto raw = [&] {
+      raws.push_back(raw_write_seconds(raw_file, bytes_of(sd)));
+      run("rm -f '" + raw_file + "'");
+    };
+    if (with_raw) {
+      alternate(r, save, raw);
+    } else {
+      ::sync();
+      save();
+    }
+  }
+  dcp::StateDict dst = like(sd);
+  NativeTimes t;
+  t.load = median_of(a.repeats, [&] { dcp::load(dst, load_options(dir, a.threads)); });
+  check_equal(sd, dst, what);
+  run("rm -rf '" + dir + "'");
+  t.save = median(saves);
+  if (with_raw) t.raw = median(raws);
+  return t;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -259,6 +381,42 @@ int main(int argc, char** argv) {
     figures.emplace_back("save_pytorch_format_vs_native", n / p);
     if (a.python_dcp_save > 0)
       figures.emplace_back("save_pytorch_format_vs_python", a.python_dcp_save / p);
+  }
+  if (a.vs_mib > 0 || a.vs_small > 0) {
+    auto ratio = [&](const char* name, double python, double native) {
+      if (python > 0) figures.emplace_back(name, python / native);
+    };
+    if (a.vs_mib > 0) {
+      const dcp::StateDict sd = python_large(a.vs_mib);
+      const NativeTimes t = native_save_load(sd, a.dir + "/vs_large", a, "large", true);
+      const double save = t.save, load = t.load, gb = bytes_of(sd) / 1e9;
+      std::printf(
+          "large dict, %.2f GB: dcp++ save %.3f s (%.2f GB/s), load %.3f s (%.2f GB/s); raw "
+          "write + fdatasync %.3f s (%.2f GB/s); Python DCP 1.13 save %.3f s, load %.3f s\n",
+          gb, save, gb / save, load, gb / load, t.raw, gb / t.raw, a.py_save_large,
+          a.py_load_large);
+      figures.emplace_back("dcp_save_large_seconds", save);
+      figures.emplace_back("dcp_load_large_seconds", load);
+      figures.emplace_back("raw_write_large_seconds", t.raw);
+      // What the disk allows: Python DCP against a raw write of the same bytes.
+      ratio("save_large_raw_vs_python_dcp", a.py_save_large, t.raw);
+      ratio("save_large_vs_python_dcp", a.py_save_large, save);
+      ratio("load_large_vs_python_dcp", a.py_load_large, load);
+    }
+    if (a.vs_small > 0) {
+      const dcp::StateDict sd = python_small(a.vs_small);
+      const NativeTimes t = native_save_load(sd, a.dir + "/vs_small", a, "small", false);
+      const double save = t.save, load = t.load;
+      std::printf(
+          "small dict, %lld tensors (%.1f MB): dcp++ save %.3f s, load %.3f s; Python DCP 1.13 "
+          "save %.3f s, load %.3f s\n",
+          static_cast<long long>(a.vs_small), bytes_of(sd) / 1e6, save, load, a.py_save_small,
+          a.py_load_small);
+      figures.emplace_back("dcp_save_small_seconds", save);
+      figures.emplace_back("dcp_load_small_seconds", load);
+      ratio("save_small_vs_python_dcp", a.py_save_small, save);
+      ratio("load_small_vs_python_dcp", a.py_load_small, load);
+    }
   }
   for (const auto& [name, v] : figures) std::printf("%s=%.3f\n", name.c_str(), v);
   return 0;

@@ -121,6 +121,48 @@ TEST(PlanErrorsTest, GlobalPlanNamesTheRanksOfChunksThatClash) {
   EXPECT_TRUE(contains(msg, "key 's': a 0-dim tensor saved twice (rank 0)")) << msg;
 }
 
+// Many chunks per tensor (pytorch/pytorch#163548: 1,024 ranks, DCP's
+// pairwise check took 200 s): 65,536 rows from 1,024 ranks and a 128 x 128
+// grid of blocks validate (a sort and a sweep, not every pair), and one
+// overlap among them is found with both ranks named.
+TEST(PlanErrorsTest, ManyChunksPerTensorAreSweptNotCheckedPairwise) {
+  constexpr int kRanks = 1024, kRowsPerRank = 64, kGrid = 128;
+  auto item = [](const std::string& fqn, std::vector<int64_t> off, std::vector<int64_t> sizes,
+                 std::vector<int64_t> global) {
+    WriteItem it;
+    it.index = MetadataIndex(fqn, off);
+    it.type = WriteItemType::kShard;
+    it.tensor_data = TensorWriteData{ChunkStorageMetadata{off, sizes}, {}, global};
+    return it;
+  };
+  auto plans = [&](int64_t doubled_row) {  // that row's chunk covers the next row too
+    std::vector<SavePlan> out(kRanks);
+    const std::vector<int64_t> rows_size = {int64_t{kRanks} * kRowsPerRank, 8};
+    const std::vector<int64_t> grid_size = {2 * kGrid, 2 * kGrid};
+    for (int r = 0; r < kRanks; ++r) {
+      for (int k = 0; k < kRowsPerRank; ++k) {
+        const int64_t row = int64_t{r} * kRowsPerRank + k;
+        out[r].items.push_back(item("rows", {row, 0}, {row == doubled_row ? 2 : 1, 8}, rows_size));
+      }
+      for (int b = r; b < kGrid * kGrid; b += kRanks)
+        out[r].items.push_back(item("grid", {2 * (b / kGrid), 2 * (b % kGrid)}, {2, 2}, grid_size));
+    }
+    return out;
+  };
+  DefaultSavePlanner planner;
+  auto [final_plans, md] = planner.create_global_plan(plans(-1));
+  EXPECT_EQ(std::get<TensorStorageMetadata>(md.state_dict_metadata.at("rows")).chunks.size(),
+            size_t{kRanks} * kRowsPerRank);
+  EXPECT_EQ(std::get<TensorStorageMetadata>(md.state_dict_metadata.at("grid")).chunks.size(),
+            size_t{kGrid} * kGrid);
+  // Rank 624's last row, 39,999, also covers row 40,000 (rank 625's first).
+  const std::string msg = global_error(plans(39999));
+  EXPECT_EQ(msg,
+            "key 'rows': chunk at [39999, 0] of size [2, 8] (rank 624) and chunk at [40000, 0] of "
+            "size [1, 8] (rank 625) overlap")
+      << msg;
+}
+
 // ---------------------------------------------------------------------------
 // The local save plan and the writer
 

@@ -256,7 +256,7 @@ Metadata save(const StateDict& state_dict, const SaveOptions& options) {
     report.digests = planner->replica_digests(report.results);
     return report;
   };
-  std::function<Metadata(std::vector<wire::WriteReport>)> finish_step =
+  std::function<wire::CommitSummary(std::vector<wire::WriteReport>)> finish_step =
       [&](std::vector<wire::WriteReport> all) {
         std::vector<std::vector<ReplicaDigest>> digests(all.size());
         std::vector<std::vector<WriteResult>> results(all.size());
@@ -268,25 +268,35 @@ Metadata save(const StateDict& state_dict, const SaveOptions& options) {
         // As every rank will have it (the coordinator's copy does not travel).
         if (global_metadata.library_version.empty()) global_metadata.library_version = kVersion;
         writer->finish(global_metadata, results);
-        return std::move(global_metadata);
+        // The other ranks get the header only, unless asked (SaveOptions).
+        wire::CommitSummary summary;
+        summary.bytes = global_metadata.total_bytes();
+        summary.items = global_metadata.storage_data.size();
+        summary.whole = options.metadata_on_every_rank;
+        summary.metadata = std::move(global_metadata);
+        return summary;
       };
-  Metadata md =
-      dist.gather_broadcast<wire::WriteReport, Metadata>("write", write_step, finish_step);
+  wire::CommitSummary committed = dist.gather_broadcast<wire::WriteReport, wire::CommitSummary>(
+      "write", write_step, finish_step);
+  Metadata md = std::move(committed.metadata);
   const double secs = seconds_since(t0);
-  const uint64_t bytes = md.total_bytes();
+  const uint64_t bytes = committed.bytes;
   if (options.stats) {
     auto span = [](Clock::time_point a, Clock::time_point b) {
       return std::chrono::duration<double>(b - a).count();
     };
-    *options.stats = SaveStats{
-        span(t0, t_plan),      span(t_plan, t_written), span(t_written, Clock::now()), secs, bytes,
-        md.storage_data.size()};
+    *options.stats = SaveStats{span(t0, t_plan),
+                               span(t_plan, t_written),
+                               span(t_written, Clock::now()),
+                               secs,
+                               bytes,
+                               static_cast<size_t>(committed.items)};
   }
   // At debug: a caller that saves repeatedly logs its own line per save (the
   // CheckpointManager's "checkpoint of step N committed").
   if (dist.is_coordinator())
     logger().debug("saved checkpoint '{}': {} items from {} rank(s), {}", writer->checkpoint_id(),
-                   md.storage_data.size(), dist.world_size(), throughput(bytes, secs));
+                   committed.items, dist.world_size(), throughput(bytes, secs));
   return md;
 }
 

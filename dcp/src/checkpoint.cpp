@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <set>
 
 #include "dcp/logging.h"
 #include "dcp/version.h"
@@ -270,8 +269,15 @@ Metadata save(const StateDict& state_dict, const SaveOptions& options) {
         writer->finish(global_metadata, results);
         // The other ranks get the header only, unless asked (SaveOptions).
         wire::CommitSummary summary;
-        summary.bytes = global_metadata.total_bytes();
         summary.items = global_metadata.storage_data.size();
+        // The bytes from the results (vectors) rather than a walk over the
+        // metadata's map (~0.1 s at 400k items), when they are its items.
+        size_t n = 0;
+        for (const auto& v : results) {
+          n += v.size();
+          for (const auto& r : v) summary.bytes += r.storage_data.length;
+        }
+        if (n != summary.items) summary.bytes = global_metadata.total_bytes();
         summary.whole = options.metadata_on_every_rank;
         summary.metadata = std::move(global_metadata);
         return summary;
@@ -332,15 +338,24 @@ std::shared_ptr<LoadPlanner> planner_for(const LoadOptions& options,
 }
 
 // The saved items a plan reads, and their bytes.
+// Items are told apart by their entry in the metadata (no copies of their
+// indexes); one the metadata lacks (the reader reports it) counts as an item.
 std::pair<size_t, uint64_t> items_and_bytes(const LoadPlan& plan, const Metadata& md) {
-  std::set<MetadataIndex> seen;
+  std::vector<const StorageInfo*> seen;
+  seen.reserve(plan.items.size());
+  size_t missing = 0;
+  for (const auto& ri : plan.items) {
+    auto it = md.storage_data.find(ri.storage_index);
+    if (it != md.storage_data.end())
+      seen.push_back(&it->second);
+    else
+      ++missing;
+  }
+  std::sort(seen.begin(), seen.end());
+  seen.erase(std::unique(seen.begin(), seen.end()), seen.end());
   uint64_t bytes = 0;
-  for (const auto& ri : plan.items)
-    if (seen.insert(ri.storage_index).second) {
-      auto it = md.storage_data.find(ri.storage_index);
-      if (it != md.storage_data.end()) bytes += it->second.length;
-    }
-  return {seen.size(), bytes};
+  for (const StorageInfo* info : seen) bytes += info->length;
+  return {seen.size() + missing, bytes};
 }
 
 // A load (or load_all, when `make_template` is set: it builds the state

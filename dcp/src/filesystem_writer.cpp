@@ -338,14 +338,16 @@ class FileSystemWriter final : public StorageWriter {
 
   // Items to files: largest first onto the lightest file, then each file
   // keeps plan order (key order: what a loader reads together).
-  std::vector<std::vector<size_t>> assign_files(const SavePlan& plan) const {
+  // `sizes` are the items' tensor_storage_size() (0 for bytes).
+  std::vector<std::vector<size_t>> assign_files(const SavePlan& plan,
+                                                const std::vector<int64_t>& sizes) const {
     std::vector<std::vector<size_t>> files;
     if (opt_.file_per_thread) {
       const size_t n_files = std::max<size_t>(1, std::min<size_t>(opt_.threads, plan.items.size()));
       files.resize(n_files);
       std::vector<size_t> order(plan.items.size());
       for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-      auto size_of = [&](size_t i) { return plan.items[i].tensor_storage_size().value_or(0); };
+      auto size_of = [&](size_t i) { return sizes[i]; };
       std::stable_sort(order.begin(), order.end(),
                        [&](size_t a, size_t b) { return size_of(a) > size_of(b); });
       std::vector<int64_t> load(n_files, 0);
@@ -414,7 +416,10 @@ class FileSystemWriter final : public StorageWriter {
   std::vector<WriteResult> write_all(const SavePlan& plan, SavePlanner& planner) {
     const std::string prefix =
         plan.storage_data.empty() ? "__" + std::to_string(rank_) + "_" : plan.storage_data;
-    const std::vector<std::vector<size_t>> files = assign_files(plan);
+    std::vector<int64_t> sizes(plan.items.size());
+    for (size_t i = 0; i < sizes.size(); ++i)
+      sizes[i] = plan.items[i].tensor_storage_size().value_or(0);
+    const std::vector<std::vector<size_t>> files = assign_files(plan, sizes);
     const std::map<size_t, BytesArchive> archives =
         pytorch_ ? bytes_archives(plan, planner) : std::map<size_t, BytesArchive>{};
 
@@ -424,9 +429,7 @@ class FileSystemWriter final : public StorageWriter {
       // (zip headers and the BYTE_IO archives of the pytorch-dcp format are small)
       bool has_small = pytorch_;
       for (size_t i : files[fi])
-        if (plan.items[i].tensor_storage_size().value_or(0) <
-            static_cast<int64_t>(opt_.coalesce_below_bytes))
-          has_small = true;
+        if (sizes[i] < static_cast<int64_t>(opt_.coalesce_below_bytes)) has_small = true;
       FileAppender out(loc_.env->new_writable_file(loc_.file(name)), opt_, has_small);
       auto& results = per_file[fi];
       results.reserve(files[fi].size());

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <bitset>
 #include <cstring>
 #include <set>
 #include <unordered_map>
@@ -34,7 +35,12 @@ void check_saveable(const at::Tensor& t, const std::string& key) {
   if (!t.defined()) throw InvalidArgumentError("key '" + key + "': tensor is undefined");
   if (t.layout() != at::kStrided)
     throw InvalidArgumentError("key '" + key + "': only strided (dense) tensors can be saved");
-  check_supported_dtype(t.scalar_type(), "key '" + key + "'");
+  thread_local std::bitset<256> supported;  // dtypes already checked (no message built per item)
+  const auto dtype = static_cast<uint8_t>(t.scalar_type());
+  if (!supported[dtype]) {
+    check_supported_dtype(t.scalar_type(), "key '" + key + "'");
+    supported.set(dtype);
+  }
 }
 
 bool same_bytes(const at::Tensor& a, const at::Tensor& b) {
@@ -90,7 +96,12 @@ DefaultSavePlanner::DefaultSavePlanner(SavePlannerOptions options) : options_(op
 void DefaultSavePlanner::set_up_planner(const StateDict& state_dict,
                                         const std::optional<StorageMeta>& storage_meta,
                                         bool is_coordinator) {
-  if (options_.flatten_state_dict) {
+  // Nothing nested (the common case at scale): the flat dict is the state
+  // dict, copied as a tree (flattening builds a path and a key per value).
+  const bool nested = std::any_of(state_dict.begin(), state_dict.end(), [](const auto& kv) {
+    return kv.second.is_dict() || kv.second.is_list() || kv.second.is_stateful();
+  });
+  if (options_.flatten_state_dict && nested) {
     std::tie(flat_, mapping_) = flatten_state_dict(state_dict);
   } else {
     flat_ = state_dict;

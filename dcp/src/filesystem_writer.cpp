@@ -191,6 +191,42 @@ void check_all_written(const Metadata& md) {
   }
 }
 
+// md.storage_data gets every result's storage, as assigning them one by one
+// in order would (of equal indexes, the last wins), without a tree search per
+// item: a natural merge sort of pointers (results come in sorted runs, each
+// data file's items in key order: O(n log runs) comparisons), then each
+// inserted at the end.
+void add_storage_data(Metadata& md, const std::vector<std::vector<WriteResult>>& results) {
+  auto less = [](const WriteResult* a, const WriteResult* b) { return a->index < b->index; };
+  std::vector<const WriteResult*> all;
+  size_t n = 0;
+  for (const auto& v : results) n += v.size();
+  all.reserve(n);
+  std::vector<size_t> runs{0};  // run i is all[runs[i], runs[i + 1])
+  for (const auto& v : results)
+    for (const auto& r : v) {
+      if (!all.empty() && less(&r, all.back())) runs.push_back(all.size());
+      all.push_back(&r);
+    }
+  runs.push_back(all.size());
+  while (runs.size() > 2) {
+    const size_t k = runs.size() - 1;
+    std::vector<size_t> next{0};
+    for (size_t i = 0; i + 2 < runs.size(); i += 2) {
+      std::inplace_merge(all.begin() + runs[i], all.begin() + runs[i + 1],
+                         all.begin() + runs[i + 2], less);
+      next.push_back(runs[i + 2]);
+    }
+    if (k % 2 == 1) next.push_back(runs.back());
+    runs.swap(next);
+  }
+  auto& out = md.storage_data;
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (i + 1 < all.size() && !less(all[i], all[i + 1])) continue;  // a later one wins
+    out.insert_or_assign(out.end(), all[i]->index, all[i]->storage_data);
+  }
+}
+
 class FileSystemWriter final : public StorageWriter {
  public:
   FileSystemWriter(Env* env, std::string scheme, std::string path, FileSystemWriterOptions opt)
@@ -259,8 +295,7 @@ class FileSystemWriter final : public StorageWriter {
   }
 
   void finish(Metadata& md, const std::vector<std::vector<WriteResult>>& results) override {
-    for (const auto& rank_results : results)
-      for (const auto& r : rank_results) md.storage_data[r.index] = r.storage_data;
+    add_storage_data(md, results);
     check_all_written(md);
     md.storage_meta = storage_meta();
     if (!pytorch_) {
@@ -304,14 +339,16 @@ class FileSystemWriter final : public StorageWriter {
 
   // Items to files: largest first onto the lightest file, then each file
   // keeps plan order (key order: what a loader reads together).
-  std::vector<std::vector<size_t>> assign_files(const SavePlan& plan) const {
+  // `sizes` are the items' tensor_storage_size() (0 for bytes).
+  std::vector<std::vector<size_t>> assign_files(const SavePlan& plan,
+                                                const std::vector<int64_t>& sizes) const {
     std::vector<std::vector<size_t>> files;
     if (opt_.file_per_thread) {
       const size_t n_files = std::max<size_t>(1, std::min<size_t>(opt_.threads, plan.items.size()));
       files.resize(n_files);
       std::vector<size_t> order(plan.items.size());
       for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-      auto size_of = [&](size_t i) { return plan.items[i].tensor_storage_size().value_or(0); };
+      auto size_of = [&](size_t i) { return sizes[i]; };
       std::stable_sort(order.begin(), order.end(),
                        [&](size_t a, size_t b) { return size_of(a) > size_of(b); });
       std::vector<int64_t> load(n_files, 0);
@@ -380,7 +417,10 @@ class FileSystemWriter final : public StorageWriter {
   std::vector<WriteResult> write_all(const SavePlan& plan, SavePlanner& planner) {
     const std::string prefix =
         plan.storage_data.empty() ? "__" + std::to_string(rank_) + "_" : plan.storage_data;
-    const std::vector<std::vector<size_t>> files = assign_files(plan);
+    std::vector<int64_t> sizes(plan.items.size());
+    for (size_t i = 0; i < sizes.size(); ++i)
+      sizes[i] = plan.items[i].tensor_storage_size().value_or(0);
+    const std::vector<std::vector<size_t>> files = assign_files(plan, sizes);
     const std::map<size_t, BytesArchive> archives =
         pytorch_ ? bytes_archives(plan, planner) : std::map<size_t, BytesArchive>{};
 
@@ -390,9 +430,7 @@ class FileSystemWriter final : public StorageWriter {
       // (zip headers and the BYTE_IO archives of the pytorch-dcp format are small)
       bool has_small = pytorch_;
       for (size_t i : files[fi])
-        if (plan.items[i].tensor_storage_size().value_or(0) <
-            static_cast<int64_t>(opt_.coalesce_below_bytes))
-          has_small = true;
+        if (sizes[i] < static_cast<int64_t>(opt_.coalesce_below_bytes)) has_small = true;
       FileAppender out(loc_.env->new_writable_file(loc_.file(name)), opt_, has_small);
       auto& results = per_file[fi];
       results.reserve(files[fi].size());

@@ -109,31 +109,38 @@ std::string serialize_metadata(const Metadata& md) {
     }
   }
 
-  // File names repeat across items: store each once and refer to it by number.
+  // File names repeat across items: store each once and refer to it by
+  // number (in the order they first appear). One walk over the items: they
+  // are encoded apart, numbering the files as they come, and follow the
+  // file table.
   std::unordered_map<std::string, uint64_t> file_ids;
   std::vector<const std::string*> files;
-  for (const auto& kv : md.storage_data) {
-    if (file_ids.emplace(kv.second.relative_path, files.size()).second)
-      files.push_back(&kv.second.relative_path);
+  codec::Encoder items;
+  items.buffer().reserve(64 * md.storage_data.size());
+  const std::string* last_file = nullptr;
+  uint64_t last_id = 0;
+  for (const auto& [index, info] : md.storage_data) {
+    items.str(index.fqn);
+    items.ints(index.offset);
+    if (!last_file || *last_file != info.relative_path) {  // runs of one file are common
+      last_file = &info.relative_path;
+      auto it = file_ids.find(info.relative_path);
+      if (it == file_ids.end()) {
+        it = file_ids.emplace(info.relative_path, files.size()).first;
+        files.push_back(&info.relative_path);
+      }
+      last_id = it->second;
+    }
+    items.varint(last_id);
+    items.varint(info.offset);
+    items.varint(info.length);
+    items.u8(static_cast<uint8_t>(info.checksum_type));
+    items.u64(info.checksum);
   }
   body.varint(files.size());
   for (const auto* f : files) body.str(*f);
   body.varint(md.storage_data.size());
-  const std::string* last_file = nullptr;
-  uint64_t last_id = 0;
-  for (const auto& [index, info] : md.storage_data) {
-    body.str(index.fqn);
-    body.ints(index.offset);
-    if (!last_file || *last_file != info.relative_path) {  // runs of one file are common
-      last_file = &info.relative_path;
-      last_id = file_ids.at(info.relative_path);
-    }
-    body.varint(last_id);
-    body.varint(info.offset);
-    body.varint(info.length);
-    body.u8(static_cast<uint8_t>(info.checksum_type));
-    body.u64(info.checksum);
-  }
+  body.raw(items.buffer().data(), items.buffer().size());
 
   std::string out = body.take();
   const size_t body_len = out.size() - kHeaderSize;

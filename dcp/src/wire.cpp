@@ -1,5 +1,6 @@
 #include "wire.h"
 
+#include <algorithm>
 #include <functional>
 
 #include "codec.h"
@@ -406,6 +407,32 @@ void decode(std::string_view bytes, WriteReport& report) {
 std::string encode(const Metadata& metadata) { return serialize_metadata(metadata); }
 void decode(std::string_view bytes, Metadata& out) {
   out = deserialize_metadata(bytes, "metadata from the coordinator");
+}
+
+std::string encode(const CommitSummary& summary) {
+  codec::Encoder e;
+  e.u8(summary.whole ? 1 : 0);
+  e.u64(summary.bytes);
+  e.u64(summary.items);
+  std::string out = e.take();
+  if (summary.whole) {
+    out += serialize_metadata(summary.metadata);
+  } else {
+    Metadata header;
+    header.version = summary.metadata.version;
+    header.storage_meta = summary.metadata.storage_meta;
+    header.world_size = summary.metadata.world_size;
+    header.library_version = summary.metadata.library_version;
+    out += serialize_metadata(header);
+  }
+  return out;
+}
+void decode(std::string_view bytes, CommitSummary& out) {
+  auto d = decoder(bytes.substr(0, std::min<size_t>(bytes.size(), 17)));
+  out.whole = d.u8() != 0;
+  out.bytes = d.u64();
+  out.items = d.u64();
+  out.metadata = deserialize_metadata(bytes.substr(17), "metadata from the coordinator");
 }
 
 std::string encode(int value) {

@@ -23,6 +23,17 @@ struct WriteReport {
   std::vector<ReplicaDigest> digests;
 };
 
+// What the coordinator broadcasts when a save commits: the committed
+// metadata (whole when `whole`; otherwise only its header travels: version,
+// world_size, storage_meta, library_version) and the checkpoint's bytes and
+// items, which the header no longer tells.
+struct CommitSummary {
+  Metadata metadata;
+  bool whole = false;
+  uint64_t bytes = 0;
+  uint64_t items = 0;
+};
+
 std::string encode(const SavePlan& plan);
 std::string encode(const LoadPlan& plan);
 std::string encode(const std::vector<WriteResult>& results);
@@ -30,6 +41,7 @@ std::string encode(const WriteReport& report);
 // An empty list encodes as no bytes.
 std::string encode(const std::vector<ReplicaRequest>& requests);
 std::string encode(const Metadata& metadata);
+std::string encode(const CommitSummary& summary);
 std::string encode(int value);
 std::string encode(const std::string& value);
 std::string encode(const std::vector<std::string>& values);
@@ -43,6 +55,7 @@ void decode(std::string_view bytes, std::vector<WriteResult>& out);
 void decode(std::string_view bytes, WriteReport& out);
 void decode(std::string_view bytes, std::vector<ReplicaRequest>& out);
 void decode(std::string_view bytes, Metadata& out);
+void decode(std::string_view bytes, CommitSummary& out);
 void decode(std::string_view bytes, int& out);
 void decode(std::string_view bytes, std::string& out);
 void decode(std::string_view bytes, std::vector<std::string>& out);

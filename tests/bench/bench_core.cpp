@@ -6,10 +6,15 @@
 //                  [--threads N] [--shape large|small|all] [--drop-caches]
 //
 // Defaults: 4 repeats (medians), 2 GiB large, 20,000 small tensors.
-// Like is compared with like: dcp++ with fsync against a raw write that ends
-// in fdatasync; dcp++ without fsync against torch::save (which never syncs).
-// Loads read what the saves just wrote (page cache, both sides alike;
-// --drop-caches drops it before each load, as root). dcp++ loads in place
+// Like is compared with like: dcp++ with fsync against a raw write of the
+// same bytes in as many files as dcp++ writes data files (one per thread,
+// --threads), each from its own thread in 8 MiB writes from a warm buffer
+// and ended by fdatasync; dcp++ without fsync against torch::save (which
+// never syncs). Loads read what the saves just wrote (page cache, both sides
+// alike; --drop-caches drops it before each load, as root); the raw read
+// reads the same data files in 8 MiB preads into a reused buffer, one
+// thread per file (load_vs_raw_read_*). save_us_per_item_* is what the
+// fsync'd save takes beyond the raw write, per item (microseconds). dcp++ loads in place
 // into existing tensors, as a resuming trainer does; torch::load allocates,
 // so the in-place and allocating figures are both printed.
 // The last lines are `name=value`, one per figure; ratios > 1 mean dcp++ is faster.
@@ -19,15 +24,18 @@
 
 #include <torch/serialize.h>
 
+#include <dirent.h>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+
 #include <functional>
 #include <map>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "dcp/dcp.h"
@@ -116,22 +124,70 @@ double time_once(const Fn& fn) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// The raw bandwidth of the directory: one file of `bytes`, 8 MiB writes from a
-// warm buffer, fdatasync at the end.
-double raw_write_seconds(const std::string& path, uint64_t bytes) {
-  static std::vector<char> buf(size_t{8} << 20, 'x');
+// The raw bandwidth of the directory: `bytes` in `files` files written in
+// parallel (one thread each, as dcp++ writes one data file per thread), 8 MiB
+// writes from a warm buffer, each file ended by fdatasync.
+double raw_write_seconds(const std::string& prefix, uint64_t bytes, int files) {
+  static std::vector<std::vector<char>> bufs;
+  if (bufs.size() < static_cast<size_t>(files))
+    bufs.resize(files, std::vector<char>(size_t{8} << 20, 'x'));
   return time_once([&] {
-    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) usage(("cannot create " + path).c_str());
-    for (uint64_t done = 0; done < bytes;) {
-      size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), bytes - done));
-      ssize_t w = ::write(fd, buf.data(), n);
-      if (w <= 0) usage("raw write failed");
-      done += static_cast<uint64_t>(w);
-    }
-    ::fdatasync(fd);
-    ::close(fd);
+    std::vector<std::thread> threads;
+    for (int f = 0; f < files; ++f)
+      threads.emplace_back([&, f] {
+        const std::string path = prefix + std::to_string(f);
+        const uint64_t share = bytes * (f + 1) / files - bytes * f / files;
+        const std::vector<char>& buf = bufs[f];
+        int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd < 0) usage(("cannot create " + path).c_str());
+        for (uint64_t done = 0; done < share;) {
+          size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), share - done));
+          ssize_t w = ::write(fd, buf.data(), n);
+          if (w <= 0) usage("raw write failed");
+          done += static_cast<uint64_t>(w);
+        }
+        ::fdatasync(fd);
+        ::close(fd);
+      });
+    for (auto& t : threads) t.join();
   });
+}
+
+// The data files of checkpoint directory `dir`.
+std::vector<std::string> data_files(const std::string& dir) {
+  std::vector<std::string> out;
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) usage(("cannot list " + dir).c_str());
+  while (dirent* e = ::readdir(d)) {
+    const std::string name = e->d_name;
+    if (name.size() > 7 && name.compare(name.size() - 7, 7, ".distcp") == 0)
+      out.push_back(dir + "/" + name);
+  }
+  ::closedir(d);
+  return out;
+}
+
+// A raw read of `files`: one thread per file, 8 MiB preads into a reused
+// buffer. Returns the seconds; `bytes` gets what was read.
+double raw_read_seconds(const std::vector<std::string>& files, uint64_t& bytes) {
+  static std::vector<std::vector<char>> bufs;
+  if (bufs.size() < files.size()) bufs.resize(files.size(), std::vector<char>(size_t{8} << 20));
+  std::vector<uint64_t> got(files.size(), 0);
+  const double secs = time_once([&] {
+    std::vector<std::thread> threads;
+    for (size_t f = 0; f < files.size(); ++f)
+      threads.emplace_back([&, f] {
+        int fd = ::open(files[f].c_str(), O_RDONLY);
+        if (fd < 0) usage(("cannot open " + files[f]).c_str());
+        std::vector<char>& buf = bufs[f];
+        for (ssize_t n; (n = ::pread(fd, buf.data(), buf.size(), got[f])) > 0;) got[f] += n;
+        ::close(fd);
+      });
+    for (auto& t : threads) t.join();
+  });
+  bytes = 0;
+  for (uint64_t g : got) bytes += g;
+  return secs;
 }
 
 struct Workload {
@@ -169,7 +225,8 @@ Workload make_small(int64_t count) {
 
 struct Figures {
   double raw = 0, save_sync = 0, save_nosync = 0, torch_save = 0, load = 0, load_alloc = 0,
-         torch_load = 0;
+         torch_load = 0, raw_read = 0;
+  double save_us_per_item = 0;  // the fsync'd save's time beyond the raw write, per item
 };
 
 Figures measure(const Workload& w, const Args& a) {
@@ -193,8 +250,8 @@ Figures measure(const Workload& w, const Args& a) {
     // runs first after a pause faster, so neither side may always go first.
     auto raw = [&] {
       settle(false);
-      t["raw"].push_back(raw_write_seconds(base + "/raw.bin", w.bytes));
-      run("rm -f '" + base + "/raw.bin'");
+      t["raw"].push_back(raw_write_seconds(base + "/raw.bin.", w.bytes, a.threads));
+      run("rm -f '" + base + "'/raw.bin.*");
     };
     auto save_sync = [&] {
       settle(false);
@@ -232,6 +289,11 @@ Figures measure(const Workload& w, const Args& a) {
     }));
     settle(a.drop_caches);
 
+    uint64_t read_bytes = 0;
+    t["raw_read"].push_back(raw_read_seconds(data_files(ck), read_bytes));
+    if (read_bytes < w.bytes) usage("the raw read got fewer bytes than were saved");
+    settle(a.drop_caches);
+
     t["load"].push_back(time_once([&] {
       dcp::LoadOptions o;
       o.storage_reader = dcp::make_filesystem_reader(ck, ropt);
@@ -261,6 +323,8 @@ Figures measure(const Workload& w, const Args& a) {
   f.load = gb / median(t["load"]);
   f.load_alloc = gb / median(t["load_alloc"]);
   f.torch_load = gb / median(t["torch_load"]);
+  f.raw_read = gb / median(t["raw_read"]);
+  f.save_us_per_item = (median(t["save_sync"]) - median(t["raw"])) / w.tensors.size() * 1e6;
   run("rm -rf '" + base + "'");
   return f;
 }
@@ -297,6 +361,9 @@ int main(int argc, char** argv) {
     std::printf("  dcp++ load_all (allocates) %7.3f GB/s   %.2fx torch::load\n", f.load_alloc,
                 f.load_alloc / f.torch_load);
     std::printf("  torch::load (allocates)    %7.3f GB/s\n", f.torch_load);
+    std::printf("  raw read (page cache)      %7.3f GB/s   dcp++ load in place %.2fx of it\n",
+                f.raw_read, f.load / f.raw_read);
+    std::printf("  save beyond the raw write  %7.2f us per item\n", f.save_us_per_item);
     emit("raw_write_gbps_" + shape, f.raw);
     emit("save_fsync_gbps_" + shape, f.save_sync);
     emit("save_nofsync_gbps_" + shape, f.save_nosync);
@@ -308,6 +375,9 @@ int main(int argc, char** argv) {
     emit("save_vs_torch_" + shape, f.save_nosync / f.torch_save);
     emit("load_vs_torch_" + shape, f.load / f.torch_load);
     emit("load_alloc_vs_torch_" + shape, f.load_alloc / f.torch_load);
+    emit("raw_read_gbps_" + shape, f.raw_read);
+    emit("load_vs_raw_read_" + shape, f.load / f.raw_read);
+    emit("save_us_per_item_" + shape, f.save_us_per_item);
   }
   std::printf("\n");
   for (const auto& [k, v] : out) std::printf("%s=%s\n", k.c_str(), v.c_str());

@@ -286,6 +286,7 @@ TEST(PyTorchWrite, OneRankLoadsInPython) {
 DCP_REGISTER_WORKER(pytorch_write) {
   SaveOptions so = pytorch_options(args.at(0), args.at(1), args.at(2) == "1");
   so.collectives = ctx.collectives(std::chrono::seconds(20));
+  so.metadata_on_every_rank = true;  // each rank checks it below
   const Metadata md = save(saved_state(ctx.rank(), ctx.world_size()), so);
   // Dedup: one copy of each replicated item, whichever rank wrote it.
   std::map<std::string, int> per_key;

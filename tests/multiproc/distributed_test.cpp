@@ -113,12 +113,36 @@ DCP_REGISTER_WORKER(round_trip) {
   so.checkpoint_id = dir;
   so.collectives = group(ctx);
   so.coordinator_rank = coordinator;
+  SaveStats stats;
+  so.stats = &stats;
   Metadata md = save(sd, so);
+  const Metadata committed = read_metadata(dir);
   EXPECT_EQ(md.world_size, world);
-  EXPECT_EQ(md.state_dict_metadata.size(), 4u);
-  // Every rank returns the metadata that was committed (the coordinator's
-  // own copy never goes through the wire; the others decode theirs).
-  EXPECT_EQ(serialize_metadata(md), serialize_metadata(read_metadata(dir))) << "rank " << rank;
+  EXPECT_EQ(committed.state_dict_metadata.size(), 4u);
+  // Every rank's stats describe the whole checkpoint.
+  EXPECT_EQ(stats.bytes, committed.total_bytes()) << "rank " << rank;
+  EXPECT_EQ(stats.items, committed.storage_data.size()) << "rank " << rank;
+  if (rank == coordinator) {
+    // The coordinator returns the metadata it committed.
+    EXPECT_EQ(serialize_metadata(md), serialize_metadata(committed));
+  } else {
+    // The others, by default, only its header.
+    EXPECT_TRUE(md.state_dict_metadata.empty()) << "rank " << rank;
+    EXPECT_TRUE(md.storage_data.empty()) << "rank " << rank;
+    EXPECT_TRUE(md.planner_data.empty()) << "rank " << rank;
+    EXPECT_TRUE(md.storage_meta.has_value() && committed.storage_meta.has_value() &&
+                md.storage_meta->save_id == committed.storage_meta->save_id);
+    EXPECT_EQ(md.library_version, committed.library_version);
+  }
+  // Asked for, every rank returns the metadata that was committed (the
+  // coordinator's own copy never goes through the wire; the others decode
+  // theirs).
+  SaveOptions every = so;
+  every.checkpoint_id = dir + "_every";
+  every.metadata_on_every_rank = true;
+  Metadata whole = save(sd, every);
+  EXPECT_EQ(serialize_metadata(whole), serialize_metadata(read_metadata(every.checkpoint_id)))
+      << "rank " << rank;
 
   StateDict dest{{"replicated", at::zeros({5, 3}, at::kDouble)},
                  {"sharded", shard(full, layout("rows", world, rank, kRows, kCols), true)},

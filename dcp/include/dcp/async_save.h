@@ -64,8 +64,10 @@ class [[nodiscard]] DCP_CORE_EXPORT AsyncSaveHandle {
   // Waits up to `timeout`; true when the save has finished.
   bool wait(std::chrono::milliseconds timeout) const;
   void wait() const;
-  // Waits, then returns the committed metadata or rethrows the failure
-  // (a CheckpointError). A failure seen here is not thrown again by the
+  // Waits, then returns the committed metadata (as save() does: whole on
+  // the coordinator, its header elsewhere unless
+  // SaveOptions::metadata_on_every_rank) or rethrows the failure (a
+  // CheckpointError). A failure seen here is not thrown again by the
   // next AsyncSaver::save().
   Metadata get() const;
   bool valid() const { return state_ != nullptr; }

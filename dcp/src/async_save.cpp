@@ -5,6 +5,13 @@
 
 #include <ATen/ATen.h>
 
+#include <sched.h>
+#include <spdlog/spdlog.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <cstdlib>
 #include <cstring>
 
@@ -23,6 +30,62 @@ using namespace internal;
 namespace {
 
 constexpr int64_t kPieceBytes = int64_t{32} << 20;
+// Buffers of this size and more are mappings of their own (page-aligned,
+// huge pages advised, populated at allocation); smaller ones come from the
+// CPU allocator.
+constexpr size_t kMappedBytes = size_t{1} << 20;
+constexpr size_t kHugePage = size_t{2} << 20;
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux 5.14
+#endif
+
+// Faults in [p, p + n) for writing: MADV_POPULATE_WRITE where the kernel has
+// it (one call, no fault per page), else one write per page.
+void populate(char* p, size_t n) {
+  if (n == 0) return;
+  if (::madvise(p, n, MADV_POPULATE_WRITE) == 0) return;
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  for (size_t off = 0; off < n; off += page) p[off] = 0;
+  p[n - 1] = 0;
+}
+
+// The length of the mapping of a staging buffer of `bytes`: whole huge
+// pages, so that the tail gets one too.
+size_t mapped_length(size_t bytes) {
+  return bytes >= kHugePage ? (bytes + kHugePage - 1) / kHugePage * kHugePage : bytes;
+}
+
+// A staging buffer of `bytes` of its own mapping, faulted in; null when the
+// mapping fails.
+void* map_staging(size_t bytes) {
+  const size_t len = mapped_length(bytes);
+  void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return nullptr;
+#ifdef MADV_HUGEPAGE
+  if (len >= kHugePage) ::madvise(p, len, MADV_HUGEPAGE);  // a hint: may be refused
+#endif
+  populate(static_cast<char*>(p), len);
+  return p;
+}
+
+// An uninitialised CPU tensor for staging `src`: see make_default_stager().
+at::Tensor new_staging_buffer(const at::Tensor& src) {
+  auto options = at::TensorOptions().dtype(src.scalar_type()).device(at::kCPU);
+  if (at::hasCUDA()) return at::empty(src.sizes(), options.pinned_memory(true));
+  const size_t bytes = static_cast<size_t>(src.numel()) * src.element_size();
+  if (bytes >= kMappedBytes) {
+    if (void* p = map_staging(bytes)) {
+      const size_t len = mapped_length(bytes);
+      return at::from_blob(
+          p, src.sizes(), [len](void* q) { ::munmap(q, len); }, options);
+    }
+    // No mapping (the limit of mappings): the allocator's memory will do.
+  }
+  at::Tensor t = at::empty(src.sizes(), options);
+  populate(static_cast<char*>(t.data_ptr()), bytes);
+  return t;
+}
 
 class DefaultStager final : public Stager {
  public:
@@ -34,11 +97,17 @@ class DefaultStager final : public Stager {
     std::map<std::string, at::Tensor> used;
     std::vector<std::pair<at::Tensor, at::Tensor>> copies;  // (source, staging buffer)
     StateDict out;
-    for (const auto& [k, v] : state_dict) out.emplace(k, stage_value(v, k, used, copies));
+    for (const auto& [k, v] : state_dict) out.emplace(k, stage_value(v, k, used, &copies));
     // Buffers of tensors that are gone are freed; the rest wait for the next save.
     buffers_ = std::move(used);
     copy_all(copies);
     return out;
+  }
+
+  void reserve(const StateDict& state_dict) override {
+    std::map<std::string, at::Tensor> used;
+    for (const auto& [k, v] : state_dict) stage_value(v, k, used, nullptr);
+    buffers_ = std::move(used);
   }
 
  private:
@@ -50,22 +119,20 @@ class DefaultStager final : public Stager {
         it->second.sizes() == src.sizes()) {
       buf = it->second;
     } else {
-      auto options = at::TensorOptions().dtype(src.scalar_type()).device(at::kCPU);
-      if (at::hasCUDA()) options = options.pinned_memory(true);
-      buf = at::empty(src.sizes(), options);
+      buf = new_staging_buffer(src);
     }
     used[key] = buf;
     return buf;
   }
 
   Value stage_value(const Value& v, const std::string& key, std::map<std::string, at::Tensor>& used,
-                    std::vector<std::pair<at::Tensor, at::Tensor>>& copies) {
+                    std::vector<std::pair<at::Tensor, at::Tensor>>* copies) {
     switch (v.kind()) {
       case Value::Kind::kTensor: {
         const at::Tensor& t = v.tensor();
         if (!t.defined()) return v;
         at::Tensor buf = buffer_for(key, t, used);
-        copies.emplace_back(t, buf);
+        if (copies) copies->emplace_back(t, buf);
         return buf;
       }
       case Value::Kind::kSharded: {
@@ -74,7 +141,7 @@ class DefaultStager final : public Stager {
           std::string k = key + "#";
           for (int64_t o : s.offsets) k += std::to_string(o) + ",";
           at::Tensor buf = s.tensor.defined() ? buffer_for(k, s.tensor, used) : s.tensor;
-          if (s.tensor.defined()) copies.emplace_back(s.tensor, buf);
+          if (s.tensor.defined() && copies) copies->emplace_back(s.tensor, buf);
           st.local_shards.push_back(Shard{buf, s.offsets});
         }
         return st;
@@ -315,7 +382,71 @@ AsyncSaveHandle AsyncSaver::save(const StateDict& state_dict, const SaveOptions&
   return handle;
 }
 
+namespace {
+
+// Sets the calling thread's CPU and I/O priority; a refusal is logged.
+void set_thread_priority(BackgroundPriority priority) {
+  if (priority == BackgroundPriority::kNormal) return;
+  const pid_t tid = static_cast<pid_t>(::syscall(SYS_gettid));
+  // ioprio_set(2): IOPRIO_WHO_PROCESS is a thread id; value = class << 13 | data.
+  constexpr int kWhoProcess = 1, kClassBestEffort = 2, kClassIdle = 3, kClassShift = 13;
+  int io = 0;
+  if (priority == BackgroundPriority::kLow) {
+    if (::setpriority(PRIO_PROCESS, static_cast<id_t>(tid), 19) != 0)
+      logger().debug("async saves: cannot lower the background thread's nice value: {}",
+                     std::strerror(errno));
+    io = kClassBestEffort << kClassShift | 7;
+  } else {
+    sched_param sp{};
+    if (::sched_setscheduler(tid, SCHED_IDLE, &sp) != 0)
+      logger().debug("async saves: cannot make the background thread SCHED_IDLE: {}",
+                     std::strerror(errno));
+    io = kClassIdle << kClassShift;
+  }
+#ifdef SYS_ioprio_set
+  if (::syscall(SYS_ioprio_set, kWhoProcess, tid, io) != 0)
+    logger().debug("async saves: cannot set the background thread's I/O priority: {}",
+                   std::strerror(errno));
+#else
+  (void)io;
+#endif
+}
+
+}  // namespace
+
+void AsyncSaver::reserve(const StateDict& state_dict) {
+  Slot* slot = nullptr;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    auto free_slot = [&]() -> Slot* {
+      for (auto& s : slots_)
+        if (!s->busy) return s.get();
+      return nullptr;
+    };
+    cv_.wait(lock, [&] { return free_slot() != nullptr; });
+    slot = free_slot();
+    slot->busy = true;  // no save takes it meanwhile
+  }
+  auto give_back = [&] {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      slot->busy = false;
+    }
+    cv_.notify_all();
+  };
+  try {
+    StateDict resolved;
+    for (const auto& kv : state_dict) resolved.emplace(kv.first, resolve_stateful(kv.second));
+    slot->stager->reserve(resolved);
+  } catch (...) {
+    give_back();
+    throw;
+  }
+  give_back();
+}
+
 void AsyncSaver::run() {
+  set_thread_priority(options_.priority);
   for (;;) {
     std::unique_ptr<Task> task;
     {

@@ -392,7 +392,10 @@ class FileSystemWriter final : public StorageWriter {
         if (plan.items[i].tensor_storage_size().value_or(0) <
             static_cast<int64_t>(opt_.coalesce_below_bytes))
           has_small = true;
-      FileAppender out(loc_.env->new_writable_file(loc_.file(name)), opt_, has_small);
+      const std::string path = loc_.file(name);
+      FileAppender out(opt_.direct_io ? loc_.env->new_direct_writable_file(path)
+                                      : loc_.env->new_writable_file(path),
+                       opt_, has_small);
       auto& results = per_file[fi];
       results.reserve(files[fi].size());
       for (size_t i : files[fi]) {

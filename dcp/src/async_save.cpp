@@ -50,40 +50,34 @@ void populate(char* p, size_t n) {
   p[n - 1] = 0;
 }
 
-// The length of the mapping of a staging buffer of `bytes`: whole huge
-// pages, so that the tail gets one too.
-size_t mapped_length(size_t bytes) {
-  return bytes >= kHugePage ? (bytes + kHugePage - 1) / kHugePage * kHugePage : bytes;
+// The length of the mapping of a staging buffer of `bytes`: with huge pages,
+// whole ones, so that the tail gets one too.
+size_t mapped_length(size_t bytes, bool huge_pages) {
+  return huge_pages && bytes >= kHugePage ? (bytes + kHugePage - 1) / kHugePage * kHugePage : bytes;
 }
 
-// A staging buffer of `bytes` of its own mapping, faulted in; null when the
-// mapping fails.
-void* map_staging(size_t bytes) {
-  const size_t len = mapped_length(bytes);
-  void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) return nullptr;
-#ifdef MADV_HUGEPAGE
-  if (len >= kHugePage) ::madvise(p, len, MADV_HUGEPAGE);  // a hint: may be refused
-#endif
-  populate(static_cast<char*>(p), len);
-  return p;
-}
-
-// An uninitialised CPU tensor for staging `src`: see make_default_stager().
-at::Tensor new_staging_buffer(const at::Tensor& src) {
+// An uninitialised CPU tensor for staging `src`, not yet faulted in (see
+// make_default_stager()); `fresh` receives the memory to populate.
+at::Tensor new_staging_buffer(const at::Tensor& src, bool huge_pages,
+                              std::vector<std::pair<char*, size_t>>& fresh) {
   auto options = at::TensorOptions().dtype(src.scalar_type()).device(at::kCPU);
   if (at::hasCUDA()) return at::empty(src.sizes(), options.pinned_memory(true));
   const size_t bytes = static_cast<size_t>(src.numel()) * src.element_size();
   if (bytes >= kMappedBytes) {
-    if (void* p = map_staging(bytes)) {
-      const size_t len = mapped_length(bytes);
+    const size_t len = mapped_length(bytes, huge_pages);
+    void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p != MAP_FAILED) {
+#ifdef MADV_HUGEPAGE
+      if (huge_pages && len >= kHugePage) ::madvise(p, len, MADV_HUGEPAGE);  // a hint
+#endif
+      fresh.emplace_back(static_cast<char*>(p), len);
       return at::from_blob(
           p, src.sizes(), [len](void* q) { ::munmap(q, len); }, options);
     }
     // No mapping (the limit of mappings): the allocator's memory will do.
   }
   at::Tensor t = at::empty(src.sizes(), options);
-  populate(static_cast<char*>(t.data_ptr()), bytes);
+  fresh.emplace_back(static_cast<char*>(t.data_ptr()), bytes);
   return t;
 }
 
@@ -100,6 +94,7 @@ class DefaultStager final : public Stager {
     for (const auto& [k, v] : state_dict) out.emplace(k, stage_value(v, k, used, &copies));
     // Buffers of tensors that are gone are freed; the rest wait for the next save.
     buffers_ = std::move(used);
+    populate_fresh();
     copy_all(copies);
     return out;
   }
@@ -108,6 +103,7 @@ class DefaultStager final : public Stager {
     std::map<std::string, at::Tensor> used;
     for (const auto& [k, v] : state_dict) stage_value(v, k, used, nullptr);
     buffers_ = std::move(used);
+    populate_fresh();
   }
 
  private:
@@ -119,7 +115,7 @@ class DefaultStager final : public Stager {
         it->second.sizes() == src.sizes()) {
       buf = it->second;
     } else {
-      buf = new_staging_buffer(src);
+      buf = new_staging_buffer(src, opt_.huge_pages, fresh_);
     }
     used[key] = buf;
     return buf;
@@ -209,8 +205,28 @@ class DefaultStager final : public Stager {
     });
   }
 
+  // Faults in the buffers allocated since the last call, in pieces over the
+  // threads (page faults cost more than the copy on fresh memory).
+  void populate_fresh() {
+    std::vector<std::pair<char*, size_t>> pieces;
+    for (const auto& [p, n] : fresh_)
+      for (size_t b = 0; b < n; b += static_cast<size_t>(kPieceBytes))
+        pieces.emplace_back(p + b, std::min(n - b, static_cast<size_t>(kPieceBytes)));
+    fresh_.clear();
+    if (opt_.threads == 1 || pieces.size() <= 1) {
+      for (const auto& [p, n] : pieces) populate(p, n);
+      return;
+    }
+    tbb::task_arena arena(opt_.threads);
+    arena.execute([&] {
+      tbb::parallel_for(size_t{0}, pieces.size(),
+                        [&](size_t i) { populate(pieces[i].first, pieces[i].second); });
+    });
+  }
+
   const StagerOptions opt_;
-  std::map<std::string, at::Tensor> buffers_;  // key -> staging buffer of the last stage()
+  std::vector<std::pair<char*, size_t>> fresh_;  // allocated, not yet populated
+  std::map<std::string, at::Tensor> buffers_;    // key -> staging buffer of the last stage()
 };
 
 }  // namespace

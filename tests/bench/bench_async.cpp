@@ -22,7 +22,7 @@
 //                   [--windows N]
 // --threads: the synchronous save's writer threads and the stager's;
 // --async-writer-threads (default 1), --direct (default 1), --priority
-// (default low): the background save's writer threads, O_DIRECT and thread
+// (default normal): the background save's writer threads, O_DIRECT and thread
 // priority (the levers of docs/DESIGN.md "Async saves").
 // Ends with one `name=value` line per figure.
 #include <spdlog/spdlog.h>
@@ -82,7 +82,7 @@ int main(int argc, char** argv) {
   int repeats = 5, threads = 2, async_writer_threads = 1, compute_threads = 2, windows = 3;
   bool direct = true, reserve = true, checksums = true;
   double window_factor = 3.0;
-  std::string priority = "low";
+  std::string priority = "normal";
   auto usage = [] {
     std::fprintf(stderr,
                  "usage: dcp_bench_async [--dir D] [--mib N] [--repeats N] [--threads N]\n"

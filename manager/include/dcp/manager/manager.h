@@ -187,7 +187,8 @@ class DCP_MANAGER_EXPORT CheckpointManager {
                   const std::map<std::string, double>& metrics);
   StateDict prepare_save(int64_t step);  // pre-save callbacks (checked), the state dict
   std::shared_ptr<StorageWriter> make_writer(int64_t step, uint64_t number, bool force,
-                                             const std::map<std::string, double>& metrics);
+                                             const std::map<std::string, double>& metrics,
+                                             bool async);
   void committed_save(const SaveStatistics& st);  // statistics, log line, post-save callbacks
   int64_t resume_by_policy();                     // resume() but the reservation below
   // Async saves: the staging buffers of the registered objects, allocated

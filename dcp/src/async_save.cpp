@@ -1,5 +1,8 @@
 #include "dcp/async_save.h"
 
+#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
+#include <xxhash.h>
+
 #include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
 
@@ -14,15 +17,43 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <unordered_map>
 
 #include "dcp/error.h"
 #include "dcp/logging.h"
 #include "dist.h"
 #include "resolve.h"
+#include "staged_checksums.h"
 
 namespace dcp {
 
 using namespace internal;
+
+// ---------------------------------------------------------------------------
+// Checksums taken during the staging copy (staged_checksums.h)
+
+namespace internal {
+namespace {
+struct StagedChecksums {
+  std::mutex mu;
+  std::unordered_map<const void*, std::pair<size_t, uint64_t>> by_ptr;  // GUARDED_BY(mu)
+};
+StagedChecksums& staged() {
+  static StagedChecksums* s = new StagedChecksums();  // never destroyed: safe at exit
+  return *s;
+}
+}  // namespace
+
+bool staged_checksum(const void* data, size_t n, uint64_t* checksum) {
+  StagedChecksums& s = staged();
+  std::lock_guard<std::mutex> lock(s.mu);
+  auto it = s.by_ptr.find(data);
+  if (it == s.by_ptr.end() || it->second.first != n) return false;
+  *checksum = it->second.second;
+  return true;
+}
+}  // namespace internal
 
 // ---------------------------------------------------------------------------
 // The default stager
@@ -35,6 +66,11 @@ constexpr int64_t kPieceBytes = int64_t{32} << 20;
 // CPU allocator.
 constexpr size_t kMappedBytes = size_t{1} << 20;
 constexpr size_t kHugePage = size_t{2} << 20;
+// Tensors up to this size are copied whole by one thread, in 4 MiB steps
+// each hashed (XXH3-64) while it is in cache; larger ones are split over the
+// threads and the writer hashes them.
+constexpr size_t kFoldMaxBytes = size_t{64} << 20;
+constexpr size_t kFoldStepBytes = size_t{4} << 20;
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23  // Linux 5.14
@@ -98,6 +134,10 @@ class DefaultStager final : public Stager {
     copy_all(copies);
     return out;
   }
+
+  ~DefaultStager() override { unregister(); }
+
+  void release() override { unregister(); }
 
   void reserve(const StateDict& state_dict) override {
     std::map<std::string, at::Tensor> used;
@@ -168,16 +208,22 @@ class DefaultStager final : public Stager {
     struct Piece {
       size_t copy;
       int64_t begin, end;  // byte range; end < 0: the whole tensor via copy_()
+      bool hash;           // the whole tensor, hashed as it is copied
     };
     std::vector<Piece> pieces;
+    std::vector<uint64_t> hashes(copies.size());
     for (size_t i = 0; i < copies.size(); ++i) {
       const at::Tensor& src = copies[i].first;
       if (src.device().is_cpu() && src.is_contiguous()) {
         const int64_t n = static_cast<int64_t>(src.nbytes());
+        if (opt_.checksums && n > 0 && static_cast<size_t>(n) <= kFoldMaxBytes) {
+          pieces.push_back({i, 0, n, true});
+          continue;
+        }
         for (int64_t b = 0; b < n; b += kPieceBytes)
-          pieces.push_back({i, b, std::min(n, b + kPieceBytes)});
+          pieces.push_back({i, b, std::min(n, b + kPieceBytes), false});
       } else {
-        pieces.push_back({i, 0, -1});
+        pieces.push_back({i, 0, -1, false});
       }
     }
     auto body = [&](size_t p) {
@@ -186,6 +232,18 @@ class DefaultStager final : public Stager {
       const auto& [src, dst] = copies[piece.copy];
       if (piece.end < 0) {
         dst.copy_(src);
+      } else if (piece.hash) {
+        char* d = static_cast<char*>(dst.data_ptr());
+        const char* s = static_cast<const char*>(src.data_ptr());
+        const size_t n = static_cast<size_t>(piece.end);
+        XXH3_state_t state;
+        XXH3_64bits_reset(&state);
+        for (size_t b = 0; b < n; b += kFoldStepBytes) {
+          const size_t len = std::min(kFoldStepBytes, n - b);
+          std::memcpy(d + b, s + b, len);
+          XXH3_64bits_update(&state, d + b, len);  // what the file will hold
+        }
+        hashes[piece.copy] = XXH3_64bits_digest(&state);
       } else {
         std::memcpy(static_cast<char*>(dst.data_ptr()) + piece.begin,
                     static_cast<const char*>(src.data_ptr()) + piece.begin,
@@ -194,15 +252,33 @@ class DefaultStager final : public Stager {
     };
     if (opt_.threads == 1 || pieces.size() <= 1) {
       for (size_t p = 0; p < pieces.size(); ++p) body(p);
-      return;
+    } else {
+      tbb::task_arena arena(opt_.threads);
+      arena.execute([&] {
+        tbb::parallel_for(tbb::blocked_range<size_t>(0, pieces.size(), 1),
+                          [&](const tbb::blocked_range<size_t>& r) {
+                            for (size_t p = r.begin(); p != r.end(); ++p) body(p);
+                          });
+      });
     }
-    tbb::task_arena arena(opt_.threads);
-    arena.execute([&] {
-      tbb::parallel_for(tbb::blocked_range<size_t>(0, pieces.size(), 1),
-                        [&](const tbb::blocked_range<size_t>& r) {
-                          for (size_t p = r.begin(); p != r.end(); ++p) body(p);
-                        });
-    });
+    // Only after every copy is done: the writer may look them up from now on.
+    internal::StagedChecksums& reg = internal::staged();
+    std::lock_guard<std::mutex> lock(reg.mu);
+    for (const Piece& piece : pieces)
+      if (piece.hash) {
+        const void* p = copies[piece.copy].second.data_ptr();
+        reg.by_ptr[p] = {static_cast<size_t>(piece.end), hashes[piece.copy]};
+        registered_.push_back(p);
+      }
+  }
+
+  // Forgets the checksums of the last stage(): its buffers may change now.
+  void unregister() {
+    if (registered_.empty()) return;
+    internal::StagedChecksums& reg = internal::staged();
+    std::lock_guard<std::mutex> lock(reg.mu);
+    for (const void* p : registered_) reg.by_ptr.erase(p);
+    registered_.clear();
   }
 
   // Faults in the buffers allocated since the last call, in pieces over the
@@ -226,6 +302,7 @@ class DefaultStager final : public Stager {
 
   const StagerOptions opt_;
   std::vector<std::pair<char*, size_t>> fresh_;  // allocated, not yet populated
+  std::vector<const void*> registered_;          // buffers with a staged checksum
   std::map<std::string, at::Tensor> buffers_;    // key -> staging buffer of the last stage()
 };
 

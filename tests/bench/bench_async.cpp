@@ -18,12 +18,15 @@
 //   dcp_bench_async [--dir D] [--mib N] [--repeats N] [--threads N]
 //                   [--async-writer-threads N] [--direct 0|1]
 //                   [--priority normal|low|idle] [--reserve 0|1]
-//                   [--checksums 0|1] [--compute-threads N] [--window X]
+//                   [--checksums 0|1] [--fold-checksums 0|1]
+//                   [--compute-threads N] [--window X]
 //                   [--windows N]
 // --threads: the synchronous save's writer threads and the stager's;
 // --async-writer-threads (default 1), --direct (default 1), --priority
 // (default normal): the background save's writer threads, O_DIRECT and thread
-// priority (the levers of docs/DESIGN.md "Async saves").
+// priority; --fold-checksums (default 0): 1, the stager takes the checksums
+// as it copies (StagerOptions::checksums) instead of the writer (the levers
+// of docs/DESIGN.md "Async save").
 // Ends with one `name=value` line per figure.
 #include <spdlog/spdlog.h>
 #include <tbb/parallel_for.h>
@@ -80,14 +83,15 @@ int main(int argc, char** argv) {
   std::string dir = "/tmp/dcp_bench_async";
   int64_t mib = 2048;
   int repeats = 5, threads = 2, async_writer_threads = 1, compute_threads = 2, windows = 3;
-  bool direct = true, reserve = true, checksums = true;
+  bool direct = true, reserve = true, checksums = true, fold = false;
   double window_factor = 3.0;
   std::string priority = "normal";
   auto usage = [] {
     std::fprintf(stderr,
                  "usage: dcp_bench_async [--dir D] [--mib N] [--repeats N] [--threads N]\n"
                  "  [--async-writer-threads N] [--direct 0|1] [--priority normal|low|idle]\n"
-                 "  [--reserve 0|1] [--checksums 0|1] [--compute-threads N] [--window X]\n"
+                 "  [--reserve 0|1] [--checksums 0|1] [--fold-checksums 0|1]\n"
+                 "  [--compute-threads N] [--window X]\n"
                  "  [--windows N]\n");
     return 2;
   };
@@ -112,6 +116,8 @@ int main(int argc, char** argv) {
       reserve = v != "0";
     else if (k == "--checksums")
       checksums = v != "0";
+    else if (k == "--fold-checksums")
+      fold = v != "0";
     else if (k == "--compute-threads")
       compute_threads = std::stoi(v);
     else if (k == "--window")
@@ -209,6 +215,7 @@ int main(int argc, char** argv) {
   dcp::AsyncSaverOptions aopt;
   aopt.stager.threads = threads;
   aopt.priority = prio;
+  aopt.stager.checksums = checksums && fold;
   dcp::AsyncSaver saver(aopt);
   double reserve_secs = 0;
   if (reserve) {

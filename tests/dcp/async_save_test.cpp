@@ -247,11 +247,21 @@ TEST(AsyncSaveTest, ReserveAllocatesWhatTheFirstStageUses) {
 TEST(AsyncSaveTest, ReserveThenSaveLoadsBitExact) {
   testing::TempDir dir;
   StateDict sd = mixed_state_dict();
-  AsyncSaver saver;
+  AsyncSaverOptions ao;
+  ao.stager.checksums = true;  // taken during the copy, used by the writer
+  AsyncSaver saver(ao);
   saver.reserve(sd);  // asks the Stateful object for its state_dict() too
   EXPECT_EQ(saver.in_flight(), 0);
-  saver.save(sd, to(dir.sub("ck"))).get();
-  expect_loads_as(dir.sub("ck"), sd);
+  const Metadata md = saver.save(sd, to(dir.sub("ck"))).get();
+  expect_loads_as(dir.sub("ck"), sd);  // verifies every checksum
+  // The checksums the stager took while copying are the writer's own.
+  const Metadata sync_md = save(sd, dir.sub("sync"));
+  ASSERT_EQ(md.storage_data.size(), sync_md.storage_data.size());
+  for (const auto& [index, info] : sync_md.storage_data) {
+    ASSERT_TRUE(md.storage_data.count(index)) << to_string(index);
+    EXPECT_EQ(md.storage_data.at(index).checksum, info.checksum) << to_string(index);
+    EXPECT_EQ(md.storage_data.at(index).checksum_type, ChecksumType::kXXH3_64);
+  }
   // A second reserve of another structure, then a save of it.
   StateDict other{{"only", make_tensor(at::kDouble, {300000}, 8)}};
   saver.reserve(other);

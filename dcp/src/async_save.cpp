@@ -1,21 +1,59 @@
 #include "dcp/async_save.h"
 
+#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
+#include <xxhash.h>
+
 #include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
 
 #include <ATen/ATen.h>
 
+#include <sched.h>
+#include <spdlog/spdlog.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <unordered_map>
 
 #include "dcp/error.h"
 #include "dcp/logging.h"
 #include "dist.h"
 #include "resolve.h"
+#include "staged_checksums.h"
 
 namespace dcp {
 
 using namespace internal;
+
+// ---------------------------------------------------------------------------
+// Checksums taken during the staging copy (staged_checksums.h)
+
+namespace internal {
+namespace {
+struct StagedChecksums {
+  std::mutex mu;
+  std::unordered_map<const void*, std::pair<size_t, uint64_t>> by_ptr;  // GUARDED_BY(mu)
+};
+StagedChecksums& staged() {
+  static StagedChecksums* s = new StagedChecksums();  // never destroyed: safe at exit
+  return *s;
+}
+}  // namespace
+
+bool staged_checksum(const void* data, size_t n, uint64_t* checksum) {
+  StagedChecksums& s = staged();
+  std::lock_guard<std::mutex> lock(s.mu);
+  auto it = s.by_ptr.find(data);
+  if (it == s.by_ptr.end() || it->second.first != n) return false;
+  *checksum = it->second.second;
+  return true;
+}
+}  // namespace internal
 
 // ---------------------------------------------------------------------------
 // The default stager
@@ -23,6 +61,61 @@ using namespace internal;
 namespace {
 
 constexpr int64_t kPieceBytes = int64_t{32} << 20;
+// Buffers of this size and more are mappings of their own (page-aligned,
+// huge pages advised, populated at allocation); smaller ones come from the
+// CPU allocator.
+constexpr size_t kMappedBytes = size_t{1} << 20;
+constexpr size_t kHugePage = size_t{2} << 20;
+// Tensors up to this size are copied whole by one thread, in 4 MiB steps
+// each hashed (XXH3-64) while it is in cache; larger ones are split over the
+// threads and the writer hashes them.
+constexpr size_t kFoldMaxBytes = size_t{64} << 20;
+constexpr size_t kFoldStepBytes = size_t{4} << 20;
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux 5.14
+#endif
+
+// Faults in [p, p + n) for writing: MADV_POPULATE_WRITE where the kernel has
+// it (one call, no fault per page), else one write per page.
+void populate(char* p, size_t n) {
+  if (n == 0) return;
+  if (::madvise(p, n, MADV_POPULATE_WRITE) == 0) return;
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  for (size_t off = 0; off < n; off += page) p[off] = 0;
+  p[n - 1] = 0;
+}
+
+// The length of the mapping of a staging buffer of `bytes`: with huge pages,
+// whole ones, so that the tail gets one too.
+size_t mapped_length(size_t bytes, bool huge_pages) {
+  return huge_pages && bytes >= kHugePage ? (bytes + kHugePage - 1) / kHugePage * kHugePage : bytes;
+}
+
+// An uninitialised CPU tensor for staging `src`, not yet faulted in (see
+// make_default_stager()); `fresh` receives the memory to populate.
+at::Tensor new_staging_buffer(const at::Tensor& src, bool huge_pages,
+                              std::vector<std::pair<char*, size_t>>& fresh) {
+  auto options = at::TensorOptions().dtype(src.scalar_type()).device(at::kCPU);
+  if (at::hasCUDA()) return at::empty(src.sizes(), options.pinned_memory(true));
+  const size_t bytes = static_cast<size_t>(src.numel()) * src.element_size();
+  if (bytes >= kMappedBytes) {
+    const size_t len = mapped_length(bytes, huge_pages);
+    void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p != MAP_FAILED) {
+#ifdef MADV_HUGEPAGE
+      if (huge_pages && len >= kHugePage) ::madvise(p, len, MADV_HUGEPAGE);  // a hint
+#endif
+      fresh.emplace_back(static_cast<char*>(p), len);
+      return at::from_blob(
+          p, src.sizes(), [len](void* q) { ::munmap(q, len); }, options);
+    }
+    // No mapping (the limit of mappings): the allocator's memory will do.
+  }
+  at::Tensor t = at::empty(src.sizes(), options);
+  fresh.emplace_back(static_cast<char*>(t.data_ptr()), bytes);
+  return t;
+}
 
 class DefaultStager final : public Stager {
  public:
@@ -34,11 +127,23 @@ class DefaultStager final : public Stager {
     std::map<std::string, at::Tensor> used;
     std::vector<std::pair<at::Tensor, at::Tensor>> copies;  // (source, staging buffer)
     StateDict out;
-    for (const auto& [k, v] : state_dict) out.emplace(k, stage_value(v, k, used, copies));
+    for (const auto& [k, v] : state_dict) out.emplace(k, stage_value(v, k, used, &copies));
     // Buffers of tensors that are gone are freed; the rest wait for the next save.
     buffers_ = std::move(used);
+    populate_fresh();
     copy_all(copies);
     return out;
+  }
+
+  ~DefaultStager() override { unregister(); }
+
+  void release() override { unregister(); }
+
+  void reserve(const StateDict& state_dict) override {
+    std::map<std::string, at::Tensor> used;
+    for (const auto& [k, v] : state_dict) stage_value(v, k, used, nullptr);
+    buffers_ = std::move(used);
+    populate_fresh();
   }
 
  private:
@@ -50,22 +155,20 @@ class DefaultStager final : public Stager {
         it->second.sizes() == src.sizes()) {
       buf = it->second;
     } else {
-      auto options = at::TensorOptions().dtype(src.scalar_type()).device(at::kCPU);
-      if (at::hasCUDA()) options = options.pinned_memory(true);
-      buf = at::empty(src.sizes(), options);
+      buf = new_staging_buffer(src, opt_.huge_pages, fresh_);
     }
     used[key] = buf;
     return buf;
   }
 
   Value stage_value(const Value& v, const std::string& key, std::map<std::string, at::Tensor>& used,
-                    std::vector<std::pair<at::Tensor, at::Tensor>>& copies) {
+                    std::vector<std::pair<at::Tensor, at::Tensor>>* copies) {
     switch (v.kind()) {
       case Value::Kind::kTensor: {
         const at::Tensor& t = v.tensor();
         if (!t.defined()) return v;
         at::Tensor buf = buffer_for(key, t, used);
-        copies.emplace_back(t, buf);
+        if (copies) copies->emplace_back(t, buf);
         return buf;
       }
       case Value::Kind::kSharded: {
@@ -74,7 +177,7 @@ class DefaultStager final : public Stager {
           std::string k = key + "#";
           for (int64_t o : s.offsets) k += std::to_string(o) + ",";
           at::Tensor buf = s.tensor.defined() ? buffer_for(k, s.tensor, used) : s.tensor;
-          if (s.tensor.defined()) copies.emplace_back(s.tensor, buf);
+          if (s.tensor.defined() && copies) copies->emplace_back(s.tensor, buf);
           st.local_shards.push_back(Shard{buf, s.offsets});
         }
         return st;
@@ -105,16 +208,22 @@ class DefaultStager final : public Stager {
     struct Piece {
       size_t copy;
       int64_t begin, end;  // byte range; end < 0: the whole tensor via copy_()
+      bool hash;           // the whole tensor, hashed as it is copied
     };
     std::vector<Piece> pieces;
+    std::vector<uint64_t> hashes(copies.size());
     for (size_t i = 0; i < copies.size(); ++i) {
       const at::Tensor& src = copies[i].first;
       if (src.device().is_cpu() && src.is_contiguous()) {
         const int64_t n = static_cast<int64_t>(src.nbytes());
+        if (opt_.checksums && n > 0 && static_cast<size_t>(n) <= kFoldMaxBytes) {
+          pieces.push_back({i, 0, n, true});
+          continue;
+        }
         for (int64_t b = 0; b < n; b += kPieceBytes)
-          pieces.push_back({i, b, std::min(n, b + kPieceBytes)});
+          pieces.push_back({i, b, std::min(n, b + kPieceBytes), false});
       } else {
-        pieces.push_back({i, 0, -1});
+        pieces.push_back({i, 0, -1, false});
       }
     }
     auto body = [&](size_t p) {
@@ -123,6 +232,18 @@ class DefaultStager final : public Stager {
       const auto& [src, dst] = copies[piece.copy];
       if (piece.end < 0) {
         dst.copy_(src);
+      } else if (piece.hash) {
+        char* d = static_cast<char*>(dst.data_ptr());
+        const char* s = static_cast<const char*>(src.data_ptr());
+        const size_t n = static_cast<size_t>(piece.end);
+        XXH3_state_t state;
+        XXH3_64bits_reset(&state);
+        for (size_t b = 0; b < n; b += kFoldStepBytes) {
+          const size_t len = std::min(kFoldStepBytes, n - b);
+          std::memcpy(d + b, s + b, len);
+          XXH3_64bits_update(&state, d + b, len);  // what the file will hold
+        }
+        hashes[piece.copy] = XXH3_64bits_digest(&state);
       } else {
         std::memcpy(static_cast<char*>(dst.data_ptr()) + piece.begin,
                     static_cast<const char*>(src.data_ptr()) + piece.begin,
@@ -131,19 +252,58 @@ class DefaultStager final : public Stager {
     };
     if (opt_.threads == 1 || pieces.size() <= 1) {
       for (size_t p = 0; p < pieces.size(); ++p) body(p);
+    } else {
+      tbb::task_arena arena(opt_.threads);
+      arena.execute([&] {
+        tbb::parallel_for(tbb::blocked_range<size_t>(0, pieces.size(), 1),
+                          [&](const tbb::blocked_range<size_t>& r) {
+                            for (size_t p = r.begin(); p != r.end(); ++p) body(p);
+                          });
+      });
+    }
+    // Only after every copy is done: the writer may look them up from now on.
+    internal::StagedChecksums& reg = internal::staged();
+    std::lock_guard<std::mutex> lock(reg.mu);
+    for (const Piece& piece : pieces)
+      if (piece.hash) {
+        const void* p = copies[piece.copy].second.data_ptr();
+        reg.by_ptr[p] = {static_cast<size_t>(piece.end), hashes[piece.copy]};
+        registered_.push_back(p);
+      }
+  }
+
+  // Forgets the checksums of the last stage(): its buffers may change now.
+  void unregister() {
+    if (registered_.empty()) return;
+    internal::StagedChecksums& reg = internal::staged();
+    std::lock_guard<std::mutex> lock(reg.mu);
+    for (const void* p : registered_) reg.by_ptr.erase(p);
+    registered_.clear();
+  }
+
+  // Faults in the buffers allocated since the last call, in pieces over the
+  // threads (page faults cost more than the copy on fresh memory).
+  void populate_fresh() {
+    std::vector<std::pair<char*, size_t>> pieces;
+    for (const auto& [p, n] : fresh_)
+      for (size_t b = 0; b < n; b += static_cast<size_t>(kPieceBytes))
+        pieces.emplace_back(p + b, std::min(n - b, static_cast<size_t>(kPieceBytes)));
+    fresh_.clear();
+    if (opt_.threads == 1 || pieces.size() <= 1) {
+      for (const auto& [p, n] : pieces) populate(p, n);
       return;
     }
     tbb::task_arena arena(opt_.threads);
     arena.execute([&] {
-      tbb::parallel_for(tbb::blocked_range<size_t>(0, pieces.size(), 1),
-                        [&](const tbb::blocked_range<size_t>& r) {
-                          for (size_t p = r.begin(); p != r.end(); ++p) body(p);
-                        });
+      tbb::parallel_for(size_t{0}, pieces.size(),
+                        [&](size_t i) { populate(pieces[i].first, pieces[i].second); });
     });
   }
 
   const StagerOptions opt_;
-  std::map<std::string, at::Tensor> buffers_;  // key -> staging buffer of the last stage()
+  std::vector<std::pair<char*, size_t>> fresh_;  // allocated, not yet populated
+  std::vector<const void*> registered_;          // buffers with a staged checksum
+  std::map<std::string, at::Tensor> buffers_;    // key -> staging buffer of the last stage()
 };
 
 }  // namespace
@@ -315,7 +475,71 @@ AsyncSaveHandle AsyncSaver::save(const StateDict& state_dict, const SaveOptions&
   return handle;
 }
 
+namespace {
+
+// Sets the calling thread's CPU and I/O priority; a refusal is logged.
+void set_thread_priority(BackgroundPriority priority) {
+  if (priority == BackgroundPriority::kNormal) return;
+  const pid_t tid = static_cast<pid_t>(::syscall(SYS_gettid));
+  // ioprio_set(2): IOPRIO_WHO_PROCESS is a thread id; value = class << 13 | data.
+  constexpr int kWhoProcess = 1, kClassBestEffort = 2, kClassIdle = 3, kClassShift = 13;
+  int io = 0;
+  if (priority == BackgroundPriority::kLow) {
+    if (::setpriority(PRIO_PROCESS, static_cast<id_t>(tid), 19) != 0)
+      logger().debug("async saves: cannot lower the background thread's nice value: {}",
+                     std::strerror(errno));
+    io = kClassBestEffort << kClassShift | 7;
+  } else {
+    sched_param sp{};
+    if (::sched_setscheduler(tid, SCHED_IDLE, &sp) != 0)
+      logger().debug("async saves: cannot make the background thread SCHED_IDLE: {}",
+                     std::strerror(errno));
+    io = kClassIdle << kClassShift;
+  }
+#ifdef SYS_ioprio_set
+  if (::syscall(SYS_ioprio_set, kWhoProcess, tid, io) != 0)
+    logger().debug("async saves: cannot set the background thread's I/O priority: {}",
+                   std::strerror(errno));
+#else
+  (void)io;
+#endif
+}
+
+}  // namespace
+
+void AsyncSaver::reserve(const StateDict& state_dict) {
+  Slot* slot = nullptr;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    auto free_slot = [&]() -> Slot* {
+      for (auto& s : slots_)
+        if (!s->busy) return s.get();
+      return nullptr;
+    };
+    cv_.wait(lock, [&] { return free_slot() != nullptr; });
+    slot = free_slot();
+    slot->busy = true;  // no save takes it meanwhile
+  }
+  auto give_back = [&] {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      slot->busy = false;
+    }
+    cv_.notify_all();
+  };
+  try {
+    StateDict resolved;
+    for (const auto& kv : state_dict) resolved.emplace(kv.first, resolve_stateful(kv.second));
+    slot->stager->reserve(resolved);
+  } catch (...) {
+    give_back();
+    throw;
+  }
+  give_back();
+}
+
 void AsyncSaver::run() {
+  set_thread_priority(options_.priority);
   for (;;) {
     std::unique_ptr<Task> task;
     {

@@ -6,7 +6,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <mutex>
+#include <vector>
 
 #include "dcp/error.h"
 #include "env.h"
@@ -62,6 +66,163 @@ class PosixWritableFile final : public WritableFile {
   uint64_t submitted_ = 0;
 };
 
+// Aligned buffers of PosixDirectWritableFile, kept for the next file (fresh
+// memory costs a page fault per 4 KiB).
+constexpr size_t kDirectBlock = 4096;
+constexpr size_t kDirectBufferBytes = size_t{8} << 20;
+
+class DirectBufferPool {
+ public:
+  static DirectBufferPool& instance() {
+    static DirectBufferPool* pool = new DirectBufferPool();  // never destroyed: safe at exit
+    return *pool;
+  }
+  char* acquire() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!free_.empty()) {
+        char* p = free_.back();
+        free_.pop_back();
+        return p;
+      }
+    }
+    void* p = nullptr;
+    if (::posix_memalign(&p, kDirectBlock, kDirectBufferBytes) != 0) throw std::bad_alloc();
+    return static_cast<char*>(p);
+  }
+  void release(char* p) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (free_.size() < kMaxKept)
+      free_.push_back(p);
+    else
+      std::free(p);
+  }
+
+ private:
+  static constexpr size_t kMaxKept = 4;
+  std::mutex mu_;
+  std::vector<char*> free_;  // GUARDED_BY(mu_)
+};
+
+// Writes with O_DIRECT (Env::new_direct_writable_file). Invariant while
+// direct_: the bytes written to the file are a multiple of kDirectBlock;
+// the appended bytes after them wait in buf_.
+class PosixDirectWritableFile final : public WritableFile {
+ public:
+  PosixDirectWritableFile(std::string path, int fd, bool direct, bool refuse_write)
+      : path_(std::move(path)), fd_(fd), direct_(direct), refuse_write_(refuse_write) {}
+  ~PosixDirectWritableFile() override {
+    if (fd_ >= 0) ::close(fd_);
+    if (buf_) DirectBufferPool::instance().release(buf_);
+  }
+  void append(const void* data, size_t n) override {
+    const char* p = static_cast<const char*>(data);
+    size_ += n;
+    while (n > 0) {
+      if (!direct_) {
+        write_out(p, n);
+        return;
+      }
+      if (used_ == 0 && n >= kDirectBlock && reinterpret_cast<uintptr_t>(p) % kDirectBlock == 0) {
+        // Aligned memory at a block boundary of the file: written from where it is.
+        const size_t k = n / kDirectBlock * kDirectBlock;
+        write_out(p, k);
+        p += k;
+        n -= k;
+        continue;
+      }
+      if (!buf_) buf_ = DirectBufferPool::instance().acquire();
+      const size_t k = std::min(n, kDirectBufferBytes - used_);
+      std::memcpy(buf_ + used_, p, k);
+      used_ += k;
+      p += k;
+      n -= k;
+      if (used_ == kDirectBufferBytes) {
+        used_ = 0;
+        write_out(buf_, kDirectBufferBytes);
+      }
+    }
+  }
+  void start_writeback() override {
+    if (direct_) return;  // nothing waits in the page cache
+    const uint64_t written = size_ - used_;
+    if (written > submitted_) {
+      ::sync_file_range(fd_, static_cast<off_t>(submitted_),
+                        static_cast<off_t>(written - submitted_), SYNC_FILE_RANGE_WRITE);
+      submitted_ = written;
+    }
+  }
+  void sync() override {
+    flush_tail();
+    if (::fdatasync(fd_) != 0) throw_errno("cannot fdatasync", path_, errno);
+  }
+  void close() override {
+    if (fd_ < 0) return;
+    flush_tail();
+    int fd = fd_;
+    fd_ = -1;
+    if (::close(fd) != 0) throw_errno("cannot close", path_, errno);
+  }
+  uint64_t size() const override { return size_; }
+  const std::string& path() const override { return path_; }
+
+ private:
+  // The buffered bytes: whole blocks with O_DIRECT, the rest without (the
+  // file is a plain one from then on).
+  void flush_tail() {
+    if (used_ == 0) return;
+    const size_t n = used_;
+    used_ = 0;
+    const size_t aligned = n / kDirectBlock * kDirectBlock;
+    if (direct_ && aligned) write_out(buf_, aligned);
+    if (aligned < n) {
+      leave_direct();
+      write_out(buf_ + aligned, n - aligned);
+    }
+  }
+  // Stops using O_DIRECT on this file.
+  void leave_direct() {
+    if (!direct_) return;
+    direct_ = false;
+    const int flags = ::fcntl(fd_, F_GETFL);
+    if (flags < 0 || ::fcntl(fd_, F_SETFL, flags & ~O_DIRECT) != 0)
+      throw_errno("cannot turn off O_DIRECT on", path_, errno);
+  }
+  void write_out(const char* p, size_t n) {
+    while (n > 0) {
+      ssize_t w;
+      if (refuse_write_ && direct_) {
+        w = -1;
+        errno = EINVAL;
+      } else {
+        w = ::write(fd_, p, n);
+      }
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EINVAL && direct_) {
+          // The file system wants another alignment, or no O_DIRECT at all.
+          leave_direct();
+          continue;
+        }
+        throw_errno("cannot write to", path_, errno);
+      }
+      p += w;
+      n -= static_cast<size_t>(w);
+      // A short write may leave the file off a block boundary: the next
+      // O_DIRECT write then fails with EINVAL and the file carries on without.
+    }
+  }
+
+  std::string path_;
+  int fd_;
+  bool direct_;
+  const bool refuse_write_;  // tests: the first O_DIRECT write fails with EINVAL
+  char* buf_ = nullptr;
+  size_t used_ = 0;    // bytes waiting in buf_
+  uint64_t size_ = 0;  // bytes appended
+  uint64_t submitted_ = 0;
+};
+
 class PosixRandomAccessFile final : public RandomAccessFile {
  public:
   PosixRandomAccessFile(std::string path, int fd, uint64_t size)
@@ -110,6 +271,25 @@ class PosixEnv final : public Env {
     int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) throw_errno("cannot create", path, errno);
     return std::make_unique<PosixWritableFile>(path, fd);
+  }
+  std::unique_ptr<WritableFile> new_direct_writable_file(const std::string& path) override {
+    // Tests only: $DCP_TEST_DIRECT_IO_REFUSE=open or =write plays a file
+    // system that refuses O_DIRECT at open, or at the first write.
+    const char* refuse = std::getenv("DCP_TEST_DIRECT_IO_REFUSE");
+    const bool refuse_open = refuse && std::strcmp(refuse, "open") == 0;
+    const bool refuse_write = refuse && std::strcmp(refuse, "write") == 0;
+    int fd = -1;
+    if (refuse_open)
+      errno = EINVAL;
+    else
+      fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_DIRECT, 0644);
+    bool direct = true;
+    if (fd < 0 && errno == EINVAL) {  // the file system has no O_DIRECT (tmpfs before 6.6)
+      direct = false;
+      fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    }
+    if (fd < 0) throw_errno("cannot create", path, errno);
+    return std::make_unique<PosixDirectWritableFile>(path, fd, direct, refuse_write);
   }
   std::unique_ptr<RandomAccessFile> new_random_access_file(const std::string& path) override {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

@@ -39,6 +39,7 @@
 #include "env.h"
 #include "filesystem_common.h"
 #include "interop/pytorch_dcp_writer.h"
+#include "staged_checksums.h"
 
 namespace dcp {
 
@@ -98,12 +99,14 @@ class FileAppender {
   std::pair<uint64_t, uint64_t> add(const void* data, size_t n) {
     const uint64_t start = begin_item();
     uint64_t checksum = 0;
+    // Taken by the stager as it copied (async saves): not read again.
+    const bool staged = opt_.checksums && n > 0 && staged_checksum(data, n, &checksum);
     if (n < opt_.coalesce_below_bytes && buf_) {
-      if (opt_.checksums) checksum = XXH3_64bits(data, n);
+      if (opt_.checksums && !staged) checksum = XXH3_64bits(data, n);
       emit(data, n, true);
     } else {
       flush();
-      if (opt_.checksums) {
+      if (opt_.checksums && !staged) {
         XXH3_state_t state;
         XXH3_64bits_reset(&state);
         const char* p = static_cast<const char*>(data);
@@ -431,7 +434,10 @@ class FileSystemWriter final : public StorageWriter {
       bool has_small = pytorch_;
       for (size_t i : files[fi])
         if (sizes[i] < static_cast<int64_t>(opt_.coalesce_below_bytes)) has_small = true;
-      FileAppender out(loc_.env->new_writable_file(loc_.file(name)), opt_, has_small);
+      const std::string path = loc_.file(name);
+      FileAppender out(opt_.direct_io ? loc_.env->new_direct_writable_file(path)
+                                      : loc_.env->new_writable_file(path),
+                       opt_, has_small);
       auto& results = per_file[fi];
       results.reserve(files[fi].size());
       for (size_t i : files[fi]) {

@@ -349,9 +349,11 @@ void read_save(Reader& r, const Field& f, SavePolicy& s) {
 }
 
 void read_async(Reader& r, const Field& f, AsyncPolicy& a) {
-  const auto m = r.section(f, {"enabled", "max_in_flight"});
+  const auto m = r.section(f, {"enabled", "max_in_flight", "direct_io", "writer_threads"});
   if (auto* x = get(m, "enabled")) a.enabled = r.boolean(*x);
   if (auto* x = get(m, "max_in_flight")) a.max_in_flight = static_cast<int>(r.integer(*x));
+  if (auto* x = get(m, "direct_io")) a.direct_io = r.boolean(*x);
+  if (auto* x = get(m, "writer_threads")) a.writer_threads = static_cast<int>(r.integer(*x));
 }
 
 void read_keep(Reader& r, const Field& f, KeepPolicy& k) {

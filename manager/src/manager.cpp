@@ -357,7 +357,8 @@ StateDict CheckpointManager::prepare_save(int64_t step) {
 }
 
 std::shared_ptr<StorageWriter> CheckpointManager::make_writer(
-    int64_t step, uint64_t number, bool force, const std::map<std::string, double>& metrics) {
+    int64_t step, uint64_t number, bool force, const std::map<std::string, double>& metrics,
+    bool async) {
   CommitContext ctx;
   ctx.env = env_;
   ctx.dir = options_.dir;
@@ -386,6 +387,10 @@ std::shared_ptr<StorageWriter> CheckpointManager::make_writer(
   wo.format = options_.storage.format;
   wo.pytorch_version = options_.storage.pytorch_version;
   wo.env = env_;
+  if (async) {
+    wo.threads = options_.async.writer_threads;
+    wo.direct_io = options_.async.direct_io;
+  }
   const std::string tmp = ctx.tmp;
   std::shared_ptr<StorageWriter> writer =
       internal::make_commit_writer(make_filesystem_writer(tmp, wo), std::move(ctx));
@@ -423,7 +428,7 @@ void CheckpointManager::start_save(int64_t step, bool async, bool force,
   try {
     sd = prepare_save(step);
     phase("stage", step);
-    so.storage_writer = make_writer(step, number, force, metrics);
+    so.storage_writer = make_writer(step, number, force, metrics, async && saver_);
     if (async && saver_) {
       so.collectives = async_coll_;
       pending->handle = saver_->save(sd, so);

@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <chrono>
 #include <sstream>
 
 #include "dcp/checkpoint.h"
@@ -86,6 +87,28 @@ bool CheckpointManager::load_from(const std::string& path, bool warm_start) {
 }
 
 int64_t CheckpointManager::resume() {
+  const int64_t step = resume_by_policy();
+  reserve_staging();
+  return step;
+}
+
+void CheckpointManager::reserve_staging() {
+  if (!saver_ || objects_.empty()) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    saver_->reserve(build_state_dict(false));
+  } catch (const std::exception& e) {
+    logger().warn(
+        "async saves: cannot reserve the staging buffers ({}); the first save will "
+        "allocate them",
+        e.what());
+    return;
+  }
+  logger().debug("async saves: staging buffers reserved in {:.3f} s",
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+}
+
+int64_t CheckpointManager::resume_by_policy() {
   const ResumePolicy& r = options_.resume;
   // A directory that cannot be listed is every rank's error, never a fresh start.
   const ResumeListing listing =

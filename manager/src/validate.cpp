@@ -37,6 +37,7 @@ const std::pair<const char*, IntRange> kIntegerRanges[] = {
     {"checkpoint.save.every_steps", {0, kInt64Max}},
     {"checkpoint.save.at_steps", {1, kInt64Max}},
     {"checkpoint.async.max_in_flight", {1, manager::kMaxAsyncInFlight}},
+    {"checkpoint.async.writer_threads", {1, manager::kMaxStorageThreads}},
     {"checkpoint.keep.last", {0, INT_MAX}},
     {"checkpoint.keep.every_steps", {0, kInt64Max}},
     {"checkpoint.keep.best.count", {0, INT_MAX}},
@@ -186,6 +187,7 @@ void validate(const manager::CheckpointManagerOptions& o, const Report& report) 
             "unknown signal " + std::to_string(s) + " (known: " + known_signals() + ")");
   }
   integer("checkpoint.async.max_in_flight", o.async.max_in_flight);
+  integer("checkpoint.async.writer_threads", o.async.writer_threads);
   integer("checkpoint.keep.last", o.keep.last);
   integer("checkpoint.keep.every_steps", o.keep.every_steps);
   check("checkpoint.keep.every_seconds", seconds_problem(o.keep.every_seconds));

@@ -52,7 +52,7 @@ TEST(ManagerConfigTest, EveryKey) {
 checkpoint:
   dir: /ck
   save: {every_steps: 10, every_seconds: 2.5, at_steps: [3, 7], at_end: false, on_signals: [SIGUSR2]}
-  async: {enabled: false, max_in_flight: 2}
+  async: {enabled: false, max_in_flight: 2, direct_io: false, writer_threads: 3}
   keep: {last: 5, every_steps: 100, every_seconds: 60, best: {metric: acc, mode: max, count: 2}}
   resume: {from: "42", strict: false, exclude: [rng, model.head], fallback_to_older: false}
   storage: {threads: 4, fsync: false, verify_checksums: false}
@@ -67,6 +67,8 @@ checkpoint:
   EXPECT_EQ(o.save.on_signals, std::vector<int>{SIGUSR2});
   EXPECT_FALSE(o.async.enabled);
   EXPECT_EQ(o.async.max_in_flight, 2);
+  EXPECT_FALSE(o.async.direct_io);
+  EXPECT_EQ(o.async.writer_threads, 3);
   EXPECT_EQ(o.keep.last, 5);
   EXPECT_EQ(o.keep.every_steps, 100);
   EXPECT_DOUBLE_EQ(o.keep.every_seconds, 60);
@@ -273,6 +275,7 @@ TEST(ManagerConfigTest, NumbersAreDecimalAndInRange) {
       {"keep: {last: -2147483649}", "checkpoint.keep.last: must be in 0..2147483647"},
       {"keep: {best: {metric: m, count: 4294967297}}", "checkpoint.keep.best.count: must be in 0"},
       {"async: {max_in_flight: 65}", "checkpoint.async.max_in_flight: must be in 1..64, not 65"},
+      {"async: {writer_threads: 0}", "checkpoint.async.writer_threads: must be in 1..1024, not 0"},
       {"storage: {threads: 1025}", "checkpoint.storage.threads: must be in 1..1024, not 1025"},
       {"storage: {threads: 0}", "checkpoint.storage.threads: must be in 1..1024, not 0"},
       {"save: {every_seconds: -.inf}", "checkpoint.save.every_seconds: must be a finite"},

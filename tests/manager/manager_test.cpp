@@ -1,13 +1,17 @@
 // The CheckpointManager end to end on a real directory.
 #include <gtest/gtest.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 
 #include <csignal>
 #include <filesystem>
+#include <sstream>
 #include <thread>
 
 #include "common/test_util.h"
 #include "dcp/dcp.h"
+#include "dcp/logging.h"
 #include "dcp/manager/manager.h"
 
 namespace dcp {
@@ -68,6 +72,39 @@ class ManagerTest : public ::testing::TestWithParam<bool> {  // async on/off
   }
   testing::TempDir dir_;
 };
+
+// resume() reserves the staging buffers of async saves (AsyncSaver::reserve),
+// whether it loads a checkpoint or starts fresh; the saves after it (O_DIRECT
+// by default) load back.
+TEST_P(ManagerTest, ResumeReservesTheStagingBuffersOfAsyncSaves) {
+  std::ostringstream log;
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(log);
+  logger().sinks().push_back(sink);
+  const auto level = logger().level();
+  logger().set_level(spdlog::level::debug);
+  auto o = opts();
+  {
+    CheckpointManager m(o);
+    auto s = std::make_shared<State>();
+    m.register_stateful("state", s);
+    EXPECT_EQ(m.resume(), 0);
+    train(m, *s, 1, 10);
+    m.on_train_end(10);
+  }
+  CheckpointManager m(o);
+  auto s = std::make_shared<State>();
+  m.register_stateful("state", s);
+  EXPECT_EQ(m.resume(), 10);
+  EXPECT_TRUE(s->consistent());
+  logger().sinks().pop_back();
+  logger().set_level(level);
+  const std::string text = log.str();
+  size_t n = 0;
+  for (size_t p = text.find("staging buffers reserved"); p != std::string::npos;
+       p = text.find("staging buffers reserved", p + 1))
+    ++n;
+  EXPECT_EQ(n, GetParam() ? 2u : 0u) << text;
+}
 
 TEST_P(ManagerTest, PeriodicSavesRetentionAndResume) {
   auto o = opts();

@@ -62,6 +62,18 @@ class DCP_CORE_EXPORT Env {
 
   // Creates (or truncates) a file for writing; its directory must exist.
   virtual std::unique_ptr<WritableFile> new_writable_file(const std::string& path) = 0;
+  // Like new_writable_file(), for large sequential writes that need not go
+  // through the page cache. POSIX: O_DIRECT, the appended bytes gathered
+  // into 4 KiB-aligned blocks (memory that is 4 KiB-aligned at a block
+  // boundary of the file is written from where it is, the rest through an
+  // aligned buffer), the unaligned tail written without O_DIRECT when the
+  // file is synced or closed; when the file system refuses O_DIRECT (EINVAL,
+  // at open or at a write) the file carries on as a plain one. The bytes in
+  // the file are the same either way. Default (and every EnvWrapper, whose
+  // new_writable_file() then sees the call): new_writable_file().
+  virtual std::unique_ptr<WritableFile> new_direct_writable_file(const std::string& path) {
+    return new_writable_file(path);
+  }
   virtual std::unique_ptr<RandomAccessFile> new_random_access_file(const std::string& path) = 0;
   // True for a regular file (POSIX: following symlinks).
   virtual bool file_exists(const std::string& path) = 0;

@@ -188,8 +188,14 @@ class DCP_MANAGER_EXPORT CheckpointManager {
                   const std::map<std::string, double>& metrics);
   StateDict prepare_save(int64_t step);  // pre-save callbacks (checked), the state dict
   std::shared_ptr<StorageWriter> make_writer(int64_t step, uint64_t number, bool force,
-                                             const std::map<std::string, double>& metrics);
+                                             const std::map<std::string, double>& metrics,
+                                             bool async);
   void committed_save(const SaveStatistics& st);  // statistics, log line, post-save callbacks
+  int64_t resume_by_policy();                     // resume() but the reservation below
+  // Async saves: the staging buffers of the registered objects, allocated
+  // now (AsyncSaver::reserve) instead of by the first save. A failure is
+  // logged (the first save allocates them then).
+  void reserve_staging();
   int64_t resume_step(const ResumeListing& listing, int64_t step);
   int64_t resume_latest(const ResumeListing& listing);
   void move_aside_after_resume(const ResumeListing& listing, int64_t resumed,

@@ -63,6 +63,15 @@ struct DCP_MANAGER_EXPORT AsyncPolicy {
   // Async saves staged but not committed at once; each holds a copy of the
   // state in memory. Default 1; 1..kMaxAsyncInFlight (64).
   int max_in_flight = 1;
+  // The data files of async saves are written with O_DIRECT
+  // (FileSystemWriterOptions::direct_io): no page-cache copy, so less of
+  // the trainer's CPU; same files. Default true. Synchronous saves (at the
+  // end, on a signal) write through the page cache as before.
+  bool direct_io = true;
+  // Writer threads of async saves (FileSystemWriterOptions::threads; the
+  // staging copy uses storage.threads). Default 1: one background thread
+  // next to the trainer. 1..kMaxStorageThreads (1024).
+  int writer_threads = 1;
 };
 
 struct DCP_MANAGER_EXPORT BestPolicy {

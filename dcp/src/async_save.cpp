@@ -36,8 +36,8 @@ using namespace internal;
 namespace internal {
 namespace {
 struct StagedChecksums {
-  std::mutex mu;
-  std::unordered_map<const void*, std::pair<size_t, uint64_t>> by_ptr;  // GUARDED_BY(mu)
+  Mutex mu;
+  std::unordered_map<const void*, std::pair<size_t, uint64_t>> by_ptr DCP_GUARDED_BY(mu);
 };
 StagedChecksums& staged() {
   static StagedChecksums* s = new StagedChecksums();  // never destroyed: safe at exit
@@ -47,7 +47,7 @@ StagedChecksums& staged() {
 
 bool staged_checksum(const void* data, size_t n, uint64_t* checksum) {
   StagedChecksums& s = staged();
-  std::lock_guard<std::mutex> lock(s.mu);
+  MutexLock lock(s.mu);
   auto it = s.by_ptr.find(data);
   if (it == s.by_ptr.end() || it->second.first != n) return false;
   *checksum = it->second.second;
@@ -263,7 +263,7 @@ class DefaultStager final : public Stager {
     }
     // Only after every copy is done: the writer may look them up from now on.
     internal::StagedChecksums& reg = internal::staged();
-    std::lock_guard<std::mutex> lock(reg.mu);
+    MutexLock lock(reg.mu);
     for (const Piece& piece : pieces)
       if (piece.hash) {
         const void* p = copies[piece.copy].second.data_ptr();
@@ -276,7 +276,7 @@ class DefaultStager final : public Stager {
   void unregister() {
     if (registered_.empty()) return;
     internal::StagedChecksums& reg = internal::staged();
-    std::lock_guard<std::mutex> lock(reg.mu);
+    MutexLock lock(reg.mu);
     for (const void* p : registered_) reg.by_ptr.erase(p);
     registered_.clear();
   }
@@ -316,35 +316,38 @@ std::unique_ptr<Stager> make_default_stager(StagerOptions options) {
 // Handles
 
 struct AsyncSaveHandle::State {
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;              // GUARDED_BY(mu)
-  std::exception_ptr error;       // GUARDED_BY(mu)
-  Metadata metadata;              // GUARDED_BY(mu)
+  Mutex mu;
+  CondVar cv;
+  bool done DCP_GUARDED_BY(mu) = false;
+  std::exception_ptr error DCP_GUARDED_BY(mu);
+  Metadata metadata DCP_GUARDED_BY(mu);
   std::atomic<bool> seen{false};  // the failure reached the user
 };
 
 bool AsyncSaveHandle::ready() const {
   if (!state_) return false;
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   return state_->done;
 }
 
 bool AsyncSaveHandle::wait(std::chrono::milliseconds timeout) const {
   if (!state_) throw InvalidArgumentError("wait() on an empty AsyncSaveHandle");
-  std::unique_lock<std::mutex> lock(state_->mu);
-  return state_->cv.wait_for(lock, timeout, [&] { return state_->done; });
+  MutexLock lock(state_->mu);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!state_->done)
+    if (!state_->cv.wait_until(state_->mu, deadline)) return state_->done;
+  return true;
 }
 
 void AsyncSaveHandle::wait() const {
   if (!state_) throw InvalidArgumentError("wait() on an empty AsyncSaveHandle");
-  std::unique_lock<std::mutex> lock(state_->mu);
-  state_->cv.wait(lock, [&] { return state_->done; });
+  MutexLock lock(state_->mu);
+  while (!state_->done) state_->cv.wait(state_->mu);
 }
 
 Metadata AsyncSaveHandle::get() const {
   wait();
-  std::lock_guard<std::mutex> lock(state_->mu);
+  MutexLock lock(state_->mu);
   if (state_->error) {
     state_->seen = true;
     std::rethrow_exception(state_->error);
@@ -374,10 +377,10 @@ struct AsyncSaver::Task {
     try {
       if (stage_failure) save_after_failure(options, "stage", stage_failure);
       Metadata md = dcp::save(staged, options);
-      std::lock_guard<std::mutex> lock(state->mu);
+      MutexLock lock(state->mu);
       state->metadata = std::move(md);
     } catch (...) {
-      std::lock_guard<std::mutex> lock(state->mu);
+      MutexLock lock(state->mu);
       state->error = std::current_exception();
     }
     staged.clear();  // drop the references to the staging buffers
@@ -400,17 +403,28 @@ AsyncSaver::AsyncSaver(AsyncSaverOptions options) : options_(std::move(options))
 
 AsyncSaver::~AsyncSaver() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     stopping_ = true;
   }
   cv_.notify_all();
   worker_.join();
 }
 
+AsyncSaver::Slot* AsyncSaver::wait_for_free_slot_locked() {
+  for (;;) {
+    for (auto& s : slots_)
+      if (!s->busy) return s.get();
+    cv_.wait(mu_);
+  }
+}
+
 void AsyncSaver::throw_unseen_failure_locked() {
   std::exception_ptr first;
   for (auto& s : finished_unseen_)
-    if (!s->seen.exchange(true) && !first) first = s->error;
+    if (!s->seen.exchange(true) && !first) {
+      MutexLock lock(s->mu);
+      first = s->error;
+    }
   finished_unseen_.clear();
   if (first) std::rethrow_exception(first);
 }
@@ -418,16 +432,10 @@ void AsyncSaver::throw_unseen_failure_locked() {
 AsyncSaveHandle AsyncSaver::save(const StateDict& state_dict, const SaveOptions& options) {
   Slot* slot = nullptr;
   {
-    std::unique_lock<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     throw_unseen_failure_locked();
-    auto free_slot = [&]() -> Slot* {
-      for (auto& s : slots_)
-        if (!s->busy) return s.get();
-      return nullptr;
-    };
-    cv_.wait(lock, [&] { return free_slot() != nullptr; });
+    slot = wait_for_free_slot_locked();
     throw_unseen_failure_locked();  // the save we waited for may have failed
-    slot = free_slot();
     slot->busy = true;
     ++in_flight_;
   }
@@ -454,12 +462,12 @@ AsyncSaveHandle AsyncSaver::save(const StateDict& state_dict, const SaveOptions&
       task->stage_failure = std::current_exception();
       task->state->seen = true;  // thrown here; not again by the next save()
       {
-        std::lock_guard<std::mutex> lock(mu_);
+        MutexLock lock(mu_);
         queue_.push_back(std::move(task));
       }
       cv_.notify_all();
     } else {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       slot->busy = false;
       --in_flight_;
       cv_.notify_all();
@@ -468,7 +476,7 @@ AsyncSaveHandle AsyncSaver::save(const StateDict& state_dict, const SaveOptions&
   }
   AsyncSaveHandle handle(task->state);
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     queue_.push_back(std::move(task));
   }
   cv_.notify_all();
@@ -510,19 +518,13 @@ void set_thread_priority(BackgroundPriority priority) {
 void AsyncSaver::reserve(const StateDict& state_dict) {
   Slot* slot = nullptr;
   {
-    std::unique_lock<std::mutex> lock(mu_);
-    auto free_slot = [&]() -> Slot* {
-      for (auto& s : slots_)
-        if (!s->busy) return s.get();
-      return nullptr;
-    };
-    cv_.wait(lock, [&] { return free_slot() != nullptr; });
-    slot = free_slot();
+    MutexLock lock(mu_);
+    slot = wait_for_free_slot_locked();
     slot->busy = true;  // no save takes it meanwhile
   }
   auto give_back = [&] {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       slot->busy = false;
     }
     cv_.notify_all();
@@ -543,8 +545,8 @@ void AsyncSaver::run() {
   for (;;) {
     std::unique_ptr<Task> task;
     {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      MutexLock lock(mu_);
+      while (!stopping_ && queue_.empty()) cv_.wait(mu_);
       if (queue_.empty()) return;  // stopping, and nothing left to do
       task = std::move(queue_.front());
       queue_.pop_front();
@@ -552,12 +554,12 @@ void AsyncSaver::run() {
     task->run();
     auto state = task->state;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       task->slot->busy = false;
       --in_flight_;
       bool failed;
       {
-        std::lock_guard<std::mutex> slock(state->mu);
+        MutexLock slock(state->mu);
         failed = state->error != nullptr;
         state->done = true;
       }
@@ -569,12 +571,12 @@ void AsyncSaver::run() {
 }
 
 void AsyncSaver::wait_all() {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [&] { return in_flight_ == 0; });
+  MutexLock lock(mu_);
+  while (in_flight_ != 0) cv_.wait(mu_);
 }
 
 int AsyncSaver::in_flight() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   return in_flight_;
 }
 

@@ -10,7 +10,7 @@ BufferPool& BufferPool::instance() {
 
 BufferPool::Buffer BufferPool::acquire(size_t size) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     auto it = free_.find(size);
     if (it != free_.end() && !it->second.empty()) {
       auto data = std::move(it->second.back());
@@ -22,7 +22,7 @@ BufferPool::Buffer BufferPool::acquire(size_t size) {
 }
 
 void BufferPool::release(std::unique_ptr<char[]> data, size_t size) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   auto& list = free_[size];
   if (list.size() < kMaxPerSize) list.push_back(std::move(data));
 }

@@ -9,6 +9,8 @@
 #include <mutex>
 #include <vector>
 
+#include "dcp/thread_annotations.h"
+
 namespace dcp {
 namespace internal {
 
@@ -43,8 +45,8 @@ class BufferPool {
   void release(std::unique_ptr<char[]> data, size_t size);
 
   static constexpr size_t kMaxPerSize = 8;
-  std::mutex mu_;
-  std::map<size_t, std::vector<std::unique_ptr<char[]>>> free_;  // GUARDED_BY(mu_)
+  Mutex mu_;
+  std::map<size_t, std::vector<std::unique_ptr<char[]>>> free_ DCP_GUARDED_BY(mu_);
 };
 
 }  // namespace internal

@@ -22,6 +22,7 @@
 
 #include "dcp/checkpoint.h"
 #include "dcp/export.h"
+#include "dcp/thread_annotations.h"
 
 namespace dcp {
 
@@ -167,16 +168,17 @@ class DCP_CORE_EXPORT AsyncSaver {
   struct Slot;
   struct Task;
   void run();
-  void throw_unseen_failure_locked();
+  void throw_unseen_failure_locked() DCP_REQUIRES(mu_);
+  Slot* wait_for_free_slot_locked() DCP_REQUIRES(mu_);
 
   const AsyncSaverOptions options_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<std::unique_ptr<Slot>> slots_;                              // GUARDED_BY(mu_)
-  std::deque<std::unique_ptr<Task>> queue_;                               // GUARDED_BY(mu_)
-  std::vector<std::shared_ptr<AsyncSaveHandle::State>> finished_unseen_;  // GUARDED_BY(mu_)
-  int in_flight_ = 0;                                                     // GUARDED_BY(mu_)
-  bool stopping_ = false;                                                 // GUARDED_BY(mu_)
+  mutable Mutex mu_;
+  CondVar cv_;
+  std::vector<std::unique_ptr<Slot>> slots_ DCP_GUARDED_BY(mu_);
+  std::deque<std::unique_ptr<Task>> queue_ DCP_GUARDED_BY(mu_);
+  std::vector<std::shared_ptr<AsyncSaveHandle::State>> finished_unseen_ DCP_GUARDED_BY(mu_);
+  int in_flight_ DCP_GUARDED_BY(mu_) = 0;
+  bool stopping_ DCP_GUARDED_BY(mu_) = false;
   std::thread worker_;
 };
 

@@ -33,7 +33,6 @@ case "$SANITIZE" in
     ;;
   address)
     FLAGS=address,undefined
-    TARGETS=
     BUILD_DIR=${DCP_BUILD_DIR:-build-asan}
     # Unit tests of the core, the manager and the integrations; multi-process
     # tests over Gloo; power cuts, full disks and forced saves; the readers of
@@ -41,6 +40,8 @@ case "$SANITIZE" in
     # (dcp_manager_crash_test) or the fixture round trips: minutes of Python
     # and SIGKILL, little of our code that the others do not run.
     LABELS='^(sanitizers|dcp_core_test|dcp_core_internal_test|dcp_manager_test|dcp_integrations_test|dcp_libtorch_test|dcp_trainer_test|dcp_multiproc_test|dcp_manager_multiproc_test|dcp_durability_test|dcp_durability_multiproc_test|dcp_interop_read_test|dcp_interop_bad_input_test|dcp_interop_libtorch_test|dcp_interop_write_test|dcp_interop_python_reader_test)$'
+    # Only those binaries are built (not ckpt, the examples or the others).
+    TARGETS="--target $(tr '|' ' ' <<<"${LABELS:2:-2}" | sed 's/^sanitizers //')"
     ;;
   thread)
     FLAGS=thread

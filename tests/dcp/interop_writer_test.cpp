@@ -738,7 +738,8 @@ at::Tensor random_tensor(at::ScalarType dtype, std::vector<int64_t> sizes, uint3
   std::string bits = random_bytes(t.nbytes(), seed);
   if (dtype == at::kBool)
     for (auto& c : bits) c &= 1;
-  if (!bits.empty()) std::memcpy(t.data_ptr(), bits.data(), bits.size());  // empty: data_ptr() may be null
+  if (!bits.empty())
+    std::memcpy(t.data_ptr(), bits.data(), bits.size());  // empty: data_ptr() may be null
   return t;
 }
 

@@ -97,16 +97,22 @@ void DefaultSavePlanner::set_up_planner(const StateDict& state_dict,
                                         const std::optional<StorageMeta>& storage_meta,
                                         bool is_coordinator) {
   // Nothing nested (the common case at scale): the flat dict is the state
-  // dict, copied as a tree (flattening builds a path and a key per value).
-  const bool nested = std::any_of(state_dict.begin(), state_dict.end(), [](const auto& kv) {
-    return kv.second.is_dict() || kv.second.is_list() || kv.second.is_stateful();
-  });
-  if (options_.flatten_state_dict && nested) {
-    std::tie(flat_, mapping_) = flatten_state_dict(state_dict);
-  } else {
-    flat_ = state_dict;
-    mapping_.clear();
+  // dict, copied (flattening builds a path and a key per value). One pass
+  // over the caller's tree, copying as it looks: its nodes lie scattered
+  // between the tensors' memory, and each visit costs a cache miss.
+  flat_.clear();
+  mapping_.clear();
+  by_key_.clear();
+  bool nested = false;
+  for (const auto& kv : state_dict) {
+    if (kv.second.is_dict() || kv.second.is_list() || kv.second.is_stateful()) {
+      nested = true;
+      if (options_.flatten_state_dict) break;
+    }
+    flat_.emplace_hint(flat_.end(), kv);
   }
+  if (options_.flatten_state_dict && nested)
+    std::tie(flat_, mapping_) = flatten_state_dict(state_dict);
   storage_meta_ = storage_meta;
   is_coordinator_ = is_coordinator;
 }
@@ -118,13 +124,16 @@ SavePlan DefaultSavePlanner::create_local_plan() {
     if (v.is_tensor()) {
       const at::Tensor& t = v.tensor();
       check_saveable(t, key);
-      std::vector<int64_t> size = t.sizes().vec();
-      std::vector<int64_t> zeros(size.size(), 0);
-      WriteItem item;
-      item.index = MetadataIndex(key, zeros);
+      WriteItem& item = plan.items.emplace_back();
       item.type = WriteItemType::kTensor;
-      item.tensor_data = TensorWriteData{ChunkStorageMetadata{zeros, size}, properties_of(t), size};
-      plan.items.push_back(std::move(item));
+      item.tensor_data.emplace();
+      TensorWriteData& td = *item.tensor_data;
+      td.size = t.sizes().vec();
+      td.chunk.sizes = td.size;
+      td.chunk.offsets.assign(td.size.size(), 0);
+      td.properties = properties_of(t);
+      item.index.fqn = key;
+      item.index.offset = td.chunk.offsets;
     } else if (v.is_sharded()) {
       const ShardedTensor& st = v.sharded();
       for (const Shard* shard : distinct_shards(key, st, options_.check_replicas)) {
@@ -259,20 +268,28 @@ SavePlan DefaultSavePlanner::finish_plan(SavePlan central_plan) {
   replica_requests_.clear();
   if (!central_plan.planner_data.empty())
     wire::decode(central_plan.planner_data, replica_requests_);
-  plan_ = central_plan;
+  by_key_.clear();
+  by_key_.reserve(flat_.size());
+  for (const auto& kv : flat_) by_key_.emplace(kv.first, &kv.second);
   return central_plan;
 }
 
 Value DefaultSavePlanner::lookup_object(const MetadataIndex& index) const {
-  auto it = flat_.find(index.fqn);
-  if (it == flat_.end())
-    throw InvalidArgumentError("no value for " + to_string(index) + " in the state dict");
-  if (it->second.is_sharded()) {
-    for (const Shard& s : it->second.sharded().local_shards)
+  const Value* v = nullptr;
+  if (auto hit = by_key_.find(index.fqn); hit != by_key_.end()) {
+    v = hit->second;
+  } else {
+    auto it = flat_.find(index.fqn);
+    if (it == flat_.end())
+      throw InvalidArgumentError("no value for " + to_string(index) + " in the state dict");
+    v = &it->second;
+  }
+  if (v->is_sharded()) {
+    for (const Shard& s : v->sharded().local_shards)
       if (s.offsets == index.offset) return Value(s.tensor);
     throw InvalidArgumentError("no local shard for " + to_string(index));
   }
-  return it->second;
+  return *v;
 }
 
 WriteData DefaultSavePlanner::resolve_data(const WriteItem& item) {

@@ -360,41 +360,65 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
     deliver(u, tmp.get(), planner);
   }
 
+  // Lookups in the metadata's maps for indexes that come in key order:
+  // each starts from the previous one's place, so a run of neighbouring
+  // items costs a step each, not a search (a cache miss per tree level).
+  struct Cursor {
+    std::map<MetadataIndex, StorageInfo>::const_iterator info;
+    std::map<std::string, StorageMetadata>::const_iterator entry;
+    const RandomAccessFile* file = nullptr;  // the last item's file
+    const std::string* file_name = nullptr;  // its relative path (in the metadata)
+  };
+  template <typename Map, typename Key>
+  static typename Map::const_iterator find_near(const Map& map, typename Map::const_iterator& hint,
+                                                const Key& key) {
+    for (int step = 0; step < 2 && hint != map.end(); ++step, ++hint) {
+      if (key < hint->first) break;
+      if (!(hint->first < key)) return hint;
+    }
+    hint = map.find(key);
+    return hint;
+  }
+
   // Where the saved item `index` (read by u.reads) is: its storage, its
   // chunk, its data file (opened once, in `files`).
-  void locate(const MetadataIndex& index, Unit& u,
+  void locate(const MetadataIndex& index, Unit& u, Cursor& at,
               std::map<std::string, std::unique_ptr<RandomAccessFile>>& files) const {
-    auto info = md_->storage_data.find(index);
+    auto info = find_near(md_->storage_data, at.info, index);
     if (info == md_->storage_data.end())
       throw CorruptionError("the metadata of '" + loc_.id() +
                             "' has no storage location for item " + to_string(index));
     u.index = &info->first;
     u.info = &info->second;
-    const std::string file = loc_.display(loc_.file(u.info->relative_path));
-    auto entry = md_->state_dict_metadata.find(index.fqn);
+    auto file = [&] { return loc_.display(loc_.file(u.info->relative_path)); };
+    auto entry = find_near(md_->state_dict_metadata, at.entry, index.fqn);
     if (entry == md_->state_dict_metadata.end())
       throw CorruptionError("the metadata of '" + loc_.id() + "' has no entry for key '" +
-                            index.fqn + "' (item in '" + file + "')");
+                            index.fqn + "' (item in '" + file() + "')");
     if (auto* t = std::get_if<TensorStorageMetadata>(&entry->second)) {
       u.tensor = t;
       for (const auto& c : t->chunks)
         if (c.offsets == index.offset) u.chunk = &c;
       if (!u.chunk)
         throw CorruptionError("the metadata of '" + loc_.id() + "' has no chunk for item " +
-                              to_string(index) + " (in '" + file + "')");
+                              to_string(index) + " (in '" + file() + "')");
       const int64_t numel = checked_volume(u.chunk->sizes);
       const uint64_t expect =
           numel < 0 ? 0 : static_cast<uint64_t>(numel) * c10::elementSize(t->properties.dtype);
       if (numel < 0 || expect != u.info->length)
-        throw CorruptionError("item " + to_string(index) + " in '" + file + "' has " +
+        throw CorruptionError("item " + to_string(index) + " in '" + file() + "' has " +
                               std::to_string(u.info->length) + " bytes, its chunk of size " +
                               shape_str(u.chunk->sizes) + " needs " + std::to_string(expect));
     }
     for (const ReadItem* ri : u.reads)
       if ((ri->type == LoadItemType::kByteIO) != (u.tensor == nullptr))
-        throw InvalidArgumentError("the plan reads item " + to_string(index) + " in '" + file +
+        throw InvalidArgumentError("the plan reads item " + to_string(index) + " in '" + file() +
                                    "' as " + (u.tensor ? "a plain value" : "a tensor") + " into " +
                                    to_string(ri->dest_index));
+    if (at.file && *at.file_name == u.info->relative_path) {
+      u.file = at.file;
+      return;
+    }
     auto& f = files[u.info->relative_path];
     if (!f) {
       try {
@@ -406,19 +430,33 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
       }
     }
     u.file = f.get();
+    at.file = u.file;
+    at.file_name = &u.info->relative_path;
   }
 
   void read_all(const LoadPlan& plan, LoadPlanner& planner) {
-    std::map<MetadataIndex, Unit> by_index;
-    for (const ReadItem& ri : plan.items) {
-      Unit& u = by_index[ri.storage_index];
-      u.reads.push_back(&ri);
+    // The reads grouped by saved item, in key order (a plan usually lists
+    // them so already).
+    std::vector<const ReadItem*> order;
+    order.reserve(plan.items.size());
+    for (const ReadItem& ri : plan.items) order.push_back(&ri);
+    auto by_storage = [](const ReadItem* a, const ReadItem* b) {
+      return a->storage_index < b->storage_index;
+    };
+    if (!std::is_sorted(order.begin(), order.end(), by_storage))
+      std::stable_sort(order.begin(), order.end(), by_storage);
+    std::vector<Unit> all;
+    for (const ReadItem* ri : order) {
+      if (all.empty() || all.back().reads.front()->storage_index != ri->storage_index)
+        all.emplace_back();
+      all.back().reads.push_back(ri);
     }
     std::map<std::string, std::unique_ptr<RandomAccessFile>> files;
     std::vector<Unit*> units;
-    units.reserve(by_index.size());
-    for (auto& [index, u] : by_index) {
-      locate(index, u, files);
+    units.reserve(all.size());
+    Cursor at{md_->storage_data.begin(), md_->state_dict_metadata.begin()};
+    for (Unit& u : all) {
+      locate(u.reads.front()->storage_index, u, at, files);
       units.push_back(&u);
     }
     std::sort(units.begin(), units.end(), [](const Unit* a, const Unit* b) {

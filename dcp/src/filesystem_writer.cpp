@@ -52,7 +52,7 @@ using fs::run_parallel;
 
 constexpr size_t kAlign = 64;                    // every item starts at a multiple of this
 constexpr size_t kPieceBytes = size_t{4} << 20;  // hash-then-write granularity of large items
-constexpr uint64_t kWritebackBytes = uint64_t{64} << 20;
+constexpr uint64_t kWritebackBytes = uint64_t{8} << 20;
 constexpr char kDataSuffix[] = ".distcp";
 constexpr char kTmpMetadataName[] = ".metadata.tmp";
 

@@ -184,6 +184,7 @@ DefaultLoadPlanner::DefaultLoadPlanner(LoadPlannerOptions options) : options_(st
 void DefaultLoadPlanner::set_up_planner(StateDict& state_dict, const Metadata& metadata,
                                         bool is_coordinator) {
   flat_.clear();
+  by_key_.clear();
   missing_.clear();
   unexpected_.clear();
   converted_.clear();
@@ -254,6 +255,8 @@ void DefaultLoadPlanner::plan_tensor(const std::string& key, const Value& dest,
   }
   const std::string bad = check_boxes(boxes, dest_size);
   if (!bad.empty()) return problem(bad);
+  // (`saved` is the checkpoint's entry of `key`: without renames, the same name.)
+  const std::string& saved_key = options_.rename.empty() ? key : *checkpoint_key(key);
   for (const auto& [offsets, tensor] : boxes) {
     const std::vector<int64_t> sizes = tensor.sizes().vec();
     for (const auto& chunk : saved.chunks) {
@@ -261,7 +264,7 @@ void DefaultLoadPlanner::plan_tensor(const std::string& key, const Value& dest,
       item.type = LoadItemType::kTensor;
       if (!intersect(offsets, sizes, chunk, item)) continue;
       item.dest_index = MetadataIndex(key, offsets);
-      item.storage_index = MetadataIndex(*checkpoint_key(key), chunk.offsets);
+      item.storage_index = MetadataIndex(saved_key, chunk.offsets);
       plan.items.push_back(std::move(item));
     }
   }
@@ -272,14 +275,26 @@ LoadPlan DefaultLoadPlanner::create_local_plan() {
   std::vector<std::string> problems;
   const auto& entries = metadata_->state_dict_metadata;
   const bool excluding = !options_.exclude.empty();
+  // Without renames both maps are in the same key order: each key's entry
+  // is found by walking the checkpoint's alongside (no search per key).
+  auto cursor = entries.begin();
   for (const auto& [key, dest] : flat_) {
     if (excluding && key_matches(key, options_.exclude)) continue;
-    const std::string* saved_key = checkpoint_key(key);
+    auto it = entries.end();
+    const std::string* saved_key = nullptr;
+    if (options_.rename.empty()) {
+      while (cursor != entries.end() && cursor->first < key) ++cursor;
+      if (cursor != entries.end() && cursor->first == key) {
+        it = cursor;
+        saved_key = &key;
+      }
+    } else if ((saved_key = checkpoint_key(key))) {
+      it = entries.find(*saved_key);
+    }
     if (!saved_key) {
       missing_.push_back(key);
       continue;
     }
-    auto it = entries.find(*saved_key);
     if (const auto* saved = std::get_if<TensorStorageMetadata>(&it->second)) {
       plan_tensor(key, *dest, *saved, plan, problems);
       continue;
@@ -369,29 +384,34 @@ LoadPlan DefaultLoadPlanner::finish_plan(LoadPlan central_plan) {
     // The global plan was not DefaultLoadPlanner's: this rank's keys alone.
     throw PlanMismatchError(strict_message({missing_}, unexpected_));
   }
-  plan_ = central_plan;
+  by_key_.clear();
+  by_key_.reserve(flat_.size());
+  for (const auto& kv : flat_) by_key_.emplace(kv.first, kv.second);
   return central_plan;
 }
 
+Value* DefaultLoadPlanner::destination(const MetadataIndex& index) const {
+  if (auto hit = by_key_.find(index.fqn); hit != by_key_.end()) return hit->second;
+  auto it = flat_.find(index.fqn);
+  if (it == flat_.end()) throw InvalidArgumentError("no destination for " + to_string(index));
+  return it->second;
+}
+
 void DefaultLoadPlanner::load_bytes(const ReadItem& item, const Bytes& value) {
-  auto it = flat_.find(item.dest_index.fqn);
-  if (it == flat_.end())
-    throw InvalidArgumentError("no destination for " + to_string(item.dest_index));
-  *it->second = decode_plain_value(value.data, "plain value of key '" + item.dest_index.fqn + "'");
+  *destination(item.dest_index) =
+      decode_plain_value(value.data, "plain value of key '" + item.dest_index.fqn + "'");
 }
 
 at::Tensor DefaultLoadPlanner::destination_view(const ReadItem& item) const {
-  auto it = flat_.find(item.dest_index.fqn);
-  if (it == flat_.end())
-    throw InvalidArgumentError("no destination for " + to_string(item.dest_index));
+  const Value* dest = destination(item.dest_index);
   at::Tensor t;
-  if (it->second->is_sharded()) {
-    for (const Shard& s : std::as_const(*it->second).sharded().local_shards)  // const: see above
+  if (dest->is_sharded()) {
+    for (const Shard& s : dest->sharded().local_shards)  // const: see above
       if (s.offsets == item.dest_index.offset) t = s.tensor;
     if (!t.defined())
       throw InvalidArgumentError("no local shard for " + to_string(item.dest_index));
   } else {
-    t = it->second->tensor();
+    t = dest->tensor();
   }
   const size_t n = item.lengths.size();
   bool fits = t.defined() && static_cast<size_t>(t.dim()) == n && item.dest_offsets.size() == n;
@@ -412,13 +432,14 @@ at::Tensor DefaultLoadPlanner::destination_view(const ReadItem& item) const {
 
 at::Tensor DefaultLoadPlanner::resolve_tensor(const ReadItem& item) {
   at::Tensor view = destination_view(item);
+  if (converted_.empty()) return view;
   auto conv = converted_.find(item.dest_index.fqn);
   if (conv != converted_.end()) return at::empty(item.lengths, view.options().dtype(conv->second));
   return view;
 }
 
 void DefaultLoadPlanner::commit_tensor(const ReadItem& item, at::Tensor& tensor) {
-  if (converted_.count(item.dest_index.fqn)) {
+  if (!converted_.empty() && converted_.count(item.dest_index.fqn)) {
     at::NoGradGuard no_grad;
     destination_view(item).copy_(tensor);
   }

@@ -84,6 +84,8 @@ Value& at_path(Dict& root, const ObjectPath& path) {
 // there were given theirs by load_state_dict().
 void copy_back(Value& user, const Value& working) {
   if (user.is_stateful()) return;
+  // Loaded in place: the same tensor (assigning it would only touch its refcount).
+  if (user.is_tensor() && working.is_tensor() && user.tensor().is_same(working.tensor())) return;
   if (user.is_dict() && working.is_dict()) {
     for (auto& kv : user.dict()) {
       auto it = working.dict().find(kv.first);
@@ -400,12 +402,20 @@ LoadResult load_impl(StateDict& state_dict, const LoadOptions& options, bool mak
     planner = planner_for(options, skip);
     if (make_template) state_dict = state_dict_from_metadata(md, options.rename, skip);
     ObjectPath path;
-    for (const auto& kv : state_dict)
+    for (const auto& kv : state_dict) {
+      // A tensor or plain value is taken as it is (no state_dict() to call
+      // and no message to build for each of 20,000 keys).
+      if (!kv.second.is_dict() && !kv.second.is_list() && !kv.second.is_stateful()) {
+        working.emplace_hint(working.end(), kv.first, kv.second);
+        continue;
+      }
       with_context(dist.operation(), dist.rank(), "state_dict",
                    "state_dict() of '" + kv.first + "'", [&] {
                      path.assign(1, PathElement{false, kv.first, 0});
-                     working.emplace(kv.first, resolve_for_load(kv.second, path, fixups));
+                     working.emplace_hint(working.end(), kv.first,
+                                          resolve_for_load(kv.second, path, fixups));
                    });
+    }
     planner->set_up_planner(working, md, dist.is_coordinator());
     return reader->prepare_local_plan(planner->create_local_plan());
   };
@@ -433,7 +443,15 @@ LoadResult load_impl(StateDict& state_dict, const LoadOptions& options, bool mak
                    "load_state_dict() of '" + path_text(f.path) + "'",
                    [&] { f.object->load_state_dict(v.is_dict() ? v.dict() : Dict{}); });
     }
-    for (auto& kv : state_dict) copy_back(kv.second, working.at(kv.first));
+    // (`working` has the same keys in the same order.)
+    auto w = working.begin();
+    for (auto& kv : state_dict) {
+      if (w == working.end() || w->first != kv.first) w = working.find(kv.first);
+      if (w == working.end())
+        throw Error(ErrorCode::kInternal, "key '" + kv.first + "' vanished during the load");
+      copy_back(kv.second, w->second);
+      ++w;
+    }
   });
 
   LoadResult result;

@@ -15,6 +15,17 @@ bool is_memory_id(const std::string& id) {
 }
 }  // namespace
 
+size_t RandomAccessFile::read_vectored(uint64_t offset, const ReadSlice* slices,
+                                       size_t count) const {
+  size_t done = 0;
+  for (size_t i = 0; i < count; ++i) {
+    const size_t got = slices[i].n ? read(offset + done, slices[i].n, slices[i].dst) : 0;
+    done += got;
+    if (got < slices[i].n) break;
+  }
+  return done;
+}
+
 std::string Env::read_file(const std::string& path) {
   auto f = new_random_access_file(path);
   std::string s(f->size(), '\0');

@@ -269,6 +269,12 @@ class FaultRandomAccessFile final : public RandomAccessFile {
     if (v.err) State::fail(v, "read", f_->path());
     return f_->read(offset, n, dst);
   }
+  // One read operation, as the POSIX file makes it one call.
+  size_t read_vectored(uint64_t offset, const ReadSlice* slices, size_t count) const override {
+    const auto v = s_->enter(FaultOp::kRead, f_->path());
+    if (v.err) State::fail(v, "read", f_->path());
+    return f_->read_vectored(offset, slices, count);
+  }
   uint64_t size() const override { return f_->size(); }
   const std::string& path() const override { return f_->path(); }
 

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -242,10 +243,51 @@ class PosixRandomAccessFile final : public RandomAccessFile {
     }
     return done;
   }
+  size_t read_vectored(uint64_t offset, const ReadSlice* slices, size_t count) const override {
+    // preadv takes at most IOV_MAX slices; a short read resumes mid-slice.
+    iovec iov[kMaxSlices];
+    size_t done = 0, i = 0, skip = 0;  // slice i, of which `skip` bytes are read
+    while (i < count) {
+      size_t k = 0;
+      for (size_t j = i; j < count && k < kMaxSlices; ++j) {
+        const size_t off = j == i ? skip : 0;
+        if (slices[j].n == off) continue;
+        iov[k].iov_base = static_cast<char*>(slices[j].dst) + off;
+        iov[k].iov_len = slices[j].n - off;
+        ++k;
+      }
+      if (k == 0) break;
+      ssize_t r = ::preadv(fd_, iov, static_cast<int>(k), static_cast<off_t>(offset + done));
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        throw_errno("cannot read", path_, errno);
+      }
+      if (r == 0) break;
+      done += static_cast<size_t>(r);
+      // Advance past what was read.
+      for (size_t left = static_cast<size_t>(r); i < count && left > 0;) {
+        const size_t rest = slices[i].n - skip;
+        if (left >= rest) {
+          left -= rest;
+          ++i;
+          skip = 0;
+        } else {
+          skip += left;
+          left = 0;
+        }
+      }
+      while (i < count && slices[i].n == skip) {  // empty slices
+        ++i;
+        skip = 0;
+      }
+    }
+    return done;
+  }
   uint64_t size() const override { return size_; }
   const std::string& path() const override { return path_; }
 
  private:
+  static constexpr size_t kMaxSlices = 1024;  // IOV_MAX on Linux
   std::string path_;
   int fd_;
   uint64_t size_;

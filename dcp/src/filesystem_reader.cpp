@@ -120,6 +120,20 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
                             ")): the data is corrupt");
   }
 
+  // verify() of bytes read straight into the destination `dst`. Another
+  // item with the same destination memory (tied weights, read by another
+  // thread or later in the same read) may have overwritten them since: on
+  // a mismatch the item is read again, privately, and checked there; only
+  // when that fails too is the data corrupt. Then dst gets the good bytes.
+  void verify_in_place(const Unit& u, void* dst) const {
+    if (!hashed(*u.info)) return verify(u, dst);  // (an unknown checksum type is its to report)
+    if (XXH3_64bits(dst, u.info->length) == u.info->checksum) return;
+    std::unique_ptr<char[]> tmp(new char[u.info->length]);
+    if (u.file->read(u.info->offset, u.info->length, tmp.get()) != u.info->length) truncated(u);
+    verify(u, tmp.get());
+    std::memcpy(dst, tmp.get(), u.info->length);
+  }
+
   [[noreturn]] static void mismatch(const MetadataIndex& index, const StorageInfo& info,
                                     const std::string& file) {
     throw CorruptionError("checksum mismatch for item " + to_string(index) + " in '" + file +
@@ -347,7 +361,7 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
       if (takes_bytes(u, dst)) {
         if (u.file->read(u.info->offset, u.info->length, dst.data_ptr()) != u.info->length)
           truncated(u);
-        verify(u, dst.data_ptr());
+        verify_in_place(u, dst.data_ptr());
         in_context(u, ri, [&] { planner.commit_tensor(ri, dst); });
         return;
       }
@@ -491,11 +505,43 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
       const uint64_t start = first.info->offset;
       const uint64_t span = units[e - 1]->info->offset + units[e - 1]->info->length - start;
       BufferPool::Buffer buf = BufferPool::instance().acquire(opt_.coalesce_bytes);
-      const size_t got = first.file->read(start, span, buf.data());
+      // One vectored read of the run: each item whose destination takes its
+      // bytes as they are goes straight there (no copy through the buffer),
+      // the rest (and the padding between items) into the buffer, each at
+      // its place in the run.
+      std::vector<at::Tensor> direct(e - b);
+      std::vector<ReadSlice> slices;
+      uint64_t pos = start;  // bytes before it have a slice
+      for (size_t i = b; i < e; ++i) {
+        const Unit& u = *units[i];
+        if (!u.tensor || u.reads.size() != 1 || !covers_whole_chunk(u, *u.reads[0]) ||
+            u.info->length == 0)
+          continue;
+        const ReadItem& ri = *u.reads[0];
+        at::Tensor dst;
+        in_context(u, ri, [&] {
+          fs::check_read_box(u.chunk->sizes, ri);
+          dst = destination(planner, ri);
+        });
+        if (!takes_bytes(u, dst)) continue;
+        if (u.info->offset > pos)
+          slices.push_back({buf.data() + (pos - start), u.info->offset - pos});
+        slices.push_back({dst.data_ptr(), u.info->length});
+        pos = u.info->offset + u.info->length;
+        direct[i - b] = std::move(dst);
+      }
+      if (start + span > pos) slices.push_back({buf.data() + (pos - start), start + span - pos});
+      const size_t got = first.file->read_vectored(start, slices.data(), slices.size());
       for (size_t i = b; i < e; ++i) {
         const Unit& u = *units[i];
         if (u.info->offset + u.info->length > start + got) truncated(u);
-        deliver(u, buf.data() + (u.info->offset - start), planner);
+        at::Tensor& dst = direct[i - b];
+        if (!dst.defined()) {
+          deliver(u, buf.data() + (u.info->offset - start), planner);
+          continue;
+        }
+        verify_in_place(u, dst.data_ptr());
+        in_context(u, *u.reads[0], [&] { planner.commit_tensor(*u.reads[0], dst); });
       }
     });
   }

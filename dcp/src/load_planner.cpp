@@ -137,8 +137,11 @@ std::string strict_message(const std::vector<std::vector<std::string>>& missing,
 // The read of the part of saved `chunk` inside the destination box at
 // `offsets` of `sizes`; false when they share no element (an empty box
 // shares none).
-bool intersect(const std::vector<int64_t>& offsets, const std::vector<int64_t>& sizes,
+bool intersect(const std::vector<int64_t>& offsets, at::IntArrayRef sizes,
                const ChunkStorageMetadata& chunk, ReadItem& item) {
+  item.dest_offsets.reserve(sizes.size());
+  item.storage_offsets.reserve(sizes.size());
+  item.lengths.reserve(sizes.size());
   for (size_t d = 0; d < sizes.size(); ++d) {
     const int64_t lo = std::max(offsets[d], chunk.offsets[d]);
     const int64_t hi = std::min(offsets[d] + sizes[d], chunk.offsets[d] + chunk.sizes[d]);
@@ -222,15 +225,46 @@ void DefaultLoadPlanner::plan_tensor(const std::string& key, const Value& dest,
     return std::string(dtype_name(saved.properties.dtype)) + shape_str(saved.size);
   };
   auto problem = [&](const std::string& what) { problems.push_back("'" + key + "': " + what); };
-  // The destination boxes: the whole tensor, or each local shard.
-  Boxes boxes;
-  std::vector<int64_t> dest_size;
+  // (`saved` is the checkpoint's entry of `key`: without renames, the same name.)
+  const std::string& saved_key = options_.rename.empty() ? key : *checkpoint_key(key);
+  // The reads of the destination box at `offsets` of `sizes`, from every
+  // saved chunk it shares elements with.
+  auto add_reads = [&](const std::vector<int64_t>& offsets, at::IntArrayRef sizes) {
+    for (const auto& chunk : saved.chunks) {
+      ReadItem item;
+      item.type = LoadItemType::kTensor;
+      if (!intersect(offsets, sizes, chunk, item)) continue;
+      item.dest_index = MetadataIndex(key, offsets);
+      item.storage_index = MetadataIndex(saved_key, chunk.offsets);
+      plan.items.push_back(std::move(item));
+    }
+  };
+  auto check_dtype = [&](at::ScalarType dt, at::IntArrayRef dest_size) {
+    if (dt == saved.properties.dtype) return true;
+    if (!options_.allow_dtype_conversion) {
+      problem("dtype mismatch: checkpoint " + saved_desc() + ", destination " + dtype_name(dt) +
+              shape_str(dest_size.vec()));
+      return false;
+    }
+    converted_[key] = saved.properties.dtype;
+    return true;
+  };
   if (dest.is_tensor()) {
+    // One box, the whole tensor (the common case: no box list to build or check).
     const at::Tensor& t = dest.tensor();
     if (!t.defined()) return problem("the destination tensor is undefined");
-    dest_size = t.sizes().vec();
-    boxes.emplace_back(std::vector<int64_t>(dest_size.size(), 0), t);
-  } else if (dest.is_sharded()) {
+    const at::IntArrayRef dest_size = t.sizes();
+    if (dest_size != at::IntArrayRef(saved.size))
+      return problem("shape mismatch: checkpoint " + saved_desc() + ", destination " +
+                     shape_str(dest_size.vec()));
+    if (!check_dtype(t.scalar_type(), dest_size)) return;
+    add_reads(std::vector<int64_t>(dest_size.size(), 0), dest_size);
+    return;
+  }
+  // The destination boxes: each local shard.
+  Boxes boxes;
+  std::vector<int64_t> dest_size;
+  if (dest.is_sharded()) {
     // Read through const access: a mutable one would give the working copy
     // a ShardedTensor of its own (copy on write) and the load would then
     // replace the caller's.
@@ -246,32 +280,16 @@ void DefaultLoadPlanner::plan_tensor(const std::string& key, const Value& dest,
                    shape_str(dest_size));
   for (const auto& box : boxes) {
     if (!box.second.defined()) return problem("a destination shard is undefined");
-    const at::ScalarType dt = box.second.scalar_type();
-    if (dt == saved.properties.dtype) continue;
-    if (!options_.allow_dtype_conversion)
-      return problem("dtype mismatch: checkpoint " + saved_desc() + ", destination " +
-                     dtype_name(dt) + shape_str(dest_size));
-    converted_[key] = saved.properties.dtype;
+    if (!check_dtype(box.second.scalar_type(), dest_size)) return;
   }
   const std::string bad = check_boxes(boxes, dest_size);
   if (!bad.empty()) return problem(bad);
-  // (`saved` is the checkpoint's entry of `key`: without renames, the same name.)
-  const std::string& saved_key = options_.rename.empty() ? key : *checkpoint_key(key);
-  for (const auto& [offsets, tensor] : boxes) {
-    const std::vector<int64_t> sizes = tensor.sizes().vec();
-    for (const auto& chunk : saved.chunks) {
-      ReadItem item;
-      item.type = LoadItemType::kTensor;
-      if (!intersect(offsets, sizes, chunk, item)) continue;
-      item.dest_index = MetadataIndex(key, offsets);
-      item.storage_index = MetadataIndex(saved_key, chunk.offsets);
-      plan.items.push_back(std::move(item));
-    }
-  }
+  for (const auto& [offsets, tensor] : boxes) add_reads(offsets, tensor.sizes());
 }
 
 LoadPlan DefaultLoadPlanner::create_local_plan() {
   LoadPlan plan;
+  plan.items.reserve(flat_.size());
   std::vector<std::string> problems;
   const auto& entries = metadata_->state_dict_metadata;
   const bool excluding = !options_.exclude.empty();

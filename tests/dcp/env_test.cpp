@@ -116,6 +116,39 @@ TEST_P(EnvTest, LockIsExclusiveUntilReleased) {
   EXPECT_THROW(env()->lock_file(r + "/nowhere/.lock"), NotFoundError);
 }
 
+// read_vectored() reads consecutive bytes into the slices as read() would:
+// more slices than one preadv takes, empty ones, and a short read at the
+// end of the file (the last slices get only what the file holds).
+TEST_P(EnvTest, VectoredReadsFillTheSlicesInTurn) {
+  const std::string r = root();
+  env()->create_dirs(r);
+  std::string data(5000, '\0');
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(i * 7 + i / 256);
+  env()->write_file(r + "/f", data, false);
+  auto f = env()->new_random_access_file(r + "/f");
+  // 2,500 slices of 0-3 bytes from offset 100: more than IOV_MAX (1024).
+  std::vector<std::string> bufs;
+  std::vector<ReadSlice> slices;
+  size_t total = 0;
+  for (int i = 0; i < 2500; ++i) bufs.emplace_back(static_cast<size_t>(i % 4), '?');
+  for (auto& b : bufs) {
+    slices.push_back({b.data(), b.size()});
+    total += b.size();
+  }
+  ASSERT_LT(100 + total, data.size());
+  EXPECT_EQ(f->read_vectored(100, slices.data(), slices.size()), total);
+  std::string got;
+  for (const auto& b : bufs) got += b;
+  EXPECT_EQ(got, data.substr(100, total));
+  // Past the end: only what is there, into the first slices.
+  std::string a(10, '?'), b(10, '?');
+  ReadSlice two[] = {{a.data(), a.size()}, {b.data(), b.size()}};
+  EXPECT_EQ(f->read_vectored(data.size() - 15, two, 2), 15u);
+  EXPECT_EQ(a, data.substr(data.size() - 15, 10));
+  EXPECT_EQ(b.substr(0, 5), data.substr(data.size() - 5));
+  EXPECT_EQ(f->read_vectored(data.size(), two, 2), 0u);
+}
+
 INSTANTIATE_TEST_SUITE_P(Envs, EnvTest, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "memory" : "posix"; });
 

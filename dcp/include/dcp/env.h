@@ -38,12 +38,24 @@ class DCP_CORE_EXPORT WritableFile {
   virtual const std::string& path() const = 0;
 };
 
+// One destination of RandomAccessFile::read_vectored().
+struct DCP_CORE_EXPORT ReadSlice {
+  void* dst;
+  size_t n;
+};
+
 class DCP_CORE_EXPORT RandomAccessFile {
  public:
   virtual ~RandomAccessFile() = default;
   // Reads up to n bytes at `offset` into dst; returns the bytes read (fewer
   // only at the end of the file). Thread-safe.
   virtual size_t read(uint64_t offset, size_t n, void* dst) const = 0;
+  // Reads consecutive bytes from `offset` into the slices in turn, as read()
+  // of their total would; returns the bytes read (fewer only at the end of
+  // the file). Thread-safe. The default calls read() for each slice until
+  // one comes back short; the POSIX file reads them with preadv, so that
+  // many small items go straight into their tensors in one call.
+  virtual size_t read_vectored(uint64_t offset, const ReadSlice* slices, size_t count) const;
   virtual uint64_t size() const = 0;
   virtual const std::string& path() const = 0;
 };

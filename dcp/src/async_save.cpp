@@ -1,8 +1,5 @@
 #include "dcp/async_save.h"
 
-#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
-#include <xxhash.h>
-
 #include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
 
@@ -26,6 +23,7 @@
 #include "dist.h"
 #include "resolve.h"
 #include "staged_checksums.h"
+#include "xxh3.h"
 
 namespace dcp {
 
@@ -241,14 +239,13 @@ class DefaultStager final : public Stager {
         char* d = static_cast<char*>(dst.data_ptr());
         const char* s = static_cast<const char*>(src.data_ptr());
         const size_t n = static_cast<size_t>(piece.end);
-        XXH3_state_t state;
-        XXH3_64bits_reset(&state);
+        Xxh3 state;
         for (size_t b = 0; b < n; b += kFoldStepBytes) {
           const size_t len = std::min(kFoldStepBytes, n - b);
           std::memcpy(d + b, s + b, len);
-          XXH3_64bits_update(&state, d + b, len);  // what the file will hold
+          state.update(d + b, len);  // what the file will hold
         }
-        hashes[piece.copy] = XXH3_64bits_digest(&state);
+        hashes[piece.copy] = state.digest();
       } else {
         std::memcpy(static_cast<char*>(dst.data_ptr()) + piece.begin,
                     static_cast<const char*>(src.data_ptr()) + piece.begin,

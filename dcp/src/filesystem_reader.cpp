@@ -2,8 +2,6 @@
 // memory one's): items grouped by saved chunk and sorted by file offset,
 // small ones read in runs, large ones straight into their destination (or,
 // read in part, only the rows asked for: sequential_reads.h).
-#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t
-#include <xxhash.h>
 
 #include <ATen/ATen.h>
 
@@ -21,6 +19,7 @@
 #include "error_text.h"
 #include "filesystem_common.h"
 #include "sequential_reads.h"
+#include "xxh3.h"
 
 namespace dcp {
 
@@ -113,7 +112,7 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
     if (u.info->checksum_type != ChecksumType::kXXH3_64)
       throw CorruptionError("item " + to_string(*u.index) + " in '" + u.file->path() +
                             "' has an unknown checksum type");
-    if (XXH3_64bits(data, u.info->length) != u.info->checksum)
+    if (xxh3_64(data, u.info->length) != u.info->checksum)
       throw CorruptionError("checksum mismatch for item " + to_string(*u.index) + " in '" +
                             u.file->path() + "' (bytes [" + std::to_string(u.info->offset) + ", " +
                             std::to_string(u.info->offset + u.info->length) +
@@ -127,7 +126,7 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
   // when that fails too is the data corrupt. Then dst gets the good bytes.
   void verify_in_place(const Unit& u, void* dst) const {
     if (!hashed(*u.info)) return verify(u, dst);  // (an unknown checksum type is its to report)
-    if (XXH3_64bits(dst, u.info->length) == u.info->checksum) return;
+    if (xxh3_64(dst, u.info->length) == u.info->checksum) return;
     std::unique_ptr<char[]> tmp(new char[u.info->length]);
     if (u.file->read(u.info->offset, u.info->length, tmp.get()) != u.info->length) truncated(u);
     verify(u, tmp.get());
@@ -153,8 +152,7 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
       throw CorruptionError("item " + to_string(index) + " in '" + file.path() +
                             "' has an unknown checksum type");
     BufferPool::Buffer buf = BufferPool::instance().acquire(opt_.coalesce_bytes);
-    XXH3_state_t state;
-    XXH3_64bits_reset(&state);
+    Xxh3 state;
     for (uint64_t done = 0; done < info.length;) {
       const size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), info.length - done));
       if (file.read(info.offset + done, n, buf.data()) != n)
@@ -162,10 +160,10 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
                               to_string(index) + " needs bytes [" + std::to_string(info.offset) +
                               ", " + std::to_string(info.offset + info.length) +
                               "), the file has " + std::to_string(file.size()) + " bytes");
-      XXH3_64bits_update(&state, buf.data(), n);
+      state.update(buf.data(), n);
       done += n;
     }
-    if (XXH3_64bits_digest(&state) != info.checksum) mismatch(index, info, file.path());
+    if (state.digest() != info.checksum) mismatch(index, info, file.path());
   }
 
   // An item's bytes hashed in order as reads deliver them, possibly over
@@ -175,7 +173,7 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
     uint64_t next = 0;  // bytes [0, next) are hashed
     bool gap = false;   // a read skipped bytes: only a whole read can check it
     bool done = false;  // checked
-    XXH3_state_t state;
+    Xxh3 state;
   };
 
   // Bytes [begin, end) of the item, at `data`, into its hash; checks the
@@ -187,11 +185,11 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
       p.gap = true;
       return;
     }
-    XXH3_64bits_update(&p.state, data + (p.next - begin), end - p.next);
+    p.state.update(data + (p.next - begin), end - p.next);
     p.next = end;
     if (p.next == p.info.length) {
       p.done = true;
-      if (XXH3_64bits_digest(&p.state) != p.info.checksum) mismatch(index, p.info, file);
+      if (p.state.digest() != p.info.checksum) mismatch(index, p.info, file);
     }
   }
 
@@ -301,12 +299,12 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
         p = &it->second;
         if (fresh) {
           p->info = *u.info;
-          XXH3_64bits_reset(&p->state);
+          p->state = Xxh3();
         }
       } else {
         p = &local;
         p->info = *u.info;
-        XXH3_64bits_reset(&p->state);
+        p->state = Xxh3();
       }
     }
     const std::string& file = u.file->path();

@@ -18,8 +18,6 @@
 // its memory, XXH3 and the zip's CRC-32 taken piece by piece as they go), and
 // step 3 first writes the sidecar .metadata.dcp (tmp, fdatasync, rename,
 // fsync of the directory), then .metadata, the pickle, as above.
-#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
-#include <xxhash.h>
 
 #include <ATen/ATen.h>
 
@@ -40,6 +38,7 @@
 #include "filesystem_common.h"
 #include "interop/pytorch_dcp_writer.h"
 #include "staged_checksums.h"
+#include "xxh3.h"
 
 namespace dcp {
 
@@ -102,20 +101,19 @@ class FileAppender {
     // Taken by the stager as it copied (async saves): not read again.
     const bool staged = opt_.checksums && n > 0 && staged_checksum(data, n, &checksum);
     if (n < opt_.coalesce_below_bytes && buf_) {
-      if (opt_.checksums && !staged) checksum = XXH3_64bits(data, n);
+      if (opt_.checksums && !staged) checksum = xxh3_64(data, n);
       emit(data, n, true);
     } else {
       flush();
       if (opt_.checksums && !staged) {
-        XXH3_state_t state;
-        XXH3_64bits_reset(&state);
+        Xxh3 state;
         const char* p = static_cast<const char*>(data);
         for (size_t done = 0; done < n; done += kPieceBytes) {
           const size_t len = std::min(kPieceBytes, n - done);
-          XXH3_64bits_update(&state, p + done, len);
+          state.update(p + done, len);
           append_direct(p + done, len);
         }
-        checksum = n ? XXH3_64bits_digest(&state) : XXH3_64bits(data, 0);
+        checksum = n ? state.digest() : xxh3_64(data, 0);
       } else {
         append_direct(data, n);
       }
@@ -412,7 +410,7 @@ class FileSystemWriter final : public StorageWriter {
       const Bytes& b = item_bytes(item, data);
       BytesArchive& a = out[i];
       a.archive = bytes_item_archive(b, "key '" + item.index.fqn + "' (pytorch-dcp format)");
-      if (opt_.checksums) a.checksum = XXH3_64bits(b.data.data(), b.data.size());
+      if (opt_.checksums) a.checksum = xxh3_64(b.data.data(), b.data.size());
     }
     return out;
   }

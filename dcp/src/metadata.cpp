@@ -1,12 +1,11 @@
 #include "dcp/metadata.h"
 
-#include <xxhash.h>
-
 #include <unordered_map>
 
 #include "codec.h"
 #include "dcp/error.h"
 #include "dcp/version.h"
+#include "xxh3.h"
 
 namespace dcp {
 
@@ -149,7 +148,7 @@ std::string serialize_metadata(const Metadata& md) {
   header.u32(kFormatVersion);
   header.u32(0);  // flags, reserved
   header.u64(body_len);
-  header.u64(XXH3_64bits(out.data() + kHeaderSize, body_len));
+  header.u64(xxh3_64(out.data() + kHeaderSize, body_len));
   out.replace(0, kHeaderSize, header.buffer());
   return out;
 }
@@ -216,7 +215,7 @@ Metadata deserialize_metadata(std::string_view bytes, const std::string& source)
                           std::to_string(bytes.size() - kHeaderSize) + " bytes, header says " +
                           std::to_string(body_len) + ")");
   std::string_view b = bytes.substr(kHeaderSize);
-  if (XXH3_64bits(b.data(), b.size()) != checksum)
+  if (xxh3_64(b.data(), b.size()) != checksum)
     throw CorruptionError(source + ": metadata checksum mismatch (the file is corrupt)");
 
   codec::Decoder d(b, source);

@@ -9,7 +9,6 @@
 // metadata is written, so a checkpoint whose ranks disagree never commits.
 #include <spdlog/spdlog.h>
 #include <tbb/parallel_for.h>
-#include <xxhash.h>
 
 #include <ATen/ATen.h>
 
@@ -20,17 +19,20 @@
 #include "dcp/error.h"
 #include "dcp/logging.h"
 #include "dcp/storage.h"
+#include "xxh3.h"
 
 namespace dcp {
+
+using internal::xxh3_64;
 
 namespace {
 
 // The checksum of the bytes storage writes for `data`.
 uint64_t digest_of(const WriteData& data) {
-  if (const auto* b = std::get_if<Bytes>(&data)) return XXH3_64bits(b->data.data(), b->data.size());
+  if (const auto* b = std::get_if<Bytes>(&data)) return xxh3_64(b->data.data(), b->data.size());
   at::Tensor t = std::get<at::Tensor>(data);
   if (!t.is_contiguous()) t = t.contiguous();
-  return XXH3_64bits(t.data_ptr(), t.numel() * t.element_size());
+  return xxh3_64(t.data_ptr(), t.numel() * t.element_size());
 }
 
 std::string ranks_text(const std::vector<int>& ranks) {

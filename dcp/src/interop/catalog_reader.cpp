@@ -4,8 +4,6 @@
 // straight into the destination; any other (a strided stored tensor, a
 // resharded box, a dtype conversion) goes through a fixed-size buffer, piece
 // by piece, so memory stays bounded by the destination plus that buffer.
-#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
-#include <xxhash.h>
 
 #include <ATen/ATen.h>
 
@@ -29,6 +27,7 @@
 #include "interop/torch_save.h"
 #include "interop/zip.h"
 #include "sequential_reads.h"
+#include "xxh3.h"
 
 namespace dcp {
 namespace internal {
@@ -159,19 +158,18 @@ class CatalogReader final : public StorageReader, public SequentialReads {
     }
     BufferPool::Buffer buf = BufferPool::instance().acquire(kPieceBytes);
     uint32_t crc = 0;
-    XXH3_state_t state;
-    XXH3_64bits_reset(&state);
+    Xxh3 state;
     for (uint64_t done = 0; done < raw.crc_length;) {
       const size_t n = static_cast<size_t>(std::min<uint64_t>(kPieceBytes, raw.crc_length - done));
       read_exact(f, raw.crc_begin + done, n, buf.data(), raw.what);
       if (raw.xxh3)
-        XXH3_64bits_update(&state, buf.data(), n);
+        state.update(buf.data(), n);
       else
         crc = crc32(crc, buf.data(), n);
       done += n;
     }
     if (raw.xxh3)
-      check_xxh3(raw, XXH3_64bits_digest(&state));
+      check_xxh3(raw, state.digest());
     else
       check_crc(raw, crc);
   }
@@ -288,7 +286,7 @@ class CatalogReader final : public StorageReader, public SequentialReads {
             if (opt_.verify_checksums && (raw.crc || raw.xxh3) && base == raw.crc_begin &&
                 nbytes == raw.crc_length && !record_checked) {
               if (raw.xxh3)
-                check_xxh3(raw, XXH3_64bits(dst.data_ptr(), static_cast<size_t>(nbytes)));
+                check_xxh3(raw, xxh3_64(dst.data_ptr(), static_cast<size_t>(nbytes)));
               else
                 check_crc(raw, crc32(0, dst.data_ptr(), static_cast<size_t>(nbytes)));
               record_checked = true;

@@ -12,7 +12,6 @@
 // BYTE_IO item is exactly one key (what dcp++ saved), checked against its
 // checksum. A sidecar of another save (.metadata rewritten since) is ignored.
 #include <spdlog/spdlog.h>
-#include <xxhash.h>
 #include <zstd.h>
 
 #include <algorithm>
@@ -29,6 +28,7 @@
 #include "interop/torch_save.h"
 #include "interop/zip.h"
 #include "walk.h"
+#include "xxh3.h"
 
 namespace dcp {
 namespace internal {
@@ -407,7 +407,7 @@ std::optional<Metadata> read_sidecar(Env& env, const std::string& dir, const std
   auto b = side.storage_data.find(sidecar_binding_index());
   if (b == side.storage_data.end() || b->second.length != pickle.size() ||
       b->second.checksum_type != ChecksumType::kXXH3_64 ||
-      b->second.checksum != XXH3_64bits(pickle.data(), pickle.size())) {
+      b->second.checksum != xxh3_64(pickle.data(), pickle.size())) {
     logger().warn(
         "{}: ignored: it belongs to another save than '{}/.metadata' (written since by another "
         "program?); the checkpoint is read as PyTorch wrote it, without dcp++'s checksums",
@@ -431,11 +431,11 @@ ItemSource sidecar_value(const RandomAccessFile& f, const StorageInfo& info,
       return UnreadableValue{what + ": " + why, /*corrupt=*/true};
     if (info.checksum_type != ChecksumType::kXXH3_64) return InlineValue{std::move(v)};
     const Bytes encoded = encode_plain_value(v);
-    if (XXH3_64bits(encoded.data.data(), encoded.data.size()) == info.checksum)
+    if (xxh3_64(encoded.data.data(), encoded.data.size()) == info.checksum)
       return InlineValue{std::move(v)};
     if (v.kind() == Value::Kind::kBytes) {
       const std::string& b = v.to_bytes().data;
-      if (XXH3_64bits(b.data(), b.size()) == info.checksum) return InlineValue{std::move(v), true};
+      if (xxh3_64(b.data(), b.size()) == info.checksum) return InlineValue{std::move(v), true};
     }
     char msg[64];
     std::snprintf(msg, sizeof msg, "stored 0x%016llx",

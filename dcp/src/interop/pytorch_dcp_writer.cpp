@@ -6,10 +6,7 @@
 // memory-format enum as REDUCE(cls, (0,)); BytesStorageMetadata: no BUILD),
 // torch.Size as REDUCE(torch.Size, (tuple,)), dtypes as bare globals,
 // the layout as REDUCE(torch.serialization._get_layout, ("torch.strided",)).
-#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
 #include "interop/pytorch_dcp_writer.h"
-
-#include <xxhash.h>
 
 #include <algorithm>
 
@@ -20,6 +17,7 @@
 #include "interop/pickle_writer.h"
 #include "interop/torch_save_writer.h"
 #include "interop/zip_writer.h"
+#include "xxh3.h"
 
 namespace dcp {
 
@@ -242,16 +240,15 @@ uint64_t write_tensor_archive(const ByteSink& sink, const void* data, size_t n,
   zip.add("data.pkl", pkl);
   zip.add("byteorder", std::string_view("little"));
   zip.begin("data/0", n);
-  XXH3_state_t state;
-  if (xxh3) XXH3_64bits_reset(&state);
+  Xxh3 state;
   const char* p = static_cast<const char*>(data);
   for (size_t done = 0; done < n; done += piece_bytes) {
     const size_t len = std::min(piece_bytes, n - done);
-    if (xxh3) XXH3_64bits_update(&state, p + done, len);
+    if (xxh3) state.update(p + done, len);
     zip.append(p + done, len);
   }
   zip.end();
-  if (xxh3) *xxh3 = n ? XXH3_64bits_digest(&state) : XXH3_64bits(data, 0);
+  if (xxh3) *xxh3 = n ? state.digest() : xxh3_64(data, 0);
   return zip.finish();
 }
 
@@ -338,7 +335,7 @@ std::string pytorch_sidecar(const Metadata& md, const std::string& pickle) {
   Metadata side = md;
   side.storage_data[sidecar_binding_index()] =
       StorageInfo{kMetadataFileName, 0, pickle.size(), ChecksumType::kXXH3_64,
-                  XXH3_64bits(pickle.data(), pickle.size())};
+                  xxh3_64(pickle.data(), pickle.size())};
   return serialize_metadata(side);
 }
 

@@ -10,10 +10,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <mutex>
 #include <vector>
 
 #include "dcp/error.h"
+#include "dcp/thread_annotations.h"
 #include "env.h"
 
 namespace dcp {
@@ -80,7 +80,7 @@ class DirectBufferPool {
   }
   char* acquire() {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       if (!free_.empty()) {
         char* p = free_.back();
         free_.pop_back();
@@ -92,7 +92,7 @@ class DirectBufferPool {
     return static_cast<char*>(p);
   }
   void release(char* p) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     if (free_.size() < kMaxKept)
       free_.push_back(p);
     else
@@ -101,8 +101,8 @@ class DirectBufferPool {
 
  private:
   static constexpr size_t kMaxKept = 4;
-  std::mutex mu_;
-  std::vector<char*> free_;  // GUARDED_BY(mu_)
+  Mutex mu_;
+  std::vector<char*> free_ DCP_GUARDED_BY(mu_);
 };
 
 // Writes with O_DIRECT (Env::new_direct_writable_file). Invariant while

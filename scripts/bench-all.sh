@@ -39,7 +39,7 @@ run() {  # name, command...: its output to the log, its figures kept
   shift
   echo "=== $name: $*" | tee -a "$LOG" >&2
   local t0=$SECONDS
-  "$@" 2>&1 | tee -a "$LOG" | grep -E '^[a-z_0-9]+=[-0-9.eE+a-z]+$' >>"$LOG.figures" || true
+  "$@" 2>&1 | tee -a "$LOG" | grep -E '^[a-z_0-9]+=[^ ]+$' >>"$LOG.figures" || true
   echo "=== $name took $((SECONDS - t0)) s" | tee -a "$LOG" >&2
 }
 

@@ -223,7 +223,9 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
   }
 
   // The saved bytes of `u` are at `src`: verify them and hand them over.
-  void deliver(const Unit& u, const char* src, LoadPlanner& planner) {
+  // `resolved0`, when defined, is what resolve_tensor already gave for
+  // u.reads[0] (resolve and commit come in pairs: it is not asked again).
+  void deliver(const Unit& u, const char* src, LoadPlanner& planner, at::Tensor resolved0 = {}) {
     verify(u, src);
     if (!u.tensor) {
       Bytes b{std::string(src, u.info->length)};
@@ -235,7 +237,8 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
     for (const ReadItem* ri : u.reads) {
       in_context(u, *ri, [&] {
         fs::check_read_box(u.chunk->sizes, *ri);
-        at::Tensor dst = destination(planner, *ri);
+        at::Tensor dst =
+            ri == u.reads[0] && resolved0.defined() ? resolved0 : destination(planner, *ri);
         if (covers_whole_chunk(u, *ri) && takes_bytes(u, dst)) {
           // The common case: a plain memcpy (copy_() costs microseconds of dispatch per item).
           if (u.info->length) std::memcpy(dst.data_ptr(), src, u.info->length);
@@ -280,7 +283,7 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
   // they come in order; otherwise (or when they do not reach the end) the
   // item is read whole once to check it (in sequential mode: by
   // finish_sequential_reads(), unless later calls complete it).
-  void read_rows(const Unit& u, LoadPlanner& planner) {
+  void read_rows(const Unit& u, LoadPlanner& planner, at::Tensor resolved0 = {}) {
     for (const ReadItem* ri : u.reads)
       in_context(u, *ri, [&] { fs::check_read_box(u.chunk->sizes, *ri); });
     std::vector<const ReadItem*> reads = u.reads;
@@ -313,7 +316,9 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
       const uint64_t first = static_cast<uint64_t>(ri->storage_offsets[0]);
       const uint64_t rows = static_cast<uint64_t>(ri->lengths[0]);
       at::Tensor dst;
-      in_context(u, *ri, [&] { dst = destination(planner, *ri); });
+      in_context(u, *ri, [&] {
+        dst = ri == u.reads[0] && resolved0.defined() ? resolved0 : destination(planner, *ri);
+      });
       const bool direct = dst.is_contiguous() && dst.device().is_cpu() &&
                           dst.scalar_type() == u.tensor->properties.dtype &&
                           dst.nbytes() == rows * row;
@@ -352,24 +357,24 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
   // chunk in contiguous CPU memory; rows of it by read_rows(); otherwise
   // through a temporary buffer.
   void read_large(const Unit& u, LoadPlanner& planner) {
+    at::Tensor first;  // resolved for u.reads[0], handed on when not read into directly
     if (u.tensor && u.reads.size() == 1 && covers_whole_chunk(u, *u.reads[0])) {
       const ReadItem& ri = *u.reads[0];
-      at::Tensor dst;
-      in_context(u, ri, [&] { dst = destination(planner, ri); });
-      if (takes_bytes(u, dst)) {
-        if (u.file->read(u.info->offset, u.info->length, dst.data_ptr()) != u.info->length)
+      in_context(u, ri, [&] { first = destination(planner, ri); });
+      if (takes_bytes(u, first)) {
+        if (u.file->read(u.info->offset, u.info->length, first.data_ptr()) != u.info->length)
           truncated(u);
-        verify_in_place(u, dst.data_ptr());
-        in_context(u, ri, [&] { planner.commit_tensor(ri, dst); });
+        verify_in_place(u, first.data_ptr());
+        in_context(u, ri, [&] { planner.commit_tensor(ri, first); });
         return;
       }
     }
     if (u.tensor && std::all_of(u.reads.begin(), u.reads.end(),
                                 [&](const ReadItem* ri) { return whole_rows(u, *ri); }))
-      return read_rows(u, planner);
+      return read_rows(u, planner, first);
     std::unique_ptr<char[]> tmp(new char[std::max<uint64_t>(u.info->length, 1)]);
     if (u.file->read(u.info->offset, u.info->length, tmp.get()) != u.info->length) truncated(u);
-    deliver(u, tmp.get(), planner);
+    deliver(u, tmp.get(), planner, first);
   }
 
   // Lookups in the metadata's maps for indexes that come in key order:
@@ -507,7 +512,9 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
       // bytes as they are goes straight there (no copy through the buffer),
       // the rest (and the padding between items) into the buffer, each at
       // its place in the run.
-      std::vector<at::Tensor> direct(e - b);
+      // (A tensor resolved here that cannot take the bytes goes to deliver(),
+      // which commits it: resolve and commit stay pairs.)
+      std::vector<at::Tensor> direct(e - b), resolved(e - b);
       std::vector<ReadSlice> slices;
       uint64_t pos = start;  // bytes before it have a slice
       for (size_t i = b; i < e; ++i) {
@@ -521,7 +528,10 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
           fs::check_read_box(u.chunk->sizes, ri);
           dst = destination(planner, ri);
         });
-        if (!takes_bytes(u, dst)) continue;
+        if (!takes_bytes(u, dst)) {
+          resolved[i - b] = std::move(dst);
+          continue;
+        }
         if (u.info->offset > pos)
           slices.push_back({buf.data() + (pos - start), u.info->offset - pos});
         slices.push_back({dst.data_ptr(), u.info->length});
@@ -535,7 +545,7 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
         if (u.info->offset + u.info->length > start + got) truncated(u);
         at::Tensor& dst = direct[i - b];
         if (!dst.defined()) {
-          deliver(u, buf.data() + (u.info->offset - start), planner);
+          deliver(u, buf.data() + (u.info->offset - start), planner, std::move(resolved[i - b]));
           continue;
         }
         verify_in_place(u, dst.data_ptr());

@@ -109,7 +109,11 @@ DCP_CORE_EXPORT Metadata save(const StateDict& state_dict, const std::string& ch
 
 // Loads into `state_dict` in place: every tensor receives the saved values
 // (same dtype and shape, or a PlanMismatchError naming the key), plain
-// values are replaced, Stateful objects get load_state_dict().
+// values are replaced, Stateful objects get load_state_dict(). A load that
+// fails in its reads (a checksum mismatch, a truncated or missing file) may
+// have written some tensors already, the failing one included: load again
+// (the manager's resume() falls back to an older checkpoint) before using
+// them.
 DCP_CORE_EXPORT LoadResult load(StateDict& state_dict, const LoadOptions& options);
 DCP_CORE_EXPORT LoadResult load(StateDict& state_dict, const std::string& checkpoint_id);
 

@@ -107,7 +107,9 @@ class DCP_CORE_EXPORT DefaultSavePlanner : public SavePlanner {
  private:
   // flat_ by key, made by finish_plan() for resolve_data()'s lookups (a
   // tree search per item costs ~1 us at 20,000 keys: a cache miss a level).
-  // A key added to flat_ later is found by a search.
+  // It holds views of flat_'s keys: a subclass that changes flat_ after
+  // finish_plan() must call finish_plan() again (a key added is found by a
+  // search, but one erased or replaced would dangle).
   std::unordered_map<std::string_view, const Value*> by_key_;
 };
 
@@ -207,9 +209,9 @@ class DCP_CORE_EXPORT DefaultLoadPlanner : public LoadPlanner {
   // InvalidArgumentError when there is none.
   Value* destination(const MetadataIndex& index) const;
 
-  // flat_ by key, made by finish_plan() for the reads' lookups (see
-  // DefaultSavePlanner::by_key_). A key added to flat_ later is found by a
-  // search.
+  // flat_ by key, made by finish_plan() for the reads' lookups; the same
+  // rule as DefaultSavePlanner::by_key_ (change flat_ only before
+  // finish_plan()).
   std::unordered_map<std::string_view, Value*> by_key_;
 };
 

@@ -126,9 +126,14 @@ class DCP_CORE_EXPORT SavePlanner {
 //   3. create_global_plan(all plans)  -> coordinator only
 //   4. finish_plan(this rank's final plan)
 //   5. load_bytes(item, bytes) for each bytes item; resolve_tensor(item) and
-//      commit_tensor(item, tensor) in pairs for each tensor item.
-// resolve_tensor/commit_tensor may be called concurrently for different items;
-// load_bytes is never called concurrently with itself.
+//      commit_tensor(item, tensor) in pairs for each tensor item (each
+//      resolved tensor is committed once, none is asked for twice).
+// resolve_tensor/commit_tensor may be called concurrently for different items,
+// and storage may resolve several items (the small items of one read
+// request) before it fills and commits them: a tensor resolve_tensor gives
+// must be memory of its own (or the destination's) until its commit_tensor,
+// not a scratch buffer reused for the next item. load_bytes is never called
+// concurrently with itself.
 class DCP_CORE_EXPORT LoadPlanner {
  public:
   virtual ~LoadPlanner() = default;

@@ -11,6 +11,7 @@
 #include "dcp/version.h"
 #include "dist.h"
 #include "resolve.h"
+#include "walk.h"
 
 namespace dcp {
 
@@ -405,7 +406,7 @@ LoadResult load_impl(StateDict& state_dict, const LoadOptions& options, bool mak
     for (const auto& kv : state_dict) {
       // A tensor or plain value is taken as it is (no state_dict() to call
       // and no message to build for each of 20,000 keys).
-      if (!kv.second.is_dict() && !kv.second.is_list() && !kv.second.is_stateful()) {
+      if (!is_nested(kv.second)) {
         working.emplace_hint(working.end(), kv.first, kv.second);
         continue;
       }

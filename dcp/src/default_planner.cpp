@@ -105,7 +105,7 @@ void DefaultSavePlanner::set_up_planner(const StateDict& state_dict,
   by_key_.clear();
   bool nested = false;
   for (const auto& kv : state_dict) {
-    if (kv.second.is_dict() || kv.second.is_list() || kv.second.is_stateful()) {
+    if (is_nested(kv.second)) {
       nested = true;
       if (options_.flatten_state_dict) break;
     }

@@ -276,10 +276,6 @@ class PosixRandomAccessFile final : public RandomAccessFile {
           left = 0;
         }
       }
-      while (i < count && slices[i].n == skip) {  // empty slices
-        ++i;
-        skip = 0;
-      }
     }
     return done;
   }

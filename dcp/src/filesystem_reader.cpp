@@ -216,6 +216,14 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
     return dst;
   }
 
+  // The tensor of `ri`, one of u.reads: `resolved0` when it is u.reads[0]
+  // and that was resolved already (resolve and commit come in pairs: it is
+  // not asked for again), otherwise destination()'s.
+  static at::Tensor destination(LoadPlanner& planner, const Unit& u, const ReadItem* ri,
+                                const at::Tensor& resolved0) {
+    return ri == u.reads[0] && resolved0.defined() ? resolved0 : destination(planner, *ri);
+  }
+
   // `dst` can take the saved bytes of `u` as they are.
   static bool takes_bytes(const Unit& u, const at::Tensor& dst) {
     return dst.is_contiguous() && dst.device().is_cpu() &&
@@ -223,8 +231,7 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
   }
 
   // The saved bytes of `u` are at `src`: verify them and hand them over.
-  // `resolved0`, when defined, is what resolve_tensor already gave for
-  // u.reads[0] (resolve and commit come in pairs: it is not asked again).
+  // `resolved0`: as for destination() above.
   void deliver(const Unit& u, const char* src, LoadPlanner& planner, at::Tensor resolved0 = {}) {
     verify(u, src);
     if (!u.tensor) {
@@ -237,8 +244,7 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
     for (const ReadItem* ri : u.reads) {
       in_context(u, *ri, [&] {
         fs::check_read_box(u.chunk->sizes, *ri);
-        at::Tensor dst =
-            ri == u.reads[0] && resolved0.defined() ? resolved0 : destination(planner, *ri);
+        at::Tensor dst = destination(planner, u, ri, resolved0);
         if (covers_whole_chunk(u, *ri) && takes_bytes(u, dst)) {
           // The common case: a plain memcpy (copy_() costs microseconds of dispatch per item).
           if (u.info->length) std::memcpy(dst.data_ptr(), src, u.info->length);
@@ -316,9 +322,7 @@ class FileSystemReader final : public StorageReader, public SequentialReads {
       const uint64_t first = static_cast<uint64_t>(ri->storage_offsets[0]);
       const uint64_t rows = static_cast<uint64_t>(ri->lengths[0]);
       at::Tensor dst;
-      in_context(u, *ri, [&] {
-        dst = ri == u.reads[0] && resolved0.defined() ? resolved0 : destination(planner, *ri);
-      });
+      in_context(u, *ri, [&] { dst = destination(planner, u, ri, resolved0); });
       const bool direct = dst.is_contiguous() && dst.device().is_cpu() &&
                           dst.scalar_type() == u.tensor->properties.dtype &&
                           dst.nbytes() == rows * row;

@@ -14,6 +14,10 @@ namespace internal {
 // Throws the InvalidArgumentError for a flat key that two paths give.
 [[noreturn]] void throw_collision(const std::string& key, const ObjectPath& a, const ObjectPath& b);
 
+// A value with leaves below it (a dict or a list) or a Stateful object to
+// resolve first: not a leaf to take as it is.
+inline bool is_nested(const Value& v) { return v.is_dict() || v.is_list() || v.is_stateful(); }
+
 inline bool contains_tensor(const Value& v) {
   switch (v.kind()) {
     case Value::Kind::kTensor:

@@ -133,6 +133,8 @@ bool contains_stateful(const Value& v) {
 }
 }  // namespace
 
+thread_local internal::SavedStateDict::Lent internal::SavedStateDict::current_;
+
 Value internal::resolve_stateful(const Value& v) {
   switch (v.kind()) {
     case Value::Kind::kStateful:
@@ -197,12 +199,20 @@ namespace {
 
 // `state_dict` with its Stateful objects replaced by their state dicts (in
 // `copy`); a state dict without any (the common case at scale) is planned as
-// it is, uncopied.
+// it is, uncopied. `flat`: nothing in it is nested (no dict, list or
+// Stateful object), found in the same walk over its keys.
 const StateDict& resolve_for_save(const StateDict& state_dict, StateDict& copy,
-                                  const DistWrapper& dist) {
-  const bool any_stateful = std::any_of(state_dict.begin(), state_dict.end(), [](const auto& kv) {
-    return contains_stateful(kv.second);
-  });
+                                  const DistWrapper& dist, bool& flat) {
+  flat = true;
+  bool any_stateful = false;
+  for (const auto& kv : state_dict) {
+    if (!is_nested(kv.second)) continue;
+    flat = false;
+    if (contains_stateful(kv.second)) {
+      any_stateful = true;
+      break;
+    }
+  }
   if (!any_stateful) return state_dict;
   for (const auto& kv : state_dict)
     with_context(dist.operation(), dist.rank(), "state_dict", "state_dict() of '" + kv.first + "'",
@@ -234,8 +244,10 @@ Metadata save(const StateDict& state_dict, const SaveOptions& options) {
   Metadata global_metadata;
   std::function<SavePlan()> local_step = [&] {
     if (setup_error) std::rethrow_exception(setup_error);
-    resolved = &resolve_for_save(state_dict, resolved_copy, dist);
+    bool flat = false;
+    resolved = &resolve_for_save(state_dict, resolved_copy, dist, flat);
     const auto meta = writer->storage_meta();
+    SavedStateDict lent(*resolved, flat);
     planner->set_up_planner(*resolved, meta, dist.is_coordinator());
     writer->set_up_storage_writer(dist.is_coordinator(), dist.rank());
     return writer->prepare_local_plan(planner->create_local_plan());

@@ -15,6 +15,7 @@
 #include "codec.h"
 #include "dcp/error.h"
 #include "dcp/logging.h"
+#include "resolve.h"
 #include "walk.h"
 #include "wire.h"
 
@@ -97,30 +98,36 @@ void DefaultSavePlanner::set_up_planner(const StateDict& state_dict,
                                         const std::optional<StorageMeta>& storage_meta,
                                         bool is_coordinator) {
   // Nothing nested (the common case at scale): the flat dict is the state
-  // dict, copied (flattening builds a path and a key per value). One pass
-  // over the caller's tree, copying as it looks: its nodes lie scattered
-  // between the tensors' memory, and each visit costs a cache miss.
-  flat_.clear();
+  // dict. The one save() is planning lives until it returns and is used as
+  // it is (copying it costs ~0.5 us a key: its nodes lie scattered between
+  // the tensors' memory, a cache miss each); any other is copied.
+  owned_flat_.clear();
+  flat_ = &owned_flat_;
   mapping_.clear();
   by_key_.clear();
-  bool nested = false;
-  for (const auto& kv : state_dict) {
-    if (is_nested(kv.second)) {
-      nested = true;
-      if (options_.flatten_state_dict) break;
-    }
-    flat_.emplace_hint(flat_.end(), kv);
+  const bool lent = SavedStateDict::is(state_dict);
+  const bool nested = !SavedStateDict::is_flat(state_dict) &&
+                      std::any_of(state_dict.begin(), state_dict.end(),
+                                  [](const auto& kv) { return is_nested(kv.second); });
+  if (options_.flatten_state_dict && nested) {
+    std::tie(owned_flat_, mapping_) = flatten_state_dict(state_dict);
+  } else if (lent) {
+    flat_ = &state_dict;
+  } else {
+    for (const auto& kv : state_dict) owned_flat_.emplace_hint(owned_flat_.end(), kv);
   }
-  if (options_.flatten_state_dict && nested)
-    std::tie(flat_, mapping_) = flatten_state_dict(state_dict);
   storage_meta_ = storage_meta;
   is_coordinator_ = is_coordinator;
 }
 
 SavePlan DefaultSavePlanner::create_local_plan() {
   SavePlan plan;
-  plan.items.reserve(flat_.size());
-  for (const auto& [key, v] : flat_) {
+  plan.items.reserve(flat().size());
+  // resolve_data()'s index, made in this pass, while the nodes are in cache.
+  by_key_.clear();
+  by_key_.reserve(flat().size());
+  for (const auto& [key, v] : flat()) {
+    by_key_.emplace(key, &v);
     if (v.is_tensor()) {
       const at::Tensor& t = v.tensor();
       check_saveable(t, key);
@@ -268,9 +275,12 @@ SavePlan DefaultSavePlanner::finish_plan(SavePlan central_plan) {
   replica_requests_.clear();
   if (!central_plan.planner_data.empty())
     wire::decode(central_plan.planner_data, replica_requests_);
-  by_key_.clear();
-  by_key_.reserve(flat_.size());
-  for (const auto& kv : flat_) by_key_.emplace(kv.first, &kv.second);
+  // (Made by create_local_plan(), unless a subclass's plan is its own.)
+  if (by_key_.size() != flat().size()) {
+    by_key_.clear();
+    by_key_.reserve(flat().size());
+    for (const auto& kv : flat()) by_key_.emplace(kv.first, &kv.second);
+  }
   return central_plan;
 }
 
@@ -279,8 +289,8 @@ Value DefaultSavePlanner::lookup_object(const MetadataIndex& index) const {
   if (auto hit = by_key_.find(index.fqn); hit != by_key_.end()) {
     v = hit->second;
   } else {
-    auto it = flat_.find(index.fqn);
-    if (it == flat_.end())
+    auto it = flat().find(index.fqn);
+    if (it == flat().end())
       throw InvalidArgumentError("no value for " + to_string(index) + " in the state dict");
     v = &it->second;
   }

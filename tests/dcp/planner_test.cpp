@@ -98,6 +98,43 @@ TEST(PlannerTest, RenameKeys) {
   EXPECT_EQ(plain["step"].to_int(), 5);
 }
 
+// Records which dict the default planner plans, and whether it holds a
+// reference to a tensor of its own.
+class ProbeSavePlanner : public DefaultSavePlanner {
+ public:
+  SavePlan create_local_plan() override {
+    planned = &flat();
+    w_refs = flat().at("w").tensor().use_count();
+    return DefaultSavePlanner::create_local_plan();
+  }
+  const Dict* planned = nullptr;
+  size_t w_refs = 0;
+};
+
+// save() lends the planner the state dict it plans (alive and unchanged
+// until save() returns): the default planner plans it as it is, without a
+// copy (a node and a tensor reference per key). A dict it is handed by
+// anyone else, a subclass's renamed one, is copied (RenameSavePlanner's
+// temporary is gone before create_local_plan).
+TEST(PlannerTest, TheDefaultPlannerPlansSavesDictWithoutACopy) {
+  testing::TempDir dir;
+  at::Tensor w = make_tensor(at::kFloat, {8}, 1);
+  const StateDict sd{{"w", w}, {"step", 5}};
+  auto probe = std::make_shared<ProbeSavePlanner>();
+  SaveOptions so;
+  so.checkpoint_id = dir.sub("ck");
+  so.planner = probe;
+  save(sd, so);
+  EXPECT_EQ(probe->planned, &sd);
+  EXPECT_EQ(probe->w_refs, 2u);  // `w` and sd's
+
+  ProbeSavePlanner direct;  // not from save(): a copy
+  direct.set_up_planner(sd, std::nullopt, true);
+  direct.create_local_plan();
+  EXPECT_NE(direct.planned, &sd);
+  EXPECT_EQ(direct.w_refs, 3u);
+}
+
 TEST(PlannerTest, SaveFloat32AsFloat16) {
   testing::TempDir dir;
   at::Tensor w = make_tensor(at::kFloat, {64, 64}, 2);

@@ -7,9 +7,12 @@
 //      which case remove .metadata first and fsync the directory, so the old
 //      metadata never describes new data. Stale data files are removed.
 //   2. write_data (every rank): each worker thread writes its own data file
-//      __<rank>_<n>.distcp from tensor memory, then fdatasyncs and closes it.
-//   3. finish (coordinator): serialize the metadata, write .metadata.tmp,
-//      fdatasync it, rename it to .metadata, fsync the directory.
+//      __<rank>_<n>.distcp from tensor memory, then fdatasyncs and closes it
+//      (the coordinator's are synced on threads of their own while it goes
+//      on to step 3; the other ranks' before they report their results).
+//   3. finish (coordinator): serialize the metadata, wait for its own data
+//      files' syncs, write .metadata.tmp, fdatasync it, rename it to
+//      .metadata, fsync the directory.
 // The rename in step 3 is the commit point: before it the directory is not a
 // checkpoint (no reader accepts it); after it every byte it names is durable.
 //
@@ -24,9 +27,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <future>
 #include <map>
 #include <mutex>
 #include <random>
+#include <system_error>
 #include <tuple>
 
 #include "buffer_pool.h"
@@ -127,6 +132,12 @@ class FileAppender {
     file_->close();
   }
 
+  // The file with every byte appended, to be synced and closed elsewhere.
+  std::unique_ptr<WritableFile> release() {
+    flush();
+    return std::move(file_);
+  }
+
  private:
   void emit(const void* data, size_t n, bool buffered) {
     if (n == 0) return;  // an empty tensor's data may be null (memcpy of null is undefined)
@@ -163,6 +174,56 @@ class FileAppender {
   size_t used_ = 0;
   uint64_t offset_ = 0;
   uint64_t written_since_hint_ = 0;
+};
+
+// Data files being made durable (fdatasync, then close) on threads of their
+// own, while the coordinator gathers the results and builds the metadata.
+// wait() joins them and throws the first failure; discard() joins them and
+// drops failures (the save they belong to has failed already).
+class PendingSyncs {
+ public:
+  PendingSyncs() = default;
+  PendingSyncs(const PendingSyncs&) = delete;
+  PendingSyncs& operator=(const PendingSyncs&) = delete;
+  ~PendingSyncs() { discard(); }
+
+  void start(std::unique_ptr<WritableFile> file) {
+    std::shared_ptr<WritableFile> f(std::move(file));
+    auto sync = [f] {
+      f->sync();
+      f->close();
+    };
+    try {
+      // (The thread inherits the caller's CPU and I/O priority: an async
+      // save's background thread makes it.)
+      syncs_.push_back(std::async(std::launch::async, sync));
+    } catch (const std::system_error&) {  // no thread to be had: here, now
+      sync();
+    }
+  }
+
+  void wait() {
+    std::exception_ptr first;
+    for (auto& s : syncs_) {
+      try {
+        s.get();
+      } catch (...) {
+        if (!first) first = std::current_exception();
+      }
+    }
+    syncs_.clear();
+    if (first) std::rethrow_exception(first);
+  }
+
+  void discard() noexcept {
+    try {
+      wait();
+    } catch (...) {
+    }
+  }
+
+ private:
+  std::vector<std::future<void>> syncs_;
 };
 
 // Never commit a checkpoint with an item that was not written: every chunk
@@ -245,12 +306,15 @@ class FileSystemWriter final : public StorageWriter {
   }
 
   void reset(const std::string& checkpoint_id) override {
+    syncs_.discard();  // of a save that failed before its commit
     loc_.reset(checkpoint_id);
     save_id_ = random_id();
   }
 
   void set_up_storage_writer(bool is_coordinator, int rank) override {
+    syncs_.discard();
     rank_ = rank;
+    is_coordinator_ = is_coordinator;
     if (loc_.path.empty()) throw InvalidArgumentError("no checkpoint path was given to the writer");
     // Every rank: a directory entry is durable only by a sync of its parent
     // from the machine that made it.
@@ -295,17 +359,23 @@ class FileSystemWriter final : public StorageWriter {
     return promise.get_future();
   }
 
+  // The metadata is built while this rank's own data files are still being
+  // synced (write_data); the commit waits for them.
   void finish(Metadata& md, const std::vector<std::vector<WriteResult>>& results) override {
     add_storage_data(md, results);
     check_all_written(md);
     md.storage_meta = storage_meta();
     if (!pytorch_) {
-      write_by_rename(kTmpMetadataName, kMetadataFileName, serialize_metadata(md));
+      const std::string bytes = serialize_metadata(md);
+      syncs_.wait();
+      write_by_rename(kTmpMetadataName, kMetadataFileName, bytes);
       return;
     }
     const std::string pickle = pytorch_metadata_pickle(md, flavour_, loc_.id(), save_id_);
+    const std::string sidecar = pytorch_sidecar(md, pickle);
+    syncs_.wait();
     // The sidecar is durable before the commit, so a committed checkpoint has it.
-    write_by_rename(kSidecarTmpName, kSidecarName, pytorch_sidecar(md, pickle));
+    write_by_rename(kSidecarTmpName, kSidecarName, sidecar);
     write_by_rename(kTmpMetadataName, kMetadataFileName, pickle);
   }
 
@@ -416,6 +486,11 @@ class FileSystemWriter final : public StorageWriter {
   }
 
   std::vector<WriteResult> write_all(const SavePlan& plan, SavePlanner& planner) {
+    syncs_.discard();
+    // The coordinator's files are synced on threads of their own, while it
+    // goes on to the commit round (finish() waits for them); another rank's
+    // results tell the coordinator its data is durable, so it syncs first.
+    const bool defer_sync = opt_.sync_files && is_coordinator_;
     const std::string prefix =
         plan.storage_data.empty() ? "__" + std::to_string(rank_) + "_" : plan.storage_data;
     std::vector<int64_t> sizes(plan.items.size());
@@ -426,6 +501,7 @@ class FileSystemWriter final : public StorageWriter {
         pytorch_ ? bytes_archives(plan, planner) : std::map<size_t, BytesArchive>{};
 
     std::vector<std::vector<WriteResult>> per_file(files.size());
+    std::vector<std::unique_ptr<WritableFile>> written(files.size());
     run_parallel(opt_.threads, files.size(), [&](size_t fi) {
       const std::string name = prefix + std::to_string(fi) + kDataSuffix;
       // (zip headers and the BYTE_IO archives of the pytorch-dcp format are small)
@@ -483,8 +559,16 @@ class FileSystemWriter final : public StorageWriter {
                         opt_.checksums ? ChecksumType::kXXH3_64 : ChecksumType::kNone, checksum};
         results.push_back(std::move(r));
       }
-      out.finish();
+      if (defer_sync) {
+        written[fi] = out.release();
+      } else {
+        out.finish();
+      }
     });
+    // (Started here, by the save's thread, not by a pool worker: a thread
+    // takes its creator's priority.)
+    for (auto& f : written)
+      if (f) syncs_.start(std::move(f));
     std::vector<WriteResult> all;
     all.reserve(plan.items.size());
     for (auto& v : per_file)
@@ -498,6 +582,8 @@ class FileSystemWriter final : public StorageWriter {
   PyTorchFlavour flavour_ = PyTorchFlavour::k2;
   std::string save_id_;
   int rank_ = 0;
+  bool is_coordinator_ = false;
+  PendingSyncs syncs_;  // the coordinator's data files, until finish()
 };
 
 }  // namespace

@@ -43,7 +43,6 @@ constexpr uint32_t kEndSig = 0x06054b50;
 constexpr uint32_t kZip64EndSig = 0x06064b50;
 constexpr uint32_t kZip64LocatorSig = 0x07064b50;
 constexpr size_t kLocalHeaderSize = 30;
-constexpr size_t kCentralHeaderSize = 46;
 constexpr size_t kZip64EndSize = 56;
 constexpr uint64_t kU32Max = 0xffffffffu;
 constexpr uint16_t kFlagDescriptor = 0x0008;

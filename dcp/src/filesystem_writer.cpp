@@ -486,17 +486,20 @@ class FileSystemWriter final : public StorageWriter {
   }
 
   std::vector<WriteResult> write_all(const SavePlan& plan, SavePlanner& planner) {
-    syncs_.discard();
-    // The coordinator's files are synced on threads of their own, while it
-    // goes on to the commit round (finish() waits for them); another rank's
-    // results tell the coordinator its data is durable, so it syncs first.
-    const bool defer_sync = opt_.sync_files && is_coordinator_;
+    syncs_.wait();  // of an earlier write_data() of this save: its failure is this one's
     const std::string prefix =
         plan.storage_data.empty() ? "__" + std::to_string(rank_) + "_" : plan.storage_data;
     std::vector<int64_t> sizes(plan.items.size());
     for (size_t i = 0; i < sizes.size(); ++i)
       sizes[i] = plan.items[i].tensor_storage_size().value_or(0);
     const std::vector<std::vector<size_t>> files = assign_files(plan, sizes);
+    // The coordinator's files are synced on threads of their own, while it
+    // goes on to the commit round (finish() waits for them); another rank's
+    // results tell the coordinator its data is durable, so it syncs first.
+    // A file per item (file_per_thread off) is synced and closed as it is
+    // written: not thousands of open files and threads.
+    const bool defer_sync =
+        opt_.sync_files && is_coordinator_ && files.size() <= static_cast<size_t>(opt_.threads);
     const std::map<size_t, BytesArchive> archives =
         pytorch_ ? bytes_archives(plan, planner) : std::map<size_t, BytesArchive>{};
 

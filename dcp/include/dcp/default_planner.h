@@ -100,7 +100,10 @@ class DCP_CORE_EXPORT DefaultSavePlanner : public SavePlanner {
   // dict save() passed when nothing in it is nested (it lives until save()
   // returns), else a flattened copy; a dict handed to set_up_planner() by
   // anyone else (a subclass's renamed copy) is copied. To plan another dict,
-  // override set_up_planner() and pass it on.
+  // override set_up_planner() and pass it on. save()'s own dict is the
+  // planner's only while that save runs: after it returns, flat(),
+  // lookup_object() and resolve_data() are not to be used until the next
+  // set_up_planner().
   const Dict& flat() const { return *flat_; }
 
   const SavePlannerOptions options_;

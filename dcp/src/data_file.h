@@ -24,7 +24,7 @@ namespace fs {
 
 constexpr size_t kAlign = 64;                    // every item starts at a multiple of this
 constexpr size_t kPieceBytes = size_t{4} << 20;  // hash-then-write granularity of large items
-constexpr uint64_t kWritebackBytes = uint64_t{8} << 20;
+constexpr uint64_t kWritebackBytes = uint64_t{4} << 20;
 
 // Writes a sequence of items into one file: small items through a reused
 // buffer, large ones straight from their memory in pieces that are hashed

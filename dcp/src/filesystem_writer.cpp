@@ -10,17 +10,19 @@
 //      __<rank>_<n>.distcp from tensor memory, then fdatasyncs and closes it
 //      (the coordinator's are synced on threads of their own while it goes
 //      on to step 3; the other ranks' before they report their results).
-//   3. finish (coordinator): serialize the metadata, wait for its own data
-//      files' syncs, write .metadata.tmp, fdatasync it, rename it to
-//      .metadata, fsync the directory.
+//   3. finish (coordinator): serialize the metadata, write .metadata.tmp and
+//      fdatasync it (while its own data files may still be syncing), wait
+//      for its data files' syncs, rename .metadata.tmp to .metadata, fsync
+//      the directory.
 // The rename in step 3 is the commit point: before it the directory is not a
 // checkpoint (no reader accepts it); after it every byte it names is durable.
 //
 // In the pytorch-dcp format (interop/pytorch_dcp_writer.h) step 2 writes
 // every item as a torch.save archive (the tensor's bytes still streamed from
 // its memory, XXH3 and the zip's CRC-32 taken piece by piece as they go), and
-// step 3 first writes the sidecar .metadata.dcp (tmp, fdatasync, rename,
-// fsync of the directory), then .metadata, the pickle, as above.
+// step 3 writes and fdatasyncs two temporary files, the sidecar and the
+// pickle, then renames the sidecar to .metadata.dcp (fsync of the
+// directory) and the pickle to .metadata, as above.
 
 #include <ATen/ATen.h>
 
@@ -211,18 +213,21 @@ class FileSystemWriter final : public StorageWriter {
     add_storage_data(md, results);
     check_all_written(md);
     md.storage_meta = storage_meta();
+    // The temporary files are written and made durable while the data files
+    // still sync; only the renames wait for those.
     if (!pytorch_) {
-      const std::string bytes = serialize_metadata(md);
+      write_durably(kTmpMetadataName, serialize_metadata(md));
       syncs_.wait();
-      write_by_rename(kTmpMetadataName, kMetadataFileName, bytes);
+      rename_durably(kTmpMetadataName, kMetadataFileName);
       return;
     }
     const std::string pickle = pytorch_metadata_pickle(md, flavour_, loc_.id(), save_id_);
-    const std::string sidecar = pytorch_sidecar(md, pickle);
+    write_durably(kSidecarTmpName, pytorch_sidecar(md, pickle));
+    write_durably(kTmpMetadataName, pickle);
     syncs_.wait();
-    // The sidecar is durable before the commit, so a committed checkpoint has it.
-    write_by_rename(kSidecarTmpName, kSidecarName, sidecar);
-    write_by_rename(kTmpMetadataName, kMetadataFileName, pickle);
+    // The sidecar is in place before the commit, so a committed checkpoint has it.
+    rename_durably(kSidecarTmpName, kSidecarName);
+    rename_durably(kTmpMetadataName, kMetadataFileName);
   }
 
   bool validate_checkpoint_id(const std::string& id) const override { return loc_.accepts(id); }
@@ -232,14 +237,18 @@ class FileSystemWriter final : public StorageWriter {
   std::string checkpoint_id() const override { return loc_.id(); }
 
  private:
-  // `bytes` into `tmp`, made durable, renamed to `name`, the rename made durable.
-  void write_by_rename(const char* tmp_name, const char* name, const std::string& bytes) {
-    const std::string tmp = loc_.file(tmp_name);
-    auto f = loc_.env->new_writable_file(tmp);
+  // `bytes` into the file `tmp_name`, made durable.
+  void write_durably(const char* tmp_name, const std::string& bytes) {
+    auto f = loc_.env->new_writable_file(loc_.file(tmp_name));
     f->append(bytes.data(), bytes.size());
     if (opt_.sync_files) f->sync();
     f->close();
-    loc_.env->rename_file(tmp, loc_.file(name));
+  }
+
+  // `tmp_name` (made durable by write_durably) renamed to `name`, the rename
+  // made durable.
+  void rename_durably(const char* tmp_name, const char* name) {
+    loc_.env->rename_file(loc_.file(tmp_name), loc_.file(name));
     if (!opt_.sync_files) return;
     try {
       loc_.env->sync_dir(loc_.path);

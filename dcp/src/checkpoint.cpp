@@ -6,11 +6,16 @@
 
 #include <algorithm>
 #include <chrono>
+#include <future>
+#include <optional>
+#include <system_error>
+#include <typeinfo>
 
 #include "dcp/logging.h"
 #include "dcp/version.h"
 #include "dist.h"
 #include "resolve.h"
+#include "save_metadata.h"
 #include "walk.h"
 
 namespace dcp {
@@ -242,11 +247,20 @@ Metadata save(const StateDict& state_dict, const SaveOptions& options) {
   StateDict resolved_copy;
   const StateDict* resolved = &state_dict;
   Metadata global_metadata;
+  // At one rank the global plan of a DefaultSavePlanner (not a subclass,
+  // which may plan otherwise) is its local plan: the metadata is built from
+  // the final plan on a thread of its own while the data is written, not
+  // before the first write. Inconsistent plans then fail the save in its
+  // write step, still before anything commits.
+  const bool metadata_during_write =
+      dist.world_size() == 1 && typeid(*planner) == typeid(DefaultSavePlanner);
+  std::optional<StorageMeta> meta;
+  std::string flattening;  // the local plan's planner_data, for the metadata
   std::function<SavePlan()> local_step = [&] {
     if (setup_error) std::rethrow_exception(setup_error);
     bool flat = false;
     resolved = &resolve_for_save(state_dict, resolved_copy, dist, flat);
-    const auto meta = writer->storage_meta();
+    meta = writer->storage_meta();
     SavedStateDict lent(*resolved, flat);
     planner->set_up_planner(*resolved, meta, dist.is_coordinator());
     writer->set_up_storage_writer(dist.is_coordinator(), dist.rank());
@@ -254,6 +268,12 @@ Metadata save(const StateDict& state_dict, const SaveOptions& options) {
   };
   std::function<std::vector<SavePlan>(std::vector<SavePlan>)> global_step =
       [&](std::vector<SavePlan> all) {
+        if (metadata_during_write) {
+          // What create_global_plan gives at one rank, but the metadata.
+          flattening = std::move(all.at(0).planner_data);
+          all[0].planner_data.clear();
+          return writer->prepare_global_plan(std::move(all));
+        }
         auto [plans, md] = planner->create_global_plan(std::move(all));
         global_metadata = std::move(md);
         return writer->prepare_global_plan(std::move(plans));
@@ -263,10 +283,30 @@ Metadata save(const StateDict& state_dict, const SaveOptions& options) {
 
   Clock::time_point t_written;
   std::function<wire::WriteReport()> write_step = [&] {
-    SavePlan final_plan = planner->finish_plan(std::move(central));
+    std::vector<SavePlan> final_plans;  // one: global_metadata() takes the plans of every rank
+    final_plans.push_back(planner->finish_plan(std::move(central)));
+    const SavePlan& final_plan = final_plans[0];
+    // (Declared after the plan, so that a failed write waits for it before the plan goes.)
+    std::future<Metadata> building;
+    if (metadata_during_write) {
+      auto build = [&final_plans, &meta] {
+        return dcp::internal::global_metadata(final_plans, true, meta);
+      };
+      try {
+        building = std::async(std::launch::async, build);
+      } catch (const std::system_error&) {  // no thread to be had: here, now
+        std::promise<Metadata> now;
+        now.set_value(build());
+        building = now.get_future();
+      }
+    }
     wire::WriteReport report;
     report.results = writer->write_data(final_plan, *planner).get();
     t_written = Clock::now();
+    if (metadata_during_write) {
+      global_metadata = building.get();
+      global_metadata.planner_data = std::move(flattening);
+    }
     report.digests = planner->replica_digests(report.results);
     return report;
   };

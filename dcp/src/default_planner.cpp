@@ -16,6 +16,7 @@
 #include "dcp/error.h"
 #include "dcp/logging.h"
 #include "resolve.h"
+#include "save_metadata.h"
 #include "walk.h"
 #include "wire.h"
 
@@ -175,14 +176,22 @@ SavePlan DefaultSavePlanner::create_local_plan() {
 
 std::pair<std::vector<SavePlan>, Metadata> DefaultSavePlanner::create_global_plan(
     std::vector<SavePlan> all_plans) {
-  const size_t world = all_plans.size();
-
   std::vector<std::vector<ReplicaRequest>> requests;
-  if (options_.dedup_replicated && world > 1) requests = dedup(all_plans);
+  if (options_.dedup_replicated && all_plans.size() > 1) requests = dedup(all_plans);
+  Metadata md = global_metadata(all_plans, options_.dedup_replicated, storage_meta_);
+  // A final plan's planner_data is what the replica check asks of its rank
+  // (the flattening maps are in the metadata now).
+  for (size_t r = 0; r < all_plans.size(); ++r)
+    all_plans[r].planner_data = r < requests.size() ? wire::encode(requests[r]) : std::string();
+  return {std::move(all_plans), std::move(md)};
+}
 
+Metadata internal::global_metadata(const std::vector<SavePlan>& all_plans, bool dedup_replicated,
+                                   const std::optional<StorageMeta>& storage_meta) {
+  const size_t world = all_plans.size();
   Metadata md;
   md.world_size = static_cast<int32_t>(world);
-  md.storage_meta = storage_meta_;
+  md.storage_meta = storage_meta;
   // The first rank that has `key`, for error messages.
   auto first_rank = [&](const std::string& key) {
     for (size_t r = 0; r < world; ++r)
@@ -225,7 +234,7 @@ std::pair<std::vector<SavePlan>, Metadata> DefaultSavePlanner::create_global_pla
         if (!std::holds_alternative<BytesStorageMetadata>(it->second))
           throw InvalidArgumentError("key '" + key + "' is a tensor on rank " + first_rank(key) +
                                      " but a plain value on rank " + std::to_string(r));
-        if (!fresh && (!options_.dedup_replicated || world == 1))
+        if (!fresh && (!dedup_replicated || world == 1))
           throw InvalidArgumentError("key '" + key + "' is saved twice");
         continue;
       }
@@ -264,11 +273,7 @@ std::pair<std::vector<SavePlan>, Metadata> DefaultSavePlanner::create_global_pla
     }
     md.planner_data = encode_flatten_mapping(merged);
   }
-  // A final plan's planner_data is what the replica check asks of its rank
-  // (the flattening maps are in the metadata now).
-  for (size_t r = 0; r < world; ++r)
-    all_plans[r].planner_data = r < requests.size() ? wire::encode(requests[r]) : std::string();
-  return {std::move(all_plans), std::move(md)};
+  return md;
 }
 
 SavePlan DefaultSavePlanner::finish_plan(SavePlan central_plan) {

@@ -181,6 +181,46 @@ TEST_F(BadInputTest, AnItemWithoutDataIsNeverCommitted) {
   }
 }
 
+// At one rank the default planner's metadata is built while the data is
+// written: shards it refuses (they overlap, or leave a hole) fail the save in
+// its write step, before anything commits, and a later save of good data to
+// the same directory commits (the stale data files go).
+TEST_F(BadInputTest, PlanRefusedDuringTheWriteNeverCommits) {
+  const std::vector<std::pair<ShardedTensor, std::string>> cases = {
+      {ShardedTensor{{8, 4},
+                     {Shard{make_tensor(at::kFloat, {5, 4}, 4), {0, 0}},
+                      Shard{make_tensor(at::kFloat, {4, 4}, 5), {4, 0}}}},
+       "overlap"},
+      {ShardedTensor{{8, 4}, {Shard{make_tensor(at::kFloat, {4, 4}, 4), {0, 0}}}},
+       "the saved chunks cover 16 of 32 elements"},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const std::string path = dir_.sub("refused" + std::to_string(i));
+    StateDict sd = sd_;
+    sd["sharded"] = cases[i].first;
+    for (bool sync : {true, false}) {
+      FileSystemWriterOptions wo;
+      wo.sync_files = sync;
+      SaveOptions o;
+      o.storage_writer = make_filesystem_writer(path, wo);
+      try {
+        save(sd, o);
+        ADD_FAILURE() << "save of case " << i << " succeeded";
+      } catch (const CheckpointError& e) {
+        EXPECT_NE(std::string(e.what()).find("key 'sharded'"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find(cases[i].second), std::string::npos) << e.what();
+        EXPECT_EQ(e.failures().at(0).step, "write:local");
+        EXPECT_EQ(e.root_code(), ErrorCode::kInvalidArgument);
+      }
+      EXPECT_FALSE(is_committed_checkpoint(path));
+    }
+    save(sd_, path);
+    StateDict d = fresh();
+    load(d, path);
+    EXPECT_TRUE(Value(d).equals(Value(sd_)));
+  }
+}
+
 TEST_F(BadInputTest, FailedSaveIntoSameDirectoryKeepsCommittedCheckpoint) {
   // Without overwrite a save into a committed checkpoint is refused before
   // anything is written.

@@ -301,7 +301,14 @@ Metadata save(const StateDict& state_dict, const SaveOptions& options) {
       }
     }
     wire::WriteReport report;
-    report.results = writer->write_data(final_plan, *planner).get();
+    try {
+      report.results = writer->write_data(final_plan, *planner).get();
+    } catch (...) {
+      // A plan the metadata refuses is the first thing to fix: its error,
+      // not what writing it ran into.
+      if (metadata_during_write) building.get();
+      throw;
+    }
     t_written = Clock::now();
     if (metadata_during_write) {
       global_metadata = building.get();

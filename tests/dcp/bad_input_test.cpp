@@ -183,8 +183,9 @@ TEST_F(BadInputTest, AnItemWithoutDataIsNeverCommitted) {
 
 // At one rank the default planner's metadata is built while the data is
 // written: shards it refuses (they overlap, or leave a hole) fail the save in
-// its write step, before anything commits, and a later save of good data to
-// the same directory commits (the stale data files go).
+// its write step, before anything commits (with their error, not that of a
+// write that fails too), and a later save of good data to the same
+// directory commits (the stale data files go).
 TEST_F(BadInputTest, PlanRefusedDuringTheWriteNeverCommits) {
   const std::vector<std::pair<ShardedTensor, std::string>> cases = {
       {ShardedTensor{{8, 4},
@@ -214,6 +215,17 @@ TEST_F(BadInputTest, PlanRefusedDuringTheWriteNeverCommits) {
       }
       EXPECT_FALSE(is_committed_checkpoint(path));
     }
+    // A write that fails too: the plan's error is the one reported.
+    SaveOptions o;
+    o.storage_writer = std::make_shared<testing::FailingWriter>(make_filesystem_writer(path), 0);
+    try {
+      save(sd, o);
+      ADD_FAILURE() << "save of case " << i << " with a failing writer succeeded";
+    } catch (const CheckpointError& e) {
+      EXPECT_NE(std::string(e.what()).find(cases[i].second), std::string::npos) << e.what();
+      EXPECT_EQ(std::string(e.what()).find("injected failure"), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(is_committed_checkpoint(path));
     save(sd_, path);
     StateDict d = fresh();
     load(d, path);
